@@ -1,0 +1,1 @@
+"""qnext.cli: typer apps — `qnext` (cli.main) and `qnext-admin` (cli.admin)."""

@@ -1,0 +1,83 @@
+"""Depthwise causal conv1d (+ SiLU) over a varlen batch and for decode; imports only torch.
+
+Legend: T = tokens in the flat batch, B = sequences, C = conv channels, K = conv kernel,
+S = state slots. The conv state of a sequence is its last K-1 PRE-conv inputs, [C, K-1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qnext.kernels.precision import acc, acc_dtype
+
+
+def _activate(y: Tensor, activation: str | None) -> Tensor:
+    """Apply the optional activation ("silu" or None) in float32."""
+    if activation is None:
+        return y
+    if activation in ("silu", "swish"):
+        return F.silu(y)
+    raise ValueError(f"unsupported activation {activation!r}")
+
+
+def _tail(window: Tensor, width: int) -> Tensor:
+    """Last `width` time columns of window [..., C, N] (empty when width == 0)."""
+    return window[..., window.shape[-1] - width :]
+
+
+def causal_conv1d_varlen_ref(
+    x: Tensor,
+    weight: Tensor,
+    *,
+    cu_seqlens: Tensor,
+    conv_states: Tensor,
+    state_indices: Tensor,
+    has_initial_state: Tensor,
+    activation: str | None = "silu",
+) -> Tensor:
+    """Prefill. x [T, C] pre-conv inputs; weight [C, K]; conv_states [S, C, K-1] (updated in place).
+
+    Per sequence: window = cat(initial state or zeros, x_seq^T) [C, K-1+L];
+    y_t = sum_j weight[:, j] * window[:, t + j]. Returns y [T, C] in x.dtype.
+    """
+    T, C = x.shape
+    K = weight.shape[1]
+    w = acc(weight)  # [C, K]
+    out = torch.zeros(T, C, dtype=acc_dtype(x), device=x.device)
+    bounds = cu_seqlens.tolist()
+    for b, slot in enumerate(state_indices.tolist()):
+        s, e = bounds[b], bounds[b + 1]
+        if e == s:
+            continue
+        if bool(has_initial_state[b]):
+            init = acc(conv_states[slot])  # [C, K-1]
+        else:
+            init = torch.zeros(C, K - 1, dtype=acc_dtype(x), device=x.device)
+        window = torch.cat([init, acc(x[s:e]).t()], dim=1)  # [C, K-1+L]
+        taps = window.unfold(1, K, 1)  # [C, L, K]: taps[:, t, j] = window[:, t + j]
+        out[s:e] = (taps * w[:, None, :]).sum(-1).t()
+        conv_states[slot] = _tail(window, K - 1).to(conv_states.dtype)
+    return _activate(out, activation).to(x.dtype)
+
+
+def causal_conv1d_update_ref(
+    x: Tensor,
+    weight: Tensor,
+    *,
+    conv_states: Tensor,
+    state_indices: Tensor,
+    activation: str | None = "silu",
+) -> Tensor:
+    """Decode, one token per sequence. x [B, C]; weight [C, K]; conv_states [S, C, K-1].
+
+    Shifts each used state left by one and appends x (in place); returns y [B, C] in x.dtype.
+    state_indices [B] must be distinct.
+    """
+    K = weight.shape[1]
+    state = acc(conv_states[state_indices])  # [B, C, K-1]
+    window = torch.cat([state, acc(x)[:, :, None]], dim=2)  # [B, C, K]
+    y = (window * acc(weight)[None]).sum(-1)  # [B, C]
+    conv_states[state_indices] = _tail(window, K - 1).to(conv_states.dtype)
+    return _activate(y, activation).to(x.dtype)

@@ -1,0 +1,216 @@
+"""Frozen configuration: `ModelConfig.from_hf` normalises a Qwen3-Next config.json; `Config` is the
+root object with one section per concern. Imports nothing from qnext and no torch (a leaf module).
+
+Every HF oddity (`rope_parameters` vs `rope_theta`, `full_attention_interval` vs `layer_types`,
+eos as int or list) is resolved here, so model code never calls `getattr(hf, ..., default)`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LINEAR = "linear_attention"
+FULL = "full_attention"
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64: numerics checks only
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field or flag."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """The architecture of a Qwen3-Next checkpoint (global sizes, never per-rank sizes)."""
+
+    vocab_size: int
+    hidden_size: int
+    layer_types: tuple[str, ...]
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rope_theta: float
+    partial_rotary_factor: float
+    rms_norm_eps: float
+    linear_num_key_heads: int
+    linear_num_value_heads: int
+    linear_key_head_dim: int
+    linear_value_head_dim: int
+    linear_conv_kernel_dim: int
+    num_experts: int
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    shared_expert_intermediate_size: int
+    norm_topk_prob: bool
+    intermediate_size: int
+    moe_layers: tuple[bool, ...]
+    max_position_embeddings: int
+    tie_word_embeddings: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    num_mtp_layers: int = 1
+    architecture: str = "Qwen3NextForCausalLM"
+
+    def __post_init__(self) -> None:
+        _check(all(t in (LINEAR, FULL) for t in self.layer_types), "layer_types", self.layer_types)
+        _check(len(self.moe_layers) == len(self.layer_types), "moe_layers", self.moe_layers)
+        _check(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+               self.num_key_value_heads)
+        _check(self.linear_num_value_heads % self.linear_num_key_heads == 0,
+               "linear_num_value_heads", self.linear_num_value_heads)
+        _check(0 < self.num_experts_per_tok <= max(self.num_experts, 1), "num_experts_per_tok",
+               self.num_experts_per_tok)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_types)
+
+    @property
+    def full_layer_ids(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.layer_types) if t == FULL)
+
+    @property
+    def linear_layer_ids(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.layer_types) if t == LINEAR)
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def linear_key_dim(self) -> int:
+        return self.linear_num_key_heads * self.linear_key_head_dim
+
+    @property
+    def linear_value_dim(self) -> int:
+        return self.linear_num_value_heads * self.linear_value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the depthwise conv: [q | k | v] flattened."""
+        return 2 * self.linear_key_dim + self.linear_value_dim
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        """Build from a config.json dict (transformers 4.x or 5.x spelling)."""
+        num_layers = int(hf["num_hidden_layers"])
+        rope = hf.get("rope_parameters") or {}
+        return cls(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            layer_types=_layer_types(hf, num_layers),
+            num_attention_heads=int(hf["num_attention_heads"]),
+            num_key_value_heads=int(hf["num_key_value_heads"]),
+            head_dim=int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]),
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            partial_rotary_factor=float(
+                rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.25))),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            linear_num_key_heads=int(hf["linear_num_key_heads"]),
+            linear_num_value_heads=int(hf["linear_num_value_heads"]),
+            linear_key_head_dim=int(hf["linear_key_head_dim"]),
+            linear_value_head_dim=int(hf["linear_value_head_dim"]),
+            linear_conv_kernel_dim=int(hf.get("linear_conv_kernel_dim", 4)),
+            num_experts=int(hf.get("num_experts", 0)),
+            num_experts_per_tok=int(hf.get("num_experts_per_tok", 1)),
+            moe_intermediate_size=int(hf.get("moe_intermediate_size", 0)),
+            shared_expert_intermediate_size=int(hf.get("shared_expert_intermediate_size", 0)),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+            intermediate_size=int(hf.get("intermediate_size", 0)),
+            moe_layers=_moe_layers(hf, num_layers),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            eos_token_ids=_int_tuple(hf.get("eos_token_id")),
+            num_mtp_layers=int(hf.get("num_nextn_predict_layers", 1) or 1),
+            architecture=(hf.get("architectures") or ["Qwen3NextForCausalLM"])[0],
+        )
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelConfig:
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            raise ConfigError(f"--model-path: no config.json in {path}")
+        return cls.from_hf(json.loads(file.read_text()))
+
+
+def _check(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"invalid model config field {name}={value!r}")
+
+
+def _layer_types(hf: dict[str, Any], num_layers: int) -> tuple[str, ...]:
+    if hf.get("layer_types"):
+        return tuple(hf["layer_types"])[:num_layers]
+    interval = int(hf.get("full_attention_interval", 4))
+    return tuple(FULL if (i + 1) % interval == 0 else LINEAR for i in range(num_layers))
+
+
+def _moe_layers(hf: dict[str, Any], num_layers: int) -> tuple[bool, ...]:
+    dense = set(hf.get("mlp_only_layers") or [])
+    step = int(hf.get("decoder_sparse_step", 1))
+    has_experts = int(hf.get("num_experts", 0)) > 0
+    return tuple(has_experts and i not in dense and (i + 1) % step == 0 for i in range(num_layers))
+
+
+def _int_tuple(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """Where weights come from. `load_format="dummy"` makes random weights on the device."""
+
+    model_path: str | None = None
+    dtype: str = "bfloat16"
+    load_format: str = "auto"
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            raise ConfigError(f"--load-format must be auto, safetensors or dummy, got "
+                              f"{self.load_format!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelConfig:
+    """Tensor parallelism: `tp_size` processes, one per device (gloo on CPU, NCCL on GPU)."""
+
+    tp_size: int = 1
+    dist_init_addr: str = "127.0.0.1:29517"
+
+    def __post_init__(self) -> None:
+        if self.tp_size < 1:
+            raise ConfigError(f"--tp must be >= 1, got {self.tp_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Pool geometry (the engine issue adds the memory plan; here only the layout)."""
+
+    page_size: int = 1
+    mamba_ssm_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.page_size < 1:
+            raise ConfigError(f"--page-size must be >= 1, got {self.page_size}")
+        if self.mamba_ssm_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"--mamba-ssm-dtype must be float32 or bfloat16, got "
+                              f"{self.mamba_ssm_dtype!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The root configuration, built once by the CLI and never mutated."""
+
+    model: ModelConfig
+    load: LoadConfig = field(default_factory=LoadConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)

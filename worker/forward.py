@@ -1,0 +1,61 @@
+"""ForwardBatch: the per-step tensors every layer may read (a leaf module: imports only torch).
+
+One forward runs a flat batch of T new tokens from B sequences; each sequence contributes a
+prefill chunk or a single decode token. Legend: T = new tokens, B = sequences, P = max pages
+of one sequence. Recurrent state is reached through `state_slots` into the state pool, K/V
+through `page_table` / `kv_locs` into the paged KV pool; layers look their pool tensors up by
+their own layer index (`kv_layer` / `state_layer`), never by walking modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class KVCache(Protocol):
+    """Paged K/V storage of the full-attention layers: [num_pages * page_size, Hkv, D] each."""
+
+    page_size: int
+
+    def kv(self, kv_layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class StateCache(Protocol):
+    """Recurrent storage of the Gated DeltaNet layers, indexed by state slot."""
+
+    def conv(self, state_layer: int) -> torch.Tensor:
+        """[S, C, K-1]: the last K-1 pre-conv inputs of each slot."""
+        ...
+
+    def ssm(self, state_layer: int) -> torch.Tensor:
+        """[S, Hv, dk, dv]: the delta-rule state of each slot."""
+        ...
+
+
+@dataclass(frozen=True)
+class ForwardBatch:
+    """Inputs of one forward; built by `runtime.inputs`, read by layers."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64: absolute position of each new token
+    cu_seqlens: torch.Tensor  # [B+1] int64: offsets of each sequence's new tokens in T
+    seq_lens: torch.Tensor  # [B] int64: tokens of each sequence including the new ones
+    state_slots: torch.Tensor  # [B] int64: state-pool slot of each sequence
+    has_initial_state: torch.Tensor  # [B] bool: the slot holds state from earlier tokens
+    page_table: torch.Tensor  # [B, P] int64: KV pages of each sequence, in order
+    kv_locs: torch.Tensor  # [T] int64: where each new token's K/V is written
+    logits_indices: torch.Tensor  # [N] int64: rows of T whose logits are computed
+    is_decode: bool  # every sequence has exactly one new token
+    kv_cache: KVCache
+    state_cache: StateCache
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.cu_seqlens.shape[0]) - 1

@@ -1,0 +1,105 @@
+"""Gated DeltaNet (linear attention) with its recurrent state in the state pool.
+
+in_proj_qkvz / in_proj_ba are interleaved per key-head group ([q | k | v | z] and [b | a]);
+the de-interleaved [q | k | v] goes through a causal depthwise conv1d + SiLU whose last K-1
+pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule; gates are
+beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
+a rank's conv and recurrent state hold only its heads.
+Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qnext.kernels import (
+    causal_conv1d_update_ref,
+    causal_conv1d_varlen_ref,
+    chunk_gated_delta_rule_ref,
+    fused_recurrent_gated_delta_rule_ref,
+    gdn_gating_ref,
+)
+from qnext.worker.forward import ForwardBatch
+from qnext.worker.layers.linear import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    load_blocks,
+    load_rows,
+    set_loader,
+)
+from qnext.worker.layers.norm import GatedRMSNorm
+from qnext.worker.layers.parallel import get_tp_info
+
+
+class Conv1dWeight(nn.Module):
+    """The depthwise conv weight, stored [C_local, K]; channels split per q / k / v block."""
+
+    def __init__(self, blocks: tuple[int, int, int], kernel_size: int) -> None:
+        super().__init__()
+        local = sum(blocks) // get_tp_info().size
+        self.weight = set_loader(nn.Parameter(torch.empty(local, kernel_size)),
+                                 lambda p, t: load_blocks(p, t.reshape(t.shape[0], -1), blocks))
+
+
+class GatedDeltaNet(nn.Module):
+    def __init__(self, hidden_size: int, num_k_heads: int, num_v_heads: int, head_k_dim: int,
+                 head_v_dim: int, conv_kernel: int, eps: float, state_layer: int) -> None:
+        super().__init__()
+        tp_size = get_tp_info().size
+        if num_k_heads % tp_size:
+            raise ValueError(f"linear_num_key_heads {num_k_heads} not divisible by tp {tp_size}")
+        self.hk, self.hv = num_k_heads // tp_size, num_v_heads // tp_size
+        self.dk, self.dv = head_k_dim, head_v_dim
+        self.state_layer = state_layer
+        key_dim, value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
+        self.in_proj_qkvz = ColumnParallelLinear(hidden_size, 2 * key_dim + 2 * value_dim)
+        self.in_proj_ba = ColumnParallelLinear(hidden_size, 2 * num_v_heads)
+        self.conv1d = Conv1dWeight((key_dim, key_dim, value_dim), conv_kernel)
+        # NOTE: the gate parameters stay float32 whatever the model dtype (g is computed in fp32)
+        self.A_log = set_loader(nn.Parameter(torch.empty(self.hv, dtype=torch.float32)), load_rows)
+        self.dt_bias = set_loader(nn.Parameter(torch.empty(self.hv, dtype=torch.float32)),
+                                  load_rows)
+        self.norm = GatedRMSNorm(head_v_dim, eps)
+        self.out_proj = RowParallelLinear(value_dim, hidden_size)
+
+    def _split_projections(self, x: torch.Tensor):
+        """De-interleave the per-group projections into flat q|k|v, z, b, a."""
+        num_tokens, r = x.shape[0], self.hv // self.hk
+        qkvz = self.in_proj_qkvz(x).view(num_tokens, self.hk, -1)
+        q, k, v, z = qkvz.split([self.dk, self.dk, r * self.dv, r * self.dv], dim=-1)
+        b, a = self.in_proj_ba(x).view(num_tokens, self.hk, 2 * r).split([r, r], dim=-1)
+        mixed = torch.cat([q.reshape(num_tokens, -1), k.reshape(num_tokens, -1),
+                           v.reshape(num_tokens, -1)], dim=-1)  # [T, C]
+        return (mixed, z.reshape(num_tokens, self.hv, self.dv),
+                b.reshape(num_tokens, self.hv), a.reshape(num_tokens, self.hv))
+
+    def _conv(self, mixed: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        conv_states = batch.state_cache.conv(self.state_layer)
+        if batch.is_decode:
+            return causal_conv1d_update_ref(mixed, self.conv1d.weight, conv_states=conv_states,
+                                            state_indices=batch.state_slots)
+        return causal_conv1d_varlen_ref(
+            mixed, self.conv1d.weight, cu_seqlens=batch.cu_seqlens, conv_states=conv_states,
+            state_indices=batch.state_slots, has_initial_state=batch.has_initial_state)
+
+    def _delta_rule(self, q, k, v, g, beta, batch: ForwardBatch) -> torch.Tensor:
+        ssm_states = batch.state_cache.ssm(self.state_layer)
+        if batch.is_decode:
+            return fused_recurrent_gated_delta_rule_ref(
+                q, k, v, g, beta, ssm_states=ssm_states, state_indices=batch.state_slots)
+        return chunk_gated_delta_rule_ref(
+            q, k, v, g, beta, cu_seqlens=batch.cu_seqlens, ssm_states=ssm_states,
+            state_indices=batch.state_slots, has_initial_state=batch.has_initial_state)
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        mixed, z, b, a = self._split_projections(x)
+        mixed = self._conv(mixed, batch)
+        q, k, v = mixed.split([self.hk * self.dk, self.hk * self.dk, self.hv * self.dv], dim=-1)
+        g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
+        out = self._delta_rule(q.reshape(num_tokens, self.hk, self.dk),
+                               k.reshape(num_tokens, self.hk, self.dk),
+                               v.reshape(num_tokens, self.hv, self.dv), g, beta, batch)
+        out = self.norm(out, z)  # [T, hv, dv]
+        return self.out_proj(out.reshape(num_tokens, -1))

@@ -1,0 +1,127 @@
+"""Tensor-parallel linear layers (vLLM names) and the sharding rules of their weights.
+
+Each parameter carries a `weight_loader(param, tensor, **kwargs)` that takes the full checkpoint
+tensor and copies this rank's slice; the loader in `runtime.weights` dispatches without knowing
+layer internals. Collectives are visible in `forward` (RowParallelLinear's all-reduce).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnext.worker.layers.parallel import get_tp_info, shard_range
+
+Loader = Callable[..., None]
+
+
+def set_loader(param: nn.Parameter, loader: Loader, num_loads: int = 1) -> nn.Parameter:
+    """Attach a weight loader; `num_loads` is how many checkpoint tensors fill the parameter."""
+    param.weight_loader = loader  # type: ignore[attr-defined]
+    param.num_loads = num_loads  # type: ignore[attr-defined]
+    return param
+
+
+def copy_checked(param: torch.Tensor, tensor: torch.Tensor) -> None:
+    if tuple(param.shape) != tuple(tensor.shape):
+        raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
+                         f"{tuple(tensor.shape)}")
+    param.data.copy_(tensor)
+
+
+def load_full(param: nn.Parameter, tensor: torch.Tensor) -> None:
+    """Replicated parameter: every rank keeps the whole tensor."""
+    copy_checked(param, tensor)
+
+
+def load_rows(param: nn.Parameter, tensor: torch.Tensor, dim: int = 0) -> None:
+    """Even contiguous split along `dim` (column-parallel weights, per-head vectors)."""
+    tp = get_tp_info()
+    start, end = shard_range(tensor.shape[dim], tp.rank, tp.size)
+    copy_checked(param, tensor.narrow(dim, start, end - start))
+
+
+def load_blocks(param: nn.Parameter, tensor: torch.Tensor, blocks: Sequence[int],
+                dim: int = 0) -> None:
+    """Split each of several consecutive sub-blocks evenly (e.g. conv channels [q | k | v])."""
+    tp = get_tp_info()
+    parts, offset = [], 0
+    for size in blocks:
+        start, end = shard_range(size, tp.rank, tp.size)
+        parts.append(tensor.narrow(dim, offset + start, end - start))
+        offset += size
+    copy_checked(param, torch.cat(parts, dim=dim))
+
+
+class ReplicatedLinear(nn.Module):
+    """y = x W^T with the whole W on every rank."""
+
+    def __init__(self, in_size: int, out_size: int) -> None:
+        super().__init__()
+        self.weight = set_loader(nn.Parameter(torch.empty(out_size, in_size)), load_full)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class ColumnParallelLinear(nn.Module):
+    """Output features split evenly across ranks; no collective."""
+
+    def __init__(self, in_size: int, out_size: int) -> None:
+        super().__init__()
+        tp = get_tp_info()
+        start, end = shard_range(out_size, tp.rank, tp.size)
+        self.weight = set_loader(nn.Parameter(torch.empty(end - start, in_size)), load_rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class RowParallelLinear(nn.Module):
+    """Input features split across ranks; partial sums all-reduced when `reduce_results`."""
+
+    def __init__(self, in_size: int, out_size: int, reduce_results: bool = True) -> None:
+        super().__init__()
+        tp = get_tp_info()
+        start, end = shard_range(in_size, tp.rank, tp.size)
+        self.comm = tp.comm
+        self.reduce_results = reduce_results
+        self.weight = set_loader(nn.Parameter(torch.empty(out_size, end - start)),
+                                 lambda p, t: load_rows(p, t, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        return self.comm.all_reduce(y) if self.reduce_results else y
+
+
+def kv_head_range(num_kv_heads: int, rank: int, size: int) -> tuple[int, int]:
+    """KV heads of a rank: an even split, or one replicated head when size > num_kv_heads."""
+    if size <= num_kv_heads:
+        return shard_range(num_kv_heads, rank, size)
+    if size % num_kv_heads:
+        raise ValueError(f"tp size {size} must be a multiple of num_key_value_heads "
+                         f"{num_kv_heads}")
+    head = rank // (size // num_kv_heads)
+    return head, head + 1
+
+
+class KVHeadLinear(nn.Module):
+    """k_proj / v_proj: output split by whole KV heads, replicated when tp > num_kv_heads."""
+
+    def __init__(self, in_size: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        tp = get_tp_info()
+        first, last = kv_head_range(num_kv_heads, tp.rank, tp.size)
+        self.rows = (first * head_dim, last * head_dim)
+        self.num_local_heads = last - first
+        self.weight = set_loader(nn.Parameter(torch.empty(self.rows[1] - self.rows[0], in_size)),
+                                 self._load)
+
+    def _load(self, param: nn.Parameter, tensor: torch.Tensor) -> None:
+        copy_checked(param, tensor[self.rows[0]:self.rows[1]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)

@@ -1,0 +1,86 @@
+"""Sparse MoE block (softmax router, top-k, optional renormalisation, SwiGLU experts, a shared
+expert scaled by sigmoid(shared_expert_gate(x))) and the dense SwiGLU MLP.
+
+TP splits every expert along its intermediate dim (w13 column-, w2 row-parallel); the router is
+replicated; routed and shared partial sums are added locally and reduced once.
+Legend: T = tokens, H = hidden, E = experts, I = local intermediate size, k = experts per token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnext.kernels import fused_moe_ref, moe_route_ref
+from qnext.worker.layers.linear import (
+    ColumnParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    copy_checked,
+    set_loader,
+)
+from qnext.worker.layers.parallel import get_tp_info, shard_range
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); the reduce can be deferred to the caller."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int,
+                 reduce_results: bool = True) -> None:
+        super().__init__()
+        self.gate_proj = ColumnParallelLinear(hidden_size, intermediate_size)
+        self.up_proj = ColumnParallelLinear(hidden_size, intermediate_size)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, reduce_results)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class FusedExperts(nn.Module):
+    """All experts stacked: w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I]."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        tp = get_tp_info()
+        self.cols = shard_range(intermediate_size, tp.rank, tp.size)
+        local = self.cols[1] - self.cols[0]
+        self.w13 = set_loader(nn.Parameter(torch.empty(num_experts, 2 * local, hidden_size)),
+                              self._load_w13, num_loads=2 * num_experts)
+        self.w2 = set_loader(nn.Parameter(torch.empty(num_experts, hidden_size, local)),
+                             self._load_w2, num_loads=num_experts)
+
+    def _load_w13(self, param: nn.Parameter, tensor: torch.Tensor, expert: str,
+                  shard: str) -> None:
+        local = param.shape[1] // 2
+        rows = slice(0, local) if shard == "gate" else slice(local, 2 * local)
+        copy_checked(param.data[int(expert), rows], tensor[self.cols[0]:self.cols[1]])
+
+    def _load_w2(self, param: nn.Parameter, tensor: torch.Tensor, expert: str) -> None:
+        copy_checked(param.data[int(expert)], tensor[:, self.cols[0]:self.cols[1]])
+
+    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor,
+                topk_ids: torch.Tensor) -> torch.Tensor:
+        return fused_moe_ref(x, self.w13, self.w2, topk_weights, topk_ids)
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, intermediate_size: int,
+                 shared_intermediate_size: int, norm_topk_prob: bool) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.norm_topk_prob = norm_topk_prob
+        self.comm = get_tp_info().comm
+        self.gate = ReplicatedLinear(hidden_size, num_experts)
+        self.experts = FusedExperts(num_experts, hidden_size, intermediate_size)
+        self.shared_expert = (MLP(hidden_size, shared_intermediate_size, reduce_results=False)
+                              if shared_intermediate_size else None)
+        self.shared_expert_gate = ReplicatedLinear(hidden_size, 1) if self.shared_expert else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        topk_weights, topk_ids = moe_route_ref(self.gate(x), self.top_k, self.norm_topk_prob)
+        out = self.experts(x, topk_weights, topk_ids)  # [T, H] partial over ranks
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return self.comm.all_reduce(out)
+

@@ -1,0 +1,34 @@
+"""Norms of Qwen3-Next: zero-centred RMSNorm (scale 1 + w, optional fused residual add) and the
+gated RMSNorm of the Gated DeltaNet output (plain w, times silu(z))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qnext.kernels import gated_rms_norm_ref, rms_norm_ref
+from qnext.worker.layers.linear import load_full, set_loader
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * (1 + w); with `residual`, normalises x + residual and returns the sum."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = set_loader(nn.Parameter(torch.empty(size)), load_full)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return rms_norm_ref(x, self.weight, self.eps, residual)
+
+
+class GatedRMSNorm(nn.Module):
+    """Per value head: y = x / rms(x) * w * silu(z); the weight is shared by all heads."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = set_loader(nn.Parameter(torch.empty(size)), load_full)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return gated_rms_norm_ref(x, z, self.weight, self.eps)

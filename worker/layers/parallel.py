@@ -1,0 +1,107 @@
+"""Tensor-parallel identity and collectives: `TPInfo` is set once per process; `Communicator`
+wraps torch.distributed (gloo on CPU, NCCL on GPU). Lives with the layers (which issue the
+collectives) so that runtime -> models -> layers stays acyclic; only here are groups created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class Communicator:
+    """The collectives layers may issue. With one rank every call is the identity."""
+
+    def __init__(self, size: int, group: dist.ProcessGroup | None = None) -> None:
+        self.size = size
+        self.group = group
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, in place; returns `x`."""
+        if self.size > 1:
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Concatenate equal-shaped shards of all ranks along `dim`."""
+        if self.size == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=dim)
+
+    def all_reduce_min(self, value: int) -> int:
+        """Agree on the minimum of an integer across ranks (memory plans)."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        return int(t.item())
+
+
+@dataclass(frozen=True)
+class TPInfo:
+    """This process's place in the tensor-parallel group."""
+
+    rank: int
+    size: int
+    comm: Communicator
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+
+_TP: TPInfo | None = None
+
+
+def set_tp_info(rank: int, size: int, comm: Communicator | None = None) -> TPInfo:
+    """Set the process's TP identity; raises if already set (call `reset_tp_info` first)."""
+    global _TP
+    if _TP is not None:
+        raise RuntimeError("TPInfo is already set for this process")
+    if not 0 <= rank < size:
+        raise ValueError(f"tp rank {rank} outside [0, {size})")
+    _TP = TPInfo(rank, size, comm or Communicator(size))
+    return _TP
+
+
+def get_tp_info() -> TPInfo:
+    """The process's TP identity; single-rank by default when nothing was set."""
+    global _TP
+    if _TP is None:
+        _TP = TPInfo(0, 1, Communicator(1))
+    return _TP
+
+
+def reset_tp_info() -> None:
+    """Forget the identity (tests, and a worker that re-initialises)."""
+    global _TP
+    _TP = None
+
+
+def init_distributed(rank: int, size: int, init_method: str, device: str) -> TPInfo:
+    """Join the TP process group (NCCL for CUDA devices, gloo otherwise) and set TPInfo."""
+    if size == 1:
+        return set_tp_info(0, 1)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size)
+    return set_tp_info(rank, size, Communicator(size, dist.group.WORLD))
+
+
+def _collective_device() -> torch.device:
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def shard_range(total: int, rank: int, size: int) -> tuple[int, int]:
+    """[start, end) of an even split of `total`; raises when `total` is not divisible."""
+    if total % size:
+        raise ValueError(f"{total} is not divisible by tp size {size}")
+    step = total // size
+    return rank * step, (rank + 1) * step

@@ -1,0 +1,22 @@
+"""Partial NeoX rotary embedding: only the first `rotary_dim` dims of each head rotate.
+Legend: T = tokens, H = heads, D = head dim."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qnext.kernels import apply_rope_ref, rope_cos_sin_ref
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, rotary_dim: int, theta: float) -> None:
+        super().__init__()
+        self.rotary_dim = rotary_dim
+        self.theta = theta
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor,
+                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k [T, Hkv, D] -> rotated copies."""
+        cos, sin = rope_cos_sin_ref(positions, self.rotary_dim, self.theta, q.dtype)
+        return apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)

@@ -1,0 +1,69 @@
+"""Turns a step's plain-int description of each sequence into a `ForwardBatch` of tensors.
+
+A `SeqChunk` is what the scheduler decides for one sequence in one step: its new token ids
+(a prefill chunk or one decode token), how many of its tokens are already in the caches, its
+state slot and its KV pages (covering at least prefix + new tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import torch
+
+from qnext.worker.forward import ForwardBatch, KVCache, StateCache
+
+
+@dataclass(frozen=True)
+class SeqChunk:
+    token_ids: list[int]
+    prefix_len: int
+    state_slot: int
+    page_ids: list[int]
+
+    @property
+    def seq_len(self) -> int:
+        return self.prefix_len + len(self.token_ids)
+
+
+def _check(chunk: SeqChunk, page_size: int) -> None:
+    if not chunk.token_ids:
+        raise ValueError("a sequence chunk needs at least one new token")
+    if len(chunk.page_ids) * page_size < chunk.seq_len:
+        raise ValueError(f"{len(chunk.page_ids)} pages of {page_size} cannot hold "
+                         f"{chunk.seq_len} tokens")
+
+
+def _kv_locs(chunk: SeqChunk, page_size: int) -> list[int]:
+    return [chunk.page_ids[p // page_size] * page_size + p % page_size
+            for p in range(chunk.prefix_len, chunk.seq_len)]
+
+
+def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: StateCache,
+                        device: torch.device | str, all_logits: bool = False) -> ForwardBatch:
+    """Logits are requested for the last new token of every sequence (every token if
+    `all_logits`, as prompt logprobs and parity checks need)."""
+    page_size = kv_cache.page_size
+    for chunk in chunks:
+        _check(chunk, page_size)
+    cu = [0, *accumulate(len(c.token_ids) for c in chunks)]
+    max_pages = max(len(c.page_ids) for c in chunks)
+
+    def tensor(values, dtype=torch.int64):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return ForwardBatch(
+        input_ids=tensor([t for c in chunks for t in c.token_ids]),
+        positions=tensor([p for c in chunks for p in range(c.prefix_len, c.seq_len)]),
+        cu_seqlens=tensor(cu),
+        seq_lens=tensor([c.seq_len for c in chunks]),
+        state_slots=tensor([c.state_slot for c in chunks]),
+        has_initial_state=tensor([c.prefix_len > 0 for c in chunks], torch.bool),
+        page_table=tensor([c.page_ids + [0] * (max_pages - len(c.page_ids)) for c in chunks]),
+        kv_locs=tensor([loc for c in chunks for loc in _kv_locs(c, page_size)]),
+        logits_indices=tensor(list(range(cu[-1])) if all_logits else [e - 1 for e in cu[1:]]),
+        is_decode=all(len(c.token_ids) == 1 and c.prefix_len > 0 for c in chunks),
+        kv_cache=kv_cache,
+        state_cache=state_cache,
+    )

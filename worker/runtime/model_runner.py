@@ -1,0 +1,107 @@
+"""Per-rank model runner: builds the model (on the meta device, then materialised on the target
+device and loaded), owns the KV and state pools, and runs one forward over a list of
+`SeqChunk`s. Memory planning and CUDA graphs arrive with the engine / GPU issues.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from qnext.worker.config import Config
+from qnext.worker.layers.linear import kv_head_range
+from qnext.worker.layers.parallel import get_tp_info
+from qnext.worker.models.registry import model_class
+from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
+from qnext.worker.runtime.kv_pool import KVPool
+from qnext.worker.runtime.state_pool import StatePool
+from qnext.worker.runtime.weights import init_dummy_weights, iter_checkpoint, load_weights
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _to_empty_keeping_loaders(model: nn.Module, device: torch.device) -> None:
+    """`to_empty` makes new Parameter objects; carry the weight-loader attributes over."""
+    keep = ("weight_loader", "num_loads")
+    saved = {n: {k: getattr(p, k) for k in keep if hasattr(p, k)}
+             for n, p in model.named_parameters()}
+    model.to_empty(device=device)
+    for name, param in model.named_parameters():
+        for key, value in saved[name].items():
+            setattr(param, key, value)
+
+
+def materialise(model: nn.Module, cfg: Config, prefix: str = "",
+                skip: tuple[str, ...] = ()) -> nn.Module:
+    """Move a meta-built model to the device and fill it from the checkpoint or randomly."""
+    _to_empty_keeping_loaders(model, torch.device(cfg.load.device))
+    if cfg.load.load_format == "dummy":
+        init_dummy_weights(model, cfg.load.seed)
+    else:
+        if cfg.load.model_path is None:
+            raise ValueError("--model-path is required unless --load-format dummy")
+        load_weights(model, iter_checkpoint(cfg.load.model_path), prefix, skip)
+    return model.eval().requires_grad_(False)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The target model for `cfg.model.architecture`, weights loaded, on `cfg.load.device`."""
+    cls = model_class(cfg.model.architecture)
+    with torch.device("meta"), _default_dtype(TORCH_DTYPES[cfg.load.dtype]):
+        model = cls(cfg.model)
+    return materialise(model, cfg, skip=getattr(cls, "skip_prefixes", ()))
+
+
+def build_mtp(cfg: Config) -> nn.Module:
+    """The MTP draft head (`mtp.*` tensors of the same checkpoint)."""
+    from qnext.worker.models.qwen3_next_mtp import Qwen3NextMTP
+
+    with torch.device("meta"), _default_dtype(TORCH_DTYPES[cfg.load.dtype]):
+        model = Qwen3NextMTP(cfg.model)
+    return materialise(model, cfg, prefix=Qwen3NextMTP.checkpoint_prefix)
+
+
+def make_pools(cfg: Config, num_pages: int, num_slots: int,
+               num_kv_layers: int | None = None) -> tuple[KVPool, StatePool]:
+    """Pools holding this rank's heads; page 0 and slot 0 are the padding targets."""
+    m, tp = cfg.model, get_tp_info()
+    first, last = kv_head_range(m.num_key_value_heads, tp.rank, tp.size)
+    dtype, device = TORCH_DTYPES[cfg.load.dtype], cfg.load.device
+    # NOTE: a float64 model (numerics checks) keeps its recurrent state in float64 too
+    ssm_dtype = dtype if dtype == torch.float64 else TORCH_DTYPES[cfg.cache.mamba_ssm_dtype]
+    kv_layers = len(m.full_layer_ids) if num_kv_layers is None else num_kv_layers
+    kv = KVPool(kv_layers, num_pages, cfg.cache.page_size, last - first, m.head_dim, dtype, device)
+    state = StatePool(len(m.linear_layer_ids), num_slots, m.conv_dim // tp.size,
+                      m.linear_conv_kernel_dim, m.linear_num_value_heads // tp.size,
+                      m.linear_key_head_dim, m.linear_value_head_dim, dtype, ssm_dtype, device)
+    return kv, state
+
+
+class ModelRunner:
+    """One rank's model plus pools. `forward` returns (logits [B or T, V], hidden [T, H])."""
+
+    def __init__(self, cfg: Config, num_pages: int, num_slots: int) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.load.device)
+        self.model = build_model(cfg)
+        self.kv_pool, self.state_pool = make_pools(cfg, num_pages, num_slots)
+
+    @torch.inference_mode()
+    def forward(self, chunks: list[SeqChunk],
+                all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = build_forward_batch(chunks, self.kv_pool, self.state_pool, self.device,
+                                    all_logits)
+        return self.model(batch)
