@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qnext.kernels.precision import acc, acc_dtype
+from qnext.kernels.varlen import initial_state, iter_seqs
 
 
 def _activate(y: Tensor, activation: str | None) -> Tensor:
@@ -46,15 +47,8 @@ def causal_conv1d_varlen_ref(
     K = weight.shape[1]
     w = acc(weight)  # [C, K]
     out = torch.zeros(T, C, dtype=acc_dtype(x), device=x.device)
-    bounds = cu_seqlens.tolist()
-    for b, slot in enumerate(state_indices.tolist()):
-        s, e = bounds[b], bounds[b + 1]
-        if e == s:
-            continue
-        if bool(has_initial_state[b]):
-            init = acc(conv_states[slot])  # [C, K-1]
-        else:
-            init = torch.zeros(C, K - 1, dtype=acc_dtype(x), device=x.device)
+    for b, slot, s, e in iter_seqs(cu_seqlens, state_indices):
+        init = initial_state(conv_states, slot, bool(has_initial_state[b]), acc_dtype(x))
         window = torch.cat([init, acc(x[s:e]).t()], dim=1)  # [C, K-1+L]
         taps = window.unfold(1, K, 1)  # [C, L, K]: taps[:, t, j] = window[:, t + j]
         out[s:e] = (taps * w[:, None, :]).sum(-1).t()

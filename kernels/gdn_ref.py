@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qnext.kernels.precision import acc, acc_dtype
+from qnext.kernels.varlen import initial_state, iter_seqs
 
 
 def gdn_gating_ref(A_log: Tensor, a: Tensor, b: Tensor, dt_bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,15 +155,8 @@ def chunk_gated_delta_rule_ref(
     qf, kf = _prep_qk(q, k, hv, scale, use_qk_l2norm)  # [T, Hv, dk]
     vf, gf, bf = acc(v), acc(g), acc(beta)
     out = torch.zeros(T, hv, dv, dtype=acc_dtype(v), device=v.device)
-    bounds = cu_seqlens.tolist()
-    for b, slot in enumerate(state_indices.tolist()):
-        s, e = bounds[b], bounds[b + 1]
-        if e == s:
-            continue
-        if bool(has_initial_state[b]):
-            state = acc(ssm_states[slot])
-        else:
-            state = torch.zeros(ssm_states.shape[1:], dtype=acc_dtype(v), device=v.device)
+    for b, slot, s, e in iter_seqs(cu_seqlens, state_indices):
+        state = initial_state(ssm_states, slot, bool(has_initial_state[b]), acc_dtype(v))
         seq = [x[s:e].transpose(0, 1) for x in (qf, kf, vf, gf, bf)]  # head-major
         o_seq, state = _chunked_sequence(*seq, state, chunk_size)
         out[s:e] = o_seq.transpose(0, 1)

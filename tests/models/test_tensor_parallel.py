@@ -43,23 +43,26 @@ def _workload(harness: Harness, vocab: int) -> list[torch.Tensor]:
 
 
 def _rank_main(rank: int, size: int, port: int, path: str, page_size: int, dtype: str,
-               result_file: str):
+               device: str, result_file: str):
     reset_tp_info()
-    init_distributed(rank, size, f"tcp://127.0.0.1:{port}", "cpu")
-    cfg = make_config(path, dtype=dtype, page_size=page_size, tp_size=size)
+    init_distributed(rank, size, f"tcp://127.0.0.1:{port}", device)
+    rank_device = f"cuda:{rank}" if device == "cuda" else device
+    cfg = make_config(path, dtype=dtype, device=rank_device, page_size=page_size, tp_size=size)
     outputs = _workload(Harness(cfg), cfg.model.vocab_size)
     if rank == 0:
-        torch.save(outputs, result_file)
+        torch.save([t.cpu() for t in outputs], result_file)
     torch.distributed.barrier()  # nobody leaves the group while a peer still talks
     torch.distributed.destroy_process_group()
 
 
-def _tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str) -> list[float]:
+def tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str, device: str = "cpu") -> list[float]:
+    """Max-abs logits difference per step between a 2-process TP run and a TP=1 run."""
     result_file = str(tmp_path / f"tp2_{dtype}.pt")
-    mp.spawn(_rank_main, args=(2, _free_port(), str(path), page_size, dtype, result_file),
-             nprocs=2, join=True)
-    cfg = make_config(path, dtype=dtype, page_size=page_size)
-    expected = _workload(Harness(cfg), cfg.model.vocab_size)
+    mp.spawn(_rank_main, nprocs=2, join=True,
+             args=(2, _free_port(), str(path), page_size, dtype, device, result_file))
+    cfg = make_config(path, dtype=dtype, page_size=page_size,
+                      device="cuda:0" if device == "cuda" else device)
+    expected = [t.cpu() for t in _workload(Harness(cfg), cfg.model.vocab_size)]
     got = torch.load(result_file)
     assert len(got) == len(expected)
     return [(a - b).abs().max().item() for a, b in zip(got, expected)]
@@ -68,13 +71,13 @@ def _tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str) -> list[float]:
 @pytest.mark.parametrize("preset,page_size", [("tiny-tp", 1), ("tiny-b", 4)])
 def test_tp2_equals_tp1_float64(tiny_checkpoint, tmp_path, preset, page_size):
     """In float64 the summation-order noise vanishes: every step agrees within 1e-10."""
-    errors = _tp2_vs_tp1(tiny_checkpoint(preset), tmp_path, page_size, "float64")
+    errors = tp2_vs_tp1(tiny_checkpoint(preset), tmp_path, page_size, "float64")
     assert max(errors) < 1e-10, errors
 
 
 @pytest.mark.parametrize("preset,page_size", [("tiny-tp", 1), ("tiny-b", 4)])
 def test_tp2_equals_tp1_float32(tiny_checkpoint, tmp_path, preset, page_size):
-    errors = _tp2_vs_tp1(tiny_checkpoint(preset), tmp_path, page_size, "float32")
+    errors = tp2_vs_tp1(tiny_checkpoint(preset), tmp_path, page_size, "float32")
     for step, err in enumerate(errors):
         bound = 1e-4 if step < 2 else 1e-5  # steps 0 and 1 hold prefill chunks
         assert err < bound, f"step {step}: TP=2 differs from TP=1 by {err:.2e}"

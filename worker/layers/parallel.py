@@ -86,10 +86,13 @@ def init_distributed(rank: int, size: int, init_method: str, device: str) -> TPI
     """Join the TP process group (NCCL for CUDA devices, gloo otherwise) and set TPInfo."""
     if size == 1:
         return set_tp_info(0, 1)
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size)
+    if device.startswith("cuda"):
+        local = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=size,
+                                device_id=local)
+    else:
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=size)
     return set_tp_info(rank, size, Communicator(size, dist.group.WORLD))
 
 

@@ -100,6 +100,8 @@ class Qwen3NextForCausalLM(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.tie_word_embeddings:
+            raise ValueError("tie_word_embeddings=true is not supported (Qwen3-Next unties them)")
         self.config = cfg
         self.model = Qwen3NextModel(cfg)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)

@@ -74,15 +74,9 @@ def test_chunked_matches_token_loop(hk, hv, chunk_size):
     ]
     expect_o, expect_states = _token_loop_batch(q, k, v, g, beta, lengths, inits)
     o = chunk_gated_delta_rule_ref(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        cu_seqlens=cu(lengths),
-        ssm_states=pool,
-        state_indices=slots,
-        has_initial_state=has_init,
+        q, k, v, g, beta,
+        cu_seqlens=cu(lengths), ssm_states=pool,
+        state_indices=slots, has_initial_state=has_init,
         chunk_size=chunk_size,
     )
     assert o.shape == v.shape and o.dtype == v.dtype
@@ -105,15 +99,9 @@ def test_chunked_bf16_pool_and_inputs():
     inits = [before[3].float(), None]
     expect_o, expect_states = _token_loop_batch(q, k, v, g, beta, lengths, inits)
     o = chunk_gated_delta_rule_ref(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        cu_seqlens=cu(lengths),
-        ssm_states=pool,
-        state_indices=slots,
-        has_initial_state=has_init,
+        q, k, v, g, beta,
+        cu_seqlens=cu(lengths), ssm_states=pool,
+        state_indices=slots, has_initial_state=has_init,
     )
     assert pool.dtype == torch.bfloat16 and o.dtype == torch.bfloat16
     assert maxdiff(o, expect_o) < 2e-2
@@ -132,11 +120,7 @@ def test_chunked_split_calls_equal_one_call():
     slot = torch.tensor([1])
     common = dict(state_indices=slot, chunk_size=64)
     o_whole = chunk_gated_delta_rule_ref(
-        q,
-        k,
-        v,
-        g,
-        beta,
+        q, k, v, g, beta,
         cu_seqlens=cu([n]),
         ssm_states=pool_a,
         has_initial_state=torch.tensor([False]),
@@ -146,11 +130,7 @@ def test_chunked_split_calls_equal_one_call():
     for (s, e), init in (((0, cut), False), ((cut, n), True)):
         parts.append(
             chunk_gated_delta_rule_ref(
-                q[s:e],
-                k[s:e],
-                v[s:e],
-                g[s:e],
-                beta[s:e],
+                q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e],
                 cu_seqlens=cu([e - s]),
                 ssm_states=pool_b,
                 has_initial_state=torch.tensor([init]),
@@ -168,15 +148,9 @@ def test_chunked_skips_empty_sequence():
     pool = torch.randn(3, 2, 8, 8)
     before = pool.clone()
     o = chunk_gated_delta_rule_ref(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        cu_seqlens=cu([0, 6]),
-        ssm_states=pool,
-        state_indices=torch.tensor([0, 2]),
-        has_initial_state=torch.tensor([True, True]),
+        q, k, v, g, beta,
+        cu_seqlens=cu([0, 6]), ssm_states=pool,
+        state_indices=torch.tensor([0, 2]), has_initial_state=torch.tensor([True, True]),
     )
     assert torch.equal(pool[0], before[0]) and not torch.equal(pool[2], before[2])
     expect, _ = recurrent_gated_delta_rule_ref(q, k, v, g, beta, before[2])
@@ -243,15 +217,9 @@ def test_gdn_against_transformers(hk, hv):
     )
     pool = init.clone()
     o = chunk_gated_delta_rule_ref(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        cu_seqlens=cu([L] * Bn),
-        ssm_states=pool,
-        state_indices=torch.arange(Bn),
-        has_initial_state=torch.ones(Bn, dtype=torch.bool),
+        q, k, v, g, beta,
+        cu_seqlens=cu([L] * Bn), ssm_states=pool,
+        state_indices=torch.arange(Bn), has_initial_state=torch.ones(Bn, dtype=torch.bool),
     )
     assert maxdiff(o.view(Bn, L, hv, dv), hf_o) < TOL
     assert maxdiff(pool, hf_s) < TOL

@@ -1,0 +1,24 @@
+"""TP=2 over NCCL (two processes, one GPU each) computes the same logits as TP=1 on one GPU.
+Needs two GPUs (nvidia-h100-x2); same bounds as the CPU/gloo test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models.test_tensor_parallel import tp2_vs_tp1
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")]
+
+
+@pytest.mark.parametrize("preset,page_size", [("tiny-tp", 1), ("tiny-b", 4)])
+def test_nccl_tp2_equals_tp1(tiny_checkpoint, tmp_path, preset, page_size):
+    path = tiny_checkpoint(preset)
+    errors64 = tp2_vs_tp1(path, tmp_path, page_size, "float64", device="cuda")
+    errors32 = tp2_vs_tp1(path, tmp_path, page_size, "float32", device="cuda")
+    print(f"{preset}: NCCL TP=2 vs TP=1 float64 {max(errors64):.2e}, float32 per step "
+          + " ".join(f"{e:.2e}" for e in errors32))
+    assert max(errors64) < 1e-10, errors64
+    for step, err in enumerate(errors32):
+        assert err < (1e-4 if step < 2 else 1e-5), f"step {step}: {err:.2e}"
