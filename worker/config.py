@@ -193,10 +193,16 @@ class ParallelConfig:
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    """Pool geometry (the engine issue adds the memory plan; here only the layout)."""
+    """Pools and the memory plan (SGLang flag names). On CPU `cpu_memory_bytes` stands in for
+    the device's memory."""
 
     page_size: int = 1
     mamba_ssm_dtype: str = "float32"
+    mem_fraction_static: float = 0.88
+    mamba_full_memory_ratio: float = 0.9
+    max_mamba_cache_size: int | None = None
+    max_total_tokens: int | None = None
+    cpu_memory_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
@@ -204,6 +210,37 @@ class CacheConfig:
         if self.mamba_ssm_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"--mamba-ssm-dtype must be float32 or bfloat16, got "
                               f"{self.mamba_ssm_dtype!r}")
+        if not 0 < self.mem_fraction_static <= 1:
+            raise ConfigError(f"--mem-fraction-static must be in (0, 1], got "
+                              f"{self.mem_fraction_static}")
+        if not self.mamba_full_memory_ratio > 0:
+            raise ConfigError(f"--mamba-full-memory-ratio must be > 0, got "
+                              f"{self.mamba_full_memory_ratio}")
+        for flag, value in (("--max-mamba-cache-size", self.max_mamba_cache_size),
+                            ("--max-total-tokens", self.max_total_tokens)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedConfig:
+    """Batching limits. `chunked_prefill_size=None` prefills whole prompts in one chunk."""
+
+    max_running_requests: int | None = None
+    chunked_prefill_size: int | None = 8192
+    max_prefill_tokens: int = 16384
+    context_length: int | None = None
+    disable_overlap_schedule: bool = False
+    random_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--max-running-requests", self.max_running_requests),
+                            ("--chunked-prefill-size", self.chunked_prefill_size),
+                            ("--context-length", self.context_length)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.max_prefill_tokens < 1:
+            raise ConfigError(f"--max-prefill-tokens must be >= 1, got {self.max_prefill_tokens}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +251,4 @@ class Config:
     load: LoadConfig = field(default_factory=LoadConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)

@@ -73,3 +73,19 @@ def test_no_generic_top_level_names(tmp_path):
     code = ("import importlib.util as u; "
             "assert all(u.find_spec(n) is None for n in ('worker', 'kernels', 'cli'))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_every_package_is_installed():
+    """pyproject's explicit package list must name every package folder (wheels need it)."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                   ["packages"])
+    names = {"worker": "qnext.worker", "kernels": "qnext.kernels", "cli": "qnext.cli",
+             "qnext": "qnext", "qnext_grpc": "qnext_grpc"}
+    found = set()
+    for top, name in names.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join([name, *parts]))
+    assert found <= declared, f"add to pyproject packages: {sorted(found - declared)}"

@@ -91,13 +91,24 @@ def make_pools(cfg: Config, num_pages: int, num_slots: int,
 
 
 class ModelRunner:
-    """One rank's model plus pools. `forward` returns (logits [B or T, V], hidden [T, H])."""
+    """One rank's model plus pools. `forward` returns (logits [B or T, V], hidden [T, H]).
 
-    def __init__(self, cfg: Config, num_pages: int, num_slots: int) -> None:
+    Pools are allocated by `allocate_pools` once the memory plan is known (or directly when
+    the page and slot counts are given, as tests do).
+    """
+
+    def __init__(self, cfg: Config, num_pages: int | None = None,
+                 num_slots: int | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(cfg.load.device)
         self.model = build_model(cfg)
-        self.kv_pool, self.state_pool = make_pools(cfg, num_pages, num_slots)
+        self.kv_pool: KVPool | None = None
+        self.state_pool: StatePool | None = None
+        if num_pages is not None and num_slots is not None:
+            self.allocate_pools(num_pages, num_slots)
+
+    def allocate_pools(self, num_pages: int, num_slots: int) -> None:
+        self.kv_pool, self.state_pool = make_pools(self.cfg, num_pages, num_slots)
 
     @torch.inference_mode()
     def forward(self, chunks: list[SeqChunk],

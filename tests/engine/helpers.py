@@ -1,0 +1,40 @@
+"""Engine test helpers: build a small-pool engine on a tiny checkpoint, random prompts, and
+the check that every page and state slot is free again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qnext.worker.config import CacheConfig, Config, LoadConfig, ModelConfig, SchedConfig
+from qnext.worker.engine import Engine
+
+
+def make_engine(path: Path, *, overlap: bool = False, max_total_tokens: int | None = 4096,
+                chunk: int | None = 16, max_prefill_tokens: int = 48, page_size: int = 1,
+                max_running_requests: int | None = None, seed: int = 0) -> Engine:
+    return Engine(Config(
+        model=ModelConfig.from_dir(path),
+        load=LoadConfig(model_path=str(path), dtype="float32"),
+        cache=CacheConfig(page_size=page_size, max_total_tokens=max_total_tokens,
+                          cpu_memory_bytes=64 << 20, max_mamba_cache_size=64),
+        sched=SchedConfig(chunked_prefill_size=chunk, max_prefill_tokens=max_prefill_tokens,
+                          disable_overlap_schedule=not overlap,
+                          max_running_requests=max_running_requests, random_seed=seed)))
+
+
+def random_prompts(n: int, low: int, high: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(low, high, (n,), generator=gen).tolist()
+    return [torch.randint(0, vocab, (k,), generator=gen).tolist() for k in lengths]
+
+
+def assert_pools_at_baseline(engine: Engine) -> None:
+    """No sequence holds a page or a slot, and the allocators are consistent."""
+    pages, slots = engine.scheduler.pages, engine.scheduler.slots
+    pages.check_integrity()
+    slots.check_integrity()
+    assert pages.num_free == pages.num_total, "KV pages leaked"
+    assert slots.num_free == slots.num_total, "state slots leaked"
+    assert not engine.scheduler.seqs and not engine.scheduler.running

@@ -1,0 +1,197 @@
+"""The engine facade: builds the model runner, plans memory, owns the scheduler and the step
+loop. Synchronous: `add`, `abort`, `step() -> outputs`, `stats()`, and the offline
+`generate()`. Knows nothing of asyncio or gRPC; raises `RequestRejected` for bad requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from qnext.worker.config import Config
+from qnext.worker.engine.loop import NormalLoop, OverlapLoop
+from qnext.worker.runtime.memory import make_memory_plan
+from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.worker import PlanExecutor
+from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
+from qnext.worker.sched.request import (
+    FinishReason,
+    Request,
+    RequestRejected,
+    SamplingParams,
+    Sequence,
+)
+from qnext.worker.sched.scheduler import Scheduler, SchedulerLimits, SeqOutput
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    """One new token of a request (None when it finished without one, e.g. aborted)."""
+
+    request_id: str
+    token_id: int | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class GenerationOutput:
+    """The whole result of one request of `Engine.generate`."""
+
+    request_id: str
+    prompt_ids: list[int]
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[float | None] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+def _seed_for(base: int, n: int) -> int:
+    """A per-request seed drawn deterministically from the engine seed and arrival order."""
+    return (base * 1_000_003 + n * 7_919 + 12_345) % (2**31 - 1)
+
+
+class Engine:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.runner = ModelRunner(cfg)
+        self.memory = make_memory_plan(cfg, self.runner.model)
+        self.runner.allocate_pools(self.memory.num_pages, self.memory.num_state_slots)
+        eos = cfg.model.eos_token_ids
+        self.scheduler = Scheduler(self._limits(), PageAllocator(self.memory.num_pages),
+                                   StateSlotAllocator(self.memory.num_state_slots), eos)
+        self.executor = PlanExecutor(self.runner, eos)
+        overlap = not cfg.sched.disable_overlap_schedule
+        loop_cls = OverlapLoop if overlap else NormalLoop
+        self.loop = loop_cls(self.scheduler, self.executor)
+        self._ids: dict[str, int] = {}
+        self._requests: dict[int, str] = {}
+        self._arrivals = itertools.count()
+        self._counters = {"requests": 0, "finished": 0, "tokens": 0, "steps": 0}
+        log.info("engine_ready", overlap=overlap, **self.memory.describe())
+
+    def _limits(self) -> SchedulerLimits:
+        sched = self.cfg.sched
+        return SchedulerLimits(
+            max_running_requests=self.memory.max_running_requests,
+            max_prefill_tokens=sched.max_prefill_tokens,
+            chunk_size=sched.chunked_prefill_size,
+            page_size=self.cfg.cache.page_size,
+            max_context=self.context_length)
+
+    @property
+    def context_length(self) -> int:
+        return self.cfg.sched.context_length or self.cfg.model.max_position_embeddings
+
+    # -- requests -------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        """Queue a request; RequestRejected (naming the field) if it can never run."""
+        self._validate(request)
+        n = next(self._arrivals)
+        seed = request.sampling.seed
+        seq = Sequence(seq_id=n, request=request,
+                       seed=_seed_for(self.cfg.sched.random_seed, n) if seed is None else seed,
+                       arrival=n)
+        self._ids[request.request_id], self._requests[n] = n, request.request_id
+        self._counters["requests"] += 1
+        self.scheduler.add(seq)
+
+    def _validate(self, request: Request) -> None:
+        prompt, vocab = request.prompt_ids, self.cfg.model.vocab_size
+        if request.request_id in self._ids:
+            raise RequestRejected(f"duplicate request_id {request.request_id!r}")
+        if not prompt:
+            raise RequestRejected("prompt is empty")
+        if not all(0 <= t < vocab for t in prompt):
+            raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
+        if len(prompt) >= self.context_length:
+            raise RequestRejected(f"prompt of {len(prompt)} tokens does not fit the context "
+                                  f"length {self.context_length}")
+        if len(prompt) + 1 > self.memory.max_total_tokens:
+            raise RequestRejected(f"prompt of {len(prompt)} tokens exceeds the KV pool "
+                                  f"({self.memory.max_total_tokens} tokens)")
+        request.sampling.validate(vocab)
+
+    def abort(self, request_id: str) -> bool:
+        """Finish a request with ABORT; False if unknown or already finished."""
+        seq_id = self._ids.get(request_id)
+        return seq_id is not None and self.scheduler.abort(seq_id) is not None
+
+    # -- stepping -------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return not self.loop.idle
+
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns the tokens it produced and the requests it finished."""
+        outputs = [self._to_output(o) for o in self.loop.step()]
+        self._counters["steps"] += 1
+        self._counters["tokens"] += sum(o.token_id is not None for o in outputs)
+        self._counters["finished"] += sum(o.finish_reason is not None for o in outputs)
+        self._forget_finished()
+        return outputs
+
+    def _to_output(self, out: SeqOutput) -> RequestOutput:
+        return RequestOutput(self._requests[out.seq_id], out.token_id, out.logprob,
+                             out.top_logprobs, out.finish_reason)
+
+    def _forget_finished(self) -> None:
+        for seq_id in [s for s in self._requests if s not in self.scheduler.seqs]:
+            del self._ids[self._requests.pop(seq_id)]
+
+    def stats(self) -> dict:
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_free_pages": self.scheduler.pages.num_free,
+            "num_free_state_slots": self.scheduler.slots.num_free,
+            "num_preemptions": self.scheduler.num_preemptions,
+            **{f"num_{k}": v for k, v in self._counters.items()},
+            "memory": self.memory.describe(),
+        }
+
+    # -- offline --------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]],
+                 sampling: SamplingParams | list[SamplingParams] | None = None,
+                 progress: bool | None = None) -> list[GenerationOutput]:
+        """Run prompts (token ids) to completion; results in prompt order."""
+        params = sampling if isinstance(sampling, list) else [sampling or SamplingParams()] * \
+            len(prompts)
+        tag = f"gen-{time.monotonic_ns()}"
+        results = {f"{tag}-{i}": GenerationOutput(f"{tag}-{i}", list(p))
+                   for i, p in enumerate(prompts)}
+        for (rid, res), sp in zip(results.items(), params):
+            self.add(Request(rid, tuple(res.prompt_ids), sp))
+        self._drain(results, progress if progress is not None else len(prompts) >= 32)
+        return list(results.values())
+
+    def _drain(self, results: dict[str, GenerationOutput], progress: bool) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(results), disable=not progress, desc="generate")
+        pending = set(results)
+        while pending:
+            for out in self.step():
+                if out.request_id not in results:
+                    continue
+                res = results[out.request_id]
+                if out.token_id is not None:
+                    res.output_ids.append(out.token_id)
+                    res.logprobs.append(out.logprob)
+                if out.finish_reason is not None:
+                    res.finish_reason = out.finish_reason
+                    pending.discard(out.request_id)
+                    bar.update(1)
+        bar.close()
+        self.settle()
+
+    def settle(self) -> None:
+        """With no unfinished request left, retire what is still in flight (a step the overlap
+        loop launched for sequences that have since finished), so every page and slot is free."""
+        while self.has_work and not self.scheduler.running and not self.scheduler.waiting:
+            self.step()

@@ -1,0 +1,94 @@
+"""Executes `StepPlan`s on one rank: zero fresh state slots, build the batch, run the model,
+sample. `launch` leaves the sampled tokens on the device (the overlap loop plans the next step
+meanwhile and feeds them back as `future_token`s); `resolve` copies them to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
+from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.penalties import PenaltyTracker
+from qnext.worker.runtime.sampler import SampleOutput, Sampler
+from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
+
+
+@dataclass
+class Launched:
+    """A step whose forward and sampling are queued on the device."""
+
+    plan: StepPlan
+    seq_ids: list[int]  # sequences that sampled, in output order
+    output: SampleOutput | None
+
+
+class PlanExecutor:
+    def __init__(self, runner: ModelRunner, eos_token_ids: tuple[int, ...]) -> None:
+        vocab = runner.cfg.model.vocab_size
+        self.runner = runner
+        self.sampler = Sampler(vocab, eos_token_ids, runner.device)
+        self.penalties = PenaltyTracker(vocab, runner.device)
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
+        self.penalties.release([s for s in plan.released if s in self.penalties])
+        if plan.zero_slots:
+            self.runner.state_pool.zero(torch.tensor(plan.zero_slots, device=self.runner.device))
+        for work in plan.work:
+            if work.history is not None:
+                self.penalties.register(work.seq_id, work.history, work.num_prompt)
+        chunks = [SeqChunk(list(w.token_ids) or [0], w.prefix_len, w.state_slot,
+                           list(w.page_ids)) for w in plan.work]
+        batch = build_forward_batch(chunks, self.runner.kv_pool, self.runner.state_pool,
+                                    self.runner.device)
+        self._feed_future_tokens(plan.work, batch.input_ids, batch.cu_seqlens, previous)
+        logits, _ = self.runner.model(batch)
+        rows = [i for i, w in enumerate(plan.work) if w.sample is not None]
+        seq_ids = [plan.work[i].seq_id for i in rows]
+        if not rows:
+            return Launched(plan, [], None)
+        specs = [plan.work[i].sample for i in rows]
+        output = self.sampler.sample(logits[rows].float(), seq_ids, specs, self.penalties)
+        self.penalties.update(seq_ids, output.token_ids)
+        return Launched(plan, seq_ids, output)
+
+    def _feed_future_tokens(self, work: tuple[SeqWork, ...], input_ids: torch.Tensor,
+                            cu_seqlens: torch.Tensor, previous: Launched | None) -> None:
+        """Copy, on the device, the previous step's sampled tokens into their decode slots."""
+        future = [i for i, w in enumerate(work) if w.future_token]
+        if not future:
+            return
+        if previous is None or previous.output is None:
+            raise RuntimeError("a future token needs the previous step's sampled tokens")
+        row_of = {seq_id: row for row, seq_id in enumerate(previous.seq_ids)}
+        rows = torch.tensor([row_of[work[i].seq_id] for i in future], device=input_ids.device)
+        starts = cu_seqlens[torch.tensor(future, device=input_ids.device)]
+        input_ids[starts] = previous.output.token_ids[rows]
+
+    def resolve(self, launched: Launched) -> StepResult:
+        """Wait for the step and return its tokens as plain data."""
+        out = launched.output
+        if out is None:
+            return StepResult(launched.plan.step_id, ())
+        token_ids = out.token_ids.tolist()
+        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
+        top = _top_lists(out, launched.plan.work)
+        tokens = tuple(
+            SampledToken(seq_id, token_ids[i], logprobs[i] if logprobs else None, top[i])
+            for i, seq_id in enumerate(launched.seq_ids))
+        return StepResult(launched.plan.step_id, tokens)
+
+    def run(self, plan: StepPlan) -> StepResult:
+        return self.resolve(self.launch(plan))
+
+
+def _top_lists(out: SampleOutput, work: tuple[SeqWork, ...]) -> list[tuple]:
+    specs = [w.sample for w in work if w.sample is not None]
+    if out.top_ids is None:
+        return [()] * len(specs)
+    ids, lps = out.top_ids.tolist(), out.top_logprobs.tolist()
+    return [tuple(zip(ids[i][:s.params.top_logprobs], lps[i][:s.params.top_logprobs]))
+            for i, s in enumerate(specs)]

@@ -1,0 +1,71 @@
+"""What crosses from the scheduler to the workers and back: `StepPlan` and `StepResult`, plain
+ints and floats only (rank 0 ships plans to the other TP ranks). Pure Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qnext.worker.sched.request import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSpec:
+    """How to pick the next token of one sequence. `counter` is the index of the output token
+    being sampled: with `seed` it fixes the random draw, whatever the batch looks like."""
+
+    params: SamplingParams
+    seed: int
+    counter: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeqWork:
+    """One sequence's part of a step: feed `token_ids` at positions prefix_len.. .
+
+    With `future_token`, the single input token is the one sampled for this sequence by the
+    previous step, still on the device (overlap loop); `token_ids` is then empty.
+    `sample` is set when the chunk ends at the sequence's last token, i.e. a token is drawn.
+    `prompt_ids` carries the full prompt (and earlier outputs, after a preemption) on the
+    sequence's first chunk when its sampling uses penalties, so the worker can count them.
+    """
+
+    seq_id: int
+    token_ids: tuple[int, ...]
+    prefix_len: int
+    state_slot: int
+    page_ids: tuple[int, ...]
+    sample: SampleSpec | None = None
+    future_token: bool = False
+    history: tuple[int, ...] | None = None
+    num_prompt: int = 0
+
+    @property
+    def num_new(self) -> int:
+        return 1 if self.future_token else len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    step_id: int
+    work: tuple[SeqWork, ...]
+    zero_slots: tuple[int, ...] = ()  # fresh state slots to zero before the forward
+    released: tuple[int, ...] = ()  # seq ids whose worker-side state can be dropped
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(w.num_new for w in self.work)
+
+
+@dataclass(frozen=True, slots=True)
+class SampledToken:
+    seq_id: int
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step_id: int
+    tokens: tuple[SampledToken, ...]  # one per SeqWork with `sample`, in plan order

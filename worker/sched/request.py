@@ -1,0 +1,123 @@
+"""Requests as the engine sees them: `SamplingParams` and `Request` (frozen client input),
+`Sequence` (mutable engine-side progress), `SequenceStatus`, `FinishReason`. Pure Python.
+
+Token ids only: text, stop strings and chat templates belong to the front end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class RequestRejected(ValueError):
+    """A request the engine will not run; the message names the offending field."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request sampling. temperature 0 means greedy; `top_k=None` means no top-k cut."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise RequestRejected naming the first invalid field."""
+        checks = (
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0),
+            ("top_k", self.top_k is None or self.top_k >= 1),
+            ("top_p", math.isfinite(self.top_p) and 0 < self.top_p <= 1),
+            ("min_p", math.isfinite(self.min_p) and 0 <= self.min_p <= 1),
+            ("repetition_penalty", math.isfinite(self.repetition_penalty)
+             and self.repetition_penalty > 0),
+            ("frequency_penalty", math.isfinite(self.frequency_penalty)
+             and -2 <= self.frequency_penalty <= 2),
+            ("presence_penalty", math.isfinite(self.presence_penalty)
+             and -2 <= self.presence_penalty <= 2),
+            ("max_new_tokens", self.max_new_tokens >= 1),
+            ("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens),
+            ("stop_token_ids", all(0 <= t < vocab_size for t in self.stop_token_ids)),
+            ("top_logprobs", 0 <= self.top_logprobs <= 20),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise RequestRejected(f"invalid sampling field {name}={getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+class SequenceStatus(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(Enum):
+    LENGTH = "length"  # max_new_tokens reached (or the context is full)
+    STOP = "stop"  # an EOS or stop token id was produced
+    ABORT = "abort"  # aborted by the client or the engine
+
+
+@dataclass(slots=True)
+class Sequence:
+    """Engine-side progress of one request. Owned by the scheduler.
+
+    `num_computed` counts tokens whose K/V and recurrent state are in the caches; the tokens
+    still to feed are `all_ids[num_computed:]` (the prompt while prefilling, then the last
+    sampled token). `seed` is the resolved sampling seed (the request's or one drawn for it).
+    """
+
+    seq_id: int
+    request: Request
+    seed: int
+    status: SequenceStatus = SequenceStatus.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    state_slot: int | None = None
+    page_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    num_preemptions: int = 0
+    arrival: int = 0  # order of arrival, for first-come-first-served
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + len(self.output_ids)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return [*self.request.prompt_ids, *self.output_ids]
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens not yet in the caches."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED

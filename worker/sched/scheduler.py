@@ -1,0 +1,255 @@
+"""Continuous-batching scheduler (pure Python, no torch): waiting and running queues, chunked
+prefill, decode and prefill in one step, preemption by retract-and-requeue, finishing.
+
+Policy per step: (1) every running sequence that is decoding gets its one token — running
+requests first; a decode that cannot get a page preempts the newest running sequences (their
+pages and slot are freed; they re-enter the front of the waiting queue and recompute);
+(2) sequences part-way through their prompt continue with the next chunk; (3) waiting
+sequences are admitted first-come-first-served while a state slot, pages and the prefill
+token budget allow. With the overlap loop a step is planned before the previous step's
+tokens are known: such decodes carry `future_token` and tokens of a stale plan are dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from qnext.worker.sched.cache import OutOfPages, PageAllocator, StateSlotAllocator
+from qnext.worker.sched.plan import SampleSpec, SeqWork, StepPlan, StepResult
+from qnext.worker.sched.request import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLimits:
+    max_running_requests: int
+    max_prefill_tokens: int  # prefill tokens of one step, all sequences together
+    chunk_size: int | None  # longest prefill chunk of one sequence (None: whole prompts)
+    page_size: int
+    max_context: int  # tokens of one sequence, prompt included
+
+
+@dataclass(frozen=True, slots=True)
+class SeqOutput:
+    """What one step produced for one sequence."""
+
+    seq_id: int
+    token_id: int | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    finish_reason: FinishReason | None = None
+
+
+class Scheduler:
+    def __init__(self, limits: SchedulerLimits, pages: PageAllocator,
+                 slots: StateSlotAllocator, eos_token_ids: tuple[int, ...] = ()) -> None:
+        self.limits, self.pages, self.slots = limits, pages, slots
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.seqs: dict[int, Sequence] = {}
+        self._step = 0
+        self._in_flight: dict[int, dict[int, int]] = {}  # step -> {seq_id: epoch}
+        self._released: list[int] = []
+        self.num_preemptions = 0
+
+    # -- requests -------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.seqs[seq.seq_id] = seq
+        self.waiting.append(seq)
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        """Finish a sequence with ABORT wherever it is; None if unknown or already done."""
+        seq = self.seqs.get(seq_id)
+        if seq is None or seq.is_finished:
+            return None
+        if seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self._finish(seq, FinishReason.ABORT)
+        self._collect_finished()
+        return seq
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._in_flight)
+
+    # -- planning -------------------------------------------------------------------------
+    def schedule(self) -> StepPlan | None:
+        """Plan the next step, or None when there is nothing to run."""
+        work: list[SeqWork] = []
+        zero_slots: list[int] = []
+        self._schedule_decodes(work)
+        budget = self.limits.max_prefill_tokens
+        for seq in [s for s in self.running if self._is_prefilling(s)]:
+            budget -= self._schedule_prefill(seq, budget, work)
+        while self.waiting and budget > 0 and self._can_admit(self.waiting[0], budget):
+            seq = self._admit(zero_slots)
+            budget -= self._schedule_prefill(seq, budget, work)
+        if not work:
+            return self._unblock() if self.running else None
+        self._step += 1
+        self._in_flight[self._step] = {w.seq_id: self.seqs[w.seq_id].num_preemptions
+                                       for w in work}
+        released, self._released = tuple(self._released), []
+        return StepPlan(self._step, tuple(work), tuple(zero_slots), released)
+
+    def _unblock(self) -> StepPlan | None:
+        """Nothing could run: partial prefills hold all pages. Retract the newest and retry;
+        a lone sequence that still cannot run is finished (its prompt outgrew the pool)."""
+        if len(self.running) == 1 and not self._in_flight:
+            self._finish(self.running[0], FinishReason.LENGTH)
+            self._collect_finished()
+            return self.schedule()
+        if len(self.running) > 1:
+            self._retract(max(self.running, key=lambda s: s.arrival))
+            return self.schedule()
+        return None
+
+    def _is_prefilling(self, seq: Sequence) -> bool:
+        """Prompt (or, after a preemption, prompt + outputs) not yet fully computed."""
+        pending = seq.num_tokens - seq.num_computed
+        return pending > 1 or (pending == 1 and not seq.output_ids)
+
+    def _is_decoding(self, seq: Sequence) -> bool:
+        return not self._is_prefilling(seq)
+
+    def _schedule_decodes(self, work: list[SeqWork]) -> None:
+        for seq in sorted((s for s in self.running if self._is_decoding(s)),
+                          key=lambda s: s.arrival):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted while making room for an older sequence
+            if not self._reserve_pages(seq, seq.num_computed + 1):
+                continue
+            future = seq.num_computed == seq.num_tokens  # its last token is still in flight
+            tokens = () if future else (seq.all_ids[seq.num_computed],)
+            work.append(self._work(seq, tokens, future=future))
+            seq.num_computed += 1
+
+    def _chunk_size(self, seq: Sequence, budget: int) -> int:
+        remaining = seq.num_tokens - seq.num_computed
+        return min(remaining, budget, self.limits.chunk_size or remaining)
+
+    def _schedule_prefill(self, seq: Sequence, budget: int, work: list[SeqWork]) -> int:
+        """Queue the next prompt chunk of `seq` (at most `budget` tokens); returns its size."""
+        size = self._chunk_size(seq, budget)
+        if size <= 0 or not self._reserve_pages(seq, seq.num_computed + size, preempt=False):
+            return 0
+        tokens = tuple(seq.all_ids[seq.num_computed:seq.num_computed + size])
+        work.append(self._work(seq, tokens))
+        seq.num_computed += size
+        return size
+
+    def _work(self, seq: Sequence, tokens: tuple[int, ...], future: bool = False) -> SeqWork:
+        ends = future or seq.num_computed + len(tokens) == seq.num_tokens
+        params = seq.request.sampling
+        first = seq.num_computed == 0
+        wants_history = first and _uses_penalties(params)
+        return SeqWork(
+            seq_id=seq.seq_id, token_ids=tokens, prefix_len=seq.num_computed,
+            state_slot=seq.state_slot, page_ids=tuple(seq.page_ids),
+            sample=SampleSpec(params, seq.seed, len(seq.output_ids) + future) if ends else None,
+            future_token=future,
+            history=tuple(seq.all_ids) if wants_history else None,
+            num_prompt=seq.prompt_len if wants_history else 0)
+
+    def _can_admit(self, seq: Sequence, budget: int) -> bool:
+        """A slot, a running place and the pages of the first chunk are free."""
+        return (len(self.running) < self.limits.max_running_requests
+                and self.slots.num_free > 0
+                and self.pages.can_allocate(self._pages_for(self._chunk_size(seq, budget))))
+
+    def _admit(self, zero_slots: list[int]) -> Sequence:
+        seq = self.waiting.popleft()
+        seq.state_slot = self.slots.allocate_one()
+        zero_slots.append(seq.state_slot)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        return seq
+
+    def _pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.limits.page_size)
+
+    def _reserve_pages(self, seq: Sequence, num_tokens: int, preempt: bool = True) -> bool:
+        """Grow `seq`'s pages to hold `num_tokens`; preempts newer sequences if allowed."""
+        need = self._pages_for(num_tokens) - len(seq.page_ids)
+        while need > 0:
+            try:
+                seq.page_ids += self.pages.allocate(need)
+                return True
+            except OutOfPages:
+                if not preempt or not self._preempt_newest(protect=seq):
+                    return False
+        return True
+
+    def _preempt_newest(self, protect: Sequence) -> bool:
+        """Retract the newest running sequence; False when that is `protect` itself (which is
+        then requeued, or finished with LENGTH when it alone cannot fit the KV pool)."""
+        victim = max(self.running, key=lambda s: s.arrival)
+        if victim is protect and len(self.running) == 1:
+            self._finish(protect, FinishReason.LENGTH)
+            return False
+        self._retract(victim)
+        return victim is not protect
+
+    def _retract(self, seq: Sequence) -> None:
+        self._free(seq)
+        self.running.remove(seq)
+        seq.status, seq.num_computed = SequenceStatus.WAITING, 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # -- results --------------------------------------------------------------------------
+    def update(self, plan: StepPlan, result: StepResult) -> list[SeqOutput]:
+        """Append the sampled tokens of `plan` and finish sequences; drops stale tokens."""
+        epochs = self._in_flight.pop(plan.step_id)
+        outputs = []
+        for token in result.tokens:
+            seq = self.seqs.get(token.seq_id)
+            if seq is None or seq.status is not SequenceStatus.RUNNING or \
+                    seq.num_preemptions != epochs[token.seq_id]:
+                continue  # finished, aborted or preempted after this step was planned
+            seq.output_ids.append(token.token_id)
+            reason = self._finish_reason(seq, token.token_id)
+            if reason is not None:
+                self._finish(seq, reason)
+            outputs.append(SeqOutput(seq.seq_id, token.token_id, token.logprob,
+                                     token.top_logprobs, reason))
+        self._collect_finished()
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+        params = seq.request.sampling
+        num_out = len(seq.output_ids)
+        if num_out >= params.min_new_tokens and (
+                (token_id in self.eos_token_ids and not params.ignore_eos)
+                or token_id in params.stop_token_ids):
+            return FinishReason.STOP
+        if num_out >= params.max_new_tokens or seq.num_tokens >= self.limits.max_context:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+        if seq in self.running:
+            self.running.remove(seq)
+
+    def _collect_finished(self) -> None:
+        """Free finished sequences no in-flight step still references."""
+        busy = {sid for epochs in self._in_flight.values() for sid in epochs}
+        for seq_id in [sid for sid, s in self.seqs.items() if s.is_finished and sid not in busy]:
+            self._free(self.seqs.pop(seq_id))
+            self._released.append(seq_id)
+
+    def _free(self, seq: Sequence) -> None:
+        if seq.page_ids:
+            self.pages.free(seq.page_ids)
+            seq.page_ids = []
+        if seq.state_slot is not None:
+            self.slots.free([seq.state_slot])
+            seq.state_slot = None
+
+
+def _uses_penalties(params) -> bool:
+    return (params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0)
