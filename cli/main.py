@@ -3,27 +3,18 @@ into the worker; heavy imports happen inside the commands so `--help` stays inst
 
 from __future__ import annotations
 
-from enum import Enum
+import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from qnext.cli import options as o
 
 app = typer.Typer(help="qnext: serve Qwen3-Next hybrid models over gRPC.", no_args_is_help=True,
                   add_completion=False)
 
 DEFAULT_TINY_DIR = Path.home() / ".cache" / "qnext" / "tiny"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class LoadFormat(str, Enum):
-    auto = "auto"
-    safetensors = "safetensors"
-    dummy = "dummy"
 
 
 def fail(message: str) -> None:
@@ -61,23 +52,47 @@ def make_tiny(out: Path = typer.Argument(..., help="Directory to write the check
 
 
 @app.command()
-def generate(prompt: str = typer.Option("Hello from qnext", help="Prompt text."),
-             model_path: Path = typer.Option(None, help="HF checkpoint dir (default: tiny)."),
-             max_new_tokens: int = typer.Option(32, help="Tokens to generate (greedy)."),
-             dtype: Dtype = typer.Option(Dtype.float32, help="Weight / activation dtype."),
-             device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
-             load_format: LoadFormat = typer.Option(LoadFormat.auto)) -> None:
-    """Offline greedy generation on one process (the gRPC server is `qnext serve`)."""
-    if max_new_tokens < 1:
-        fail("--max-new-tokens must be >= 1")
-    path = resolve_model_path(model_path)
-    from qnext.cli.offline import run_generate
+def generate(
+    prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat for a batch).")] = [
+        "Hello from qnext"],
+    chat: Annotated[bool, typer.Option(help="Wrap each prompt in the chat template.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Top-k cut; 0 disables.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed; -1: derived per request.")] = -1,
+    model_path: o.ModelPath = None, dtype: o.DtypeOpt = o.Dtype.float32, device: o.Device = "cpu",
+    load_format: o.LoadFormatOpt = o.LoadFormat.auto, tp: o.Tp = 1, page_size: o.PageSize = 1,
+    mem_fraction_static: o.MemFraction = 0.88, max_running_requests: o.MaxRunning = None,
+    max_total_tokens: o.MaxTotalTokens = None, chunked_prefill_size: o.ChunkedPrefill = 8192,
+    max_prefill_tokens: o.MaxPrefill = 16384, mamba_ssm_dtype: o.SsmDtypeOpt = o.SsmDtype.float32,
+    mamba_full_memory_ratio: o.MambaRatio = 0.9, max_mamba_cache_size: o.MaxMamba = None,
+    disable_overlap_schedule: o.NoOverlap = False, random_seed: o.RandomSeed = 0,
+    context_length: o.ContextLength = None, cpu_memory_mb: o.CpuMemory = 256,
+) -> None:
+    """Offline generation through the engine; prints one JSON line per prompt."""
+    flags = {k: v for k, v in locals().items() if k not in _GENERATE_ONLY}
+    if not all(prompt):
+        fail("prompt is empty")
+    from qnext.worker.log import configure_logging
 
+    configure_logging("warning")
+    path = resolve_model_path(model_path)
+    from qnext.cli.offline import SamplingFlags, run_generate
+
+    sampling = SamplingFlags(max_new_tokens, temperature, top_p, top_k or None,
+                             None if seed == -1 else seed)
     try:
-        text = run_generate(path, prompt, max_new_tokens, dtype.value, device, load_format.value)
-    except ValueError as exc:
+        cfg = o.build_config(path, **flags)
+        results = run_generate(cfg, prompt, chat, sampling)
+    except ValueError as exc:  # ConfigError, MemoryPlanError, RequestRejected, CheckpointError
         fail(str(exc))
-    typer.echo(text)
+    for result in results:  # one JSON object per prompt, in order
+        typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+_GENERATE_ONLY = {"prompt", "chat", "max_new_tokens", "temperature", "top_p", "top_k", "seed",
+                  "model_path"}
 
 
 if __name__ == "__main__":

@@ -1,24 +1,40 @@
-"""Glue for `qnext generate`: tokenizer + ModelRunner + greedy loop."""
+"""Glue for `qnext generate`: tokenizer (and chat template) + Engine.generate."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import NamedTuple
 
-from qnext.worker.config import Config, LoadConfig, ModelConfig
+from qnext.worker.config import Config
 
 
-def run_generate(path: Path, prompt: str, max_new_tokens: int, dtype: str, device: str,
-                 load_format: str) -> str:
+class SamplingFlags(NamedTuple):
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int | None
+    seed: int | None
+
+
+def run_generate(cfg: Config, prompts: list[str], chat: bool,
+                 flags: SamplingFlags) -> list[dict]:
+    """One dict per prompt: the generated text, its token ids and the finish reason."""
     from transformers import AutoTokenizer
 
-    from qnext.worker.runtime.model_runner import ModelRunner
-    from qnext.worker.runtime.offline import greedy_generate
+    from qnext.worker.engine import Engine
+    from qnext.worker.sched.request import SamplingParams
 
-    cfg = Config(model=ModelConfig.from_dir(path),
-                 load=LoadConfig(model_path=str(path), dtype=dtype, device=device,
-                                 load_format=load_format))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    ids = tokenizer(prompt)["input_ids"]
-    runner = ModelRunner(cfg, num_pages=len(ids) + max_new_tokens + 2, num_slots=2)
-    out = greedy_generate(runner, ids, max_new_tokens, cfg.model.eos_token_ids)
-    return tokenizer.decode(out, skip_special_tokens=False)
+    if cfg.parallel.tp_size > 1:
+        raise ValueError("--tp > 1 needs the multi-process TP executor, not available yet")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.load.model_path)
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                                 tokenize=False, add_generation_prompt=True)
+                   for p in prompts]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    params = SamplingParams(temperature=flags.temperature, top_p=flags.top_p,
+                            top_k=flags.top_k, seed=flags.seed,
+                            max_new_tokens=flags.max_new_tokens)
+    outputs = Engine(cfg).generate(ids, params)
+    return [{"text": tokenizer.decode(out.output_ids, skip_special_tokens=True),
+             "token_ids": out.output_ids, "finish_reason": out.finish_reason.value}
+            for out in outputs]

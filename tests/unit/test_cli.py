@@ -18,18 +18,21 @@ def test_make_tiny_then_generate(tmp_path):
     made = _run("make-tiny", str(tmp_path / "m"), "--shards", "2")
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "m" / "model.safetensors.index.json").is_file()
-    first = _run("generate", "--model-path", str(tmp_path / "m"), "--prompt", "abc",
-                 "--max-new-tokens", "5")
-    again = _run("generate", "--model-path", str(tmp_path / "m"), "--prompt", "abc",
-                 "--max-new-tokens", "5")
+    args = ("generate", "--model-path", str(tmp_path / "m"), "--prompt", "abc", "--prompt",
+            "a longer second prompt", "--max-new-tokens", "5", "--chunked-prefill-size", "4")
+    first = _run(*args)
+    again = _run(*args, "--disable-overlap-schedule", "--page-size", "4")
     assert first.returncode == 0, first.stderr
-    assert first.stdout == again.stdout  # greedy is deterministic
-    assert first.stdout.strip()
+    assert first.stdout == again.stdout  # greedy is deterministic, whatever the loop
+    assert len(first.stdout.splitlines()) == 2
 
 
 @pytest.mark.parametrize("args,reason", [
     (["generate", "--prompt", ""], "prompt is empty"),
-    (["generate", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["generate", "--max-new-tokens", "0"], "max_new_tokens"),
+    (["generate", "--page-size", "0"], "--page-size"),
+    (["generate", "--mem-fraction-static", "0.0001"], "--mem-fraction-static"),
+    (["generate", "--tp", "2"], "--tp"),
     (["generate", "--model-path", "/nonexistent/qnext"], "no config.json"),
     (["make-tiny", "/tmp/x", "--preset", "huge"], "--preset must be one of"),
 ])

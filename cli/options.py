@@ -1,0 +1,84 @@
+"""Engine flags shared by the `qnext` commands (SGLang names), as typer option types, and the one
+function that turns them into the frozen `Config`. Each option maps to one config field."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qnext.worker.config import (
+    CacheConfig,
+    Config,
+    LoadConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedConfig,
+)
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class SsmDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class LoadFormat(str, Enum):
+    auto = "auto"
+    safetensors = "safetensors"
+    dummy = "dummy"
+
+
+ModelPath = Annotated[Optional[Path], typer.Option(
+    help="Hugging Face checkpoint directory (default: the embedded tiny model).")]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="Weight and activation dtype.")]
+Device = Annotated[str, typer.Option(help="cpu or cuda[:N].")]
+LoadFormatOpt = Annotated[LoadFormat, typer.Option(help="dummy: random weights, no files read.")]
+Tp = Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")]
+PageSize = Annotated[int, typer.Option(help="Tokens per KV page.")]
+MemFraction = Annotated[float, typer.Option(help="Share of device memory for weights + pools.")]
+MaxRunning = Annotated[Optional[int], typer.Option(help="Cap on concurrently running requests.")]
+MaxTotalTokens = Annotated[Optional[int], typer.Option(help="Cap on KV-pool tokens.")]
+ChunkedPrefill = Annotated[int, typer.Option(help="Longest prefill chunk; -1 disables chunking.")]
+MaxPrefill = Annotated[int, typer.Option(help="Prefill tokens per step, all requests together.")]
+SsmDtypeOpt = Annotated[SsmDtype, typer.Option(help="Dtype of the recurrent (SSM) state.")]
+MambaRatio = Annotated[float, typer.Option(help="State : KV memory ratio r (states get r/(1+r)).")]
+MaxMamba = Annotated[Optional[int], typer.Option(help="Fixed number of state slots.")]
+NoOverlap = Annotated[bool, typer.Option(help="Use the normal loop instead of the overlap loop.")]
+RandomSeed = Annotated[int, typer.Option(help="Seed for requests that bring none.")]
+ContextLength = Annotated[Optional[int], typer.Option(help="Max tokens per request (prompt incl.).")]
+CpuMemory = Annotated[int, typer.Option(help="On CPU: MiB that stand in for device memory.")]
+
+
+def build_config(model_path: Path, *, dtype: Dtype, device: str, load_format: LoadFormat,
+                 tp: int, page_size: int, mem_fraction_static: float,
+                 max_running_requests: int | None, max_total_tokens: int | None,
+                 chunked_prefill_size: int, max_prefill_tokens: int, mamba_ssm_dtype: SsmDtype,
+                 mamba_full_memory_ratio: float, max_mamba_cache_size: int | None,
+                 disable_overlap_schedule: bool, random_seed: int, context_length: int | None,
+                 cpu_memory_mb: int) -> Config:
+    """Raises ConfigError (a ValueError naming the flag) on a bad value."""
+    return Config(
+        model=ModelConfig.from_dir(model_path),
+        load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
+                        load_format=load_format.value, seed=random_seed),
+        parallel=ParallelConfig(tp_size=tp),
+        cache=CacheConfig(page_size=page_size, mamba_ssm_dtype=mamba_ssm_dtype.value,
+                          mem_fraction_static=mem_fraction_static,
+                          mamba_full_memory_ratio=mamba_full_memory_ratio,
+                          max_mamba_cache_size=max_mamba_cache_size,
+                          max_total_tokens=max_total_tokens,
+                          cpu_memory_bytes=cpu_memory_mb << 20),
+        sched=SchedConfig(max_running_requests=max_running_requests,
+                          chunked_prefill_size=None if chunked_prefill_size == -1
+                          else chunked_prefill_size,
+                          max_prefill_tokens=max_prefill_tokens, context_length=context_length,
+                          disable_overlap_schedule=disable_overlap_schedule,
+                          random_seed=random_seed))
