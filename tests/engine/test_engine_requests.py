@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
+from qnext.worker.engine import Engine
 from qnext.worker.sched.request import FinishReason, Request, RequestRejected, SamplingParams
 from tests.engine.helpers import assert_pools_at_baseline, make_engine, random_prompts
 from tests.models.harness import hf_logits, hf_model
@@ -92,10 +94,9 @@ def test_eos_stops_unless_ignored(path, tmp_path):
 
 
 def test_context_length_finishes_with_length(path):
-    engine = make_engine(path)
-    engine = type(engine)(engine.cfg.__class__(**{**{f: getattr(engine.cfg, f) for f in (
-        "model", "load", "parallel", "cache")}, "sched": type(engine.cfg.sched)(
-            context_length=10, chunked_prefill_size=4)}))
+    base = make_engine(path).cfg
+    engine = Engine(replace(base, sched=replace(base.sched, context_length=10,
+                                                chunked_prefill_size=4)))
     out = engine.generate([[1] * 7], SamplingParams(temperature=0, max_new_tokens=50))[0]
     assert out.finish_reason is FinishReason.LENGTH and len(out.output_ids) == 3
     with pytest.raises(RequestRejected, match="context length"):
@@ -152,3 +153,15 @@ def test_bad_requests_are_rejected(path, prompt, params, field):
         engine.add(Request("ok", (1, 2)))
     assert _run_until_done(engine, ["ok"])["ok"][1] is FinishReason.LENGTH
     assert_pools_at_baseline(engine)
+
+
+@pytest.mark.parametrize("page_size,ssm", [(1, "float32"), (4, "bfloat16")])
+def test_allocated_pools_match_the_memory_plan(path, page_size, ssm):
+    """The plan's arithmetic and the tensors actually allocated agree byte for byte."""
+    base = make_engine(path, page_size=page_size).cfg
+    engine = Engine(replace(base, cache=replace(base.cache, mamba_ssm_dtype=ssm)))
+    plan, runner = engine.memory, engine.runner
+    assert runner.kv_pool.bytes == plan.kv_pool_bytes
+    assert runner.state_pool.bytes == plan.state_pool_bytes
+    assert runner.state_pool.bytes_per_slot == plan.state_bytes_per_slot
+    assert engine.stats()["num_free_pages"] == plan.num_pages - 1

@@ -25,8 +25,3 @@ class KVPool:
     @property
     def bytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
-
-    @staticmethod
-    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int,
-                        dtype: torch.dtype) -> int:
-        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()

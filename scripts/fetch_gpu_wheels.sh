@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Downloads (here, where PyPI is reachable) the pure-Python wheels the GPU image lacks into .whl/
+# (git-ignored via .git/info/exclude); pass `carry: [".whl"]` to the device call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 -d .whl structlog==26.1.0

@@ -1,0 +1,56 @@
+"""The engine on CUDA: batched greedy generation (normal and overlap loop, where the overlap loop
+really runs ahead of the device) equals transformers' generate per request, and seeded sampling
+on the device does not depend on the batch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from qnext.worker.engine import Engine
+from qnext.worker.sched.request import SamplingParams
+from tests.engine.helpers import assert_pools_at_baseline, make_engine, random_prompts
+from tests.models.harness import hf_model
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _cuda_engine(path, **kwargs) -> Engine:
+    cfg = make_engine(path, **kwargs).cfg
+    return Engine(replace(cfg, load=replace(cfg.load, device="cuda")))
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])
+def test_engine_greedy_on_gpu(tiny_checkpoint, overlap):
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(20, 2, 60, 384, seed=21)
+    hf = hf_model(path, device="cuda")
+    expected = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device="cuda")
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
+                          min_new_tokens=10, do_sample=False)
+        expected.append(out[0, len(prompt):].tolist())
+    engine = _cuda_engine(path, overlap=overlap, max_total_tokens=300, chunk=8)
+    outputs = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=10,
+                                                      ignore_eos=True))
+    assert [o.output_ids for o in outputs] == expected
+    assert engine.stats()["num_preemptions"] > 0
+    assert_pools_at_baseline(engine)
+
+
+def test_seeded_sampling_on_gpu_independent_of_batch(tiny_checkpoint):
+    path = tiny_checkpoint("tiny")
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=77,
+                            ignore_eos=True, frequency_penalty=0.5)
+    alone = _cuda_engine(path, overlap=True).generate([[3, 1, 4, 1, 5]], params)[0]
+    others = random_prompts(9, 1, 40, 384, seed=5)
+    engine = _cuda_engine(path, overlap=True)
+    mixed = engine.generate(others[:4] + [[3, 1, 4, 1, 5]] + others[4:],
+                            [SamplingParams(temperature=0.7, max_new_tokens=15)] * 4 + [params]
+                            + [SamplingParams(temperature=0, max_new_tokens=5)] * 5)
+    assert mixed[4].output_ids == alone.output_ids
+    assert_pools_at_baseline(engine)
