@@ -24,20 +24,9 @@ from qnext.worker.sched.request import (
     SamplingParams,
     Sequence,
 )
-from qnext.worker.sched.scheduler import Scheduler, SchedulerLimits, SeqOutput
+from qnext.worker.sched.scheduler import RequestOutput, Scheduler, SchedulerLimits
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class RequestOutput:
-    """One new token of a request (None when it finished without one, e.g. aborted)."""
-
-    request_id: str
-    token_id: int | None
-    logprob: float | None = None
-    top_logprobs: tuple[tuple[int, float], ...] = ()
-    finish_reason: FinishReason | None = None
 
 
 @dataclass
@@ -129,16 +118,12 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Run one step; returns the tokens it produced and the requests it finished."""
-        outputs = [self._to_output(o) for o in self.loop.step()]
+        outputs = self.loop.step()
         self._counters["steps"] += 1
         self._counters["tokens"] += sum(o.token_id is not None for o in outputs)
         self._counters["finished"] += sum(o.finish_reason is not None for o in outputs)
         self._forget_finished()
         return outputs
-
-    def _to_output(self, out: SeqOutput) -> RequestOutput:
-        return RequestOutput(self._requests[out.seq_id], out.token_id, out.logprob,
-                             out.top_logprobs, out.finish_reason)
 
     def _forget_finished(self) -> None:
         for seq_id in [s for s in self._requests if s not in self.scheduler.seqs]:

@@ -10,7 +10,7 @@ decode in N+1 whose token is dropped. Both loops produce identical tokens.
 from __future__ import annotations
 
 from qnext.worker.runtime.worker import Launched, PlanExecutor
-from qnext.worker.sched.scheduler import Scheduler, SeqOutput
+from qnext.worker.sched.scheduler import Scheduler, RequestOutput
 
 
 class NormalLoop:
@@ -21,10 +21,10 @@ class NormalLoop:
     def idle(self) -> bool:
         return not self.scheduler.has_work
 
-    def step(self) -> list[SeqOutput]:
+    def step(self) -> list[RequestOutput]:
         plan = self.scheduler.schedule()
         if plan is None:
-            return []
+            return self.scheduler.take_events()
         return self.scheduler.update(plan, self.executor.run(plan))
 
 
@@ -37,11 +37,11 @@ class OverlapLoop:
     def idle(self) -> bool:
         return self.in_flight is None and not self.scheduler.has_work
 
-    def step(self) -> list[SeqOutput]:
+    def step(self) -> list[RequestOutput]:
         previous, self.in_flight = self.in_flight, None
         plan = self.scheduler.schedule()
         if plan is not None:
             self.in_flight = self.executor.launch(plan, previous)
         if previous is None:
-            return []
+            return self.scheduler.take_events()
         return self.scheduler.update(previous.plan, self.executor.resolve(previous))

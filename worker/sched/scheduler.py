@@ -30,10 +30,10 @@ class SchedulerLimits:
 
 
 @dataclass(frozen=True, slots=True)
-class SeqOutput:
-    """What one step produced for one sequence."""
+class RequestOutput:
+    """What one step produced for one request: a new token and/or its finish."""
 
-    seq_id: int
+    request_id: str
     token_id: int | None
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
@@ -51,6 +51,7 @@ class Scheduler:
         self._step = 0
         self._in_flight: dict[int, dict[int, int]] = {}  # step -> {seq_id: epoch}
         self._released: list[int] = []
+        self._events: list[RequestOutput] = []  # finishes decided while planning
         self.num_preemptions = 0
 
     # -- requests -------------------------------------------------------------------------
@@ -71,7 +72,7 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._in_flight)
+        return bool(self.waiting or self.running or self._in_flight or self._events)
 
     # -- planning -------------------------------------------------------------------------
     def schedule(self) -> StepPlan | None:
@@ -97,8 +98,7 @@ class Scheduler:
         """Nothing could run: partial prefills hold all pages. Retract the newest and retry;
         a lone sequence that still cannot run is finished (its prompt outgrew the pool)."""
         if len(self.running) == 1 and not self._in_flight:
-            self._finish(self.running[0], FinishReason.LENGTH)
-            self._collect_finished()
+            self._finish(self.running[0], FinishReason.LENGTH, announce=True)
             return self.schedule()
         if len(self.running) > 1:
             self._retract(max(self.running, key=lambda s: s.arrival))
@@ -118,9 +118,11 @@ class Scheduler:
                           key=lambda s: s.arrival):
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted while making room for an older sequence
-            if not self._reserve_pages(seq, seq.num_computed + 1):
-                continue
             future = seq.num_computed == seq.num_tokens  # its last token is still in flight
+            # NOTE: a decode whose input is still in flight never preempts: its token may
+            # finish it; without a page it waits one step and then decodes normally
+            if not self._reserve_pages(seq, seq.num_computed + 1, preempt=not future):
+                continue
             tokens = () if future else (seq.all_ids[seq.num_computed],)
             work.append(self._work(seq, tokens, future=future))
             seq.num_computed += 1
@@ -186,7 +188,8 @@ class Scheduler:
         then requeued, or finished with LENGTH when it alone cannot fit the KV pool)."""
         victim = max(self.running, key=lambda s: s.arrival)
         if victim is protect and len(self.running) == 1:
-            self._finish(protect, FinishReason.LENGTH)
+            if not self._in_flight:  # else a retiring step may still give pages back
+                self._finish(protect, FinishReason.LENGTH, announce=True)
             return False
         self._retract(victim)
         return victim is not protect
@@ -200,7 +203,7 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     # -- results --------------------------------------------------------------------------
-    def update(self, plan: StepPlan, result: StepResult) -> list[SeqOutput]:
+    def update(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
         """Append the sampled tokens of `plan` and finish sequences; drops stale tokens."""
         epochs = self._in_flight.pop(plan.step_id)
         outputs = []
@@ -213,15 +216,15 @@ class Scheduler:
             reason = self._finish_reason(seq, token.token_id)
             if reason is not None:
                 self._finish(seq, reason)
-            outputs.append(SeqOutput(seq.seq_id, token.token_id, token.logprob,
-                                     token.top_logprobs, reason))
+            outputs.append(RequestOutput(seq.request.request_id, token.token_id, token.logprob,
+                                         token.top_logprobs, reason))
         self._collect_finished()
-        return outputs
+        return self.take_events() + outputs
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.request.sampling
         num_out = len(seq.output_ids)
-        if num_out >= params.min_new_tokens and (
+        if num_out > params.min_new_tokens and (  # a stop may be output #min_new_tokens
                 (token_id in self.eos_token_ids and not params.ignore_eos)
                 or token_id in params.stop_token_ids):
             return FinishReason.STOP
@@ -229,10 +232,19 @@ class Scheduler:
             return FinishReason.LENGTH
         return None
 
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, announce: bool = False) -> None:
+        """`announce`: the finish happened outside `update` and is reported by `take_events`."""
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         if seq in self.running:
             self.running.remove(seq)
+        if announce:
+            self._events.append(RequestOutput(seq.request.request_id, None, finish_reason=reason))
+            self._collect_finished()
+
+    def take_events(self) -> list[RequestOutput]:
+        """Finishes decided while planning (e.g. a sequence that outgrew the KV pool)."""
+        events, self._events = self._events, []
+        return events
 
     def _collect_finished(self) -> None:
         """Free finished sequences no in-flight step still references."""
