@@ -95,15 +95,16 @@ class Scheduler:
         return StepPlan(self._step, tuple(work), tuple(zero_slots), released)
 
     def _unblock(self) -> StepPlan | None:
-        """Nothing could run: partial prefills hold all pages. Retract the newest and retry;
-        a lone sequence that still cannot run is finished (its prompt outgrew the pool)."""
-        if len(self.running) == 1 and not self._in_flight:
+        """Nothing could run: partial prefills hold all pages. With a step in flight, wait for
+        it (it may free pages, and its decodes then preempt normally); otherwise retract the
+        newest sequence and retry — a lone one that still cannot run outgrew the pool."""
+        if self._in_flight:
+            return None
+        if len(self.running) == 1:
             self._finish(self.running[0], FinishReason.LENGTH, announce=True)
-            return self.schedule()
-        if len(self.running) > 1:
+        else:
             self._retract(max(self.running, key=lambda s: s.arrival))
-            return self.schedule()
-        return None
+        return self.schedule()
 
     def _is_prefilling(self, seq: Sequence) -> bool:
         """Prompt (or, after a preemption, prompt + outputs) not yet fully computed."""

@@ -142,8 +142,8 @@ def test_state_allocate_one():
 
 
 def test_package_reexports_and_error_types():
-    assert set(cache.__all__) == {"IntegrityError", "OutOfPages", "OutOfSlots",
-                                  "PageAllocator", "StateSlotAllocator"}
+    assert set(cache.__all__) == {"HybridRadixCache", "IntegrityError", "OutOfPages",
+                                  "OutOfSlots", "PageAllocator", "StateSlotAllocator"}
     assert all(hasattr(cache, name) for name in cache.__all__)
     assert issubclass(OutOfPages, RuntimeError) and issubclass(OutOfSlots, RuntimeError)
     assert issubclass(IntegrityError, RuntimeError)
