@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from hypothesis import example, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -44,12 +43,13 @@ class Harness:
         # kv: (page, offset) -> (seq, token); slot -> (seq, tokens fed); said / ended: tokens /
         # finishes announced; last: seq -> (epoch, counter) of its last sample.
         self.kv, self.slot, self.refs, self.said, self.ended, self.last = {}, {}, {}, {}, {}, {}
-        self.released = set()
+        self.released, self.done = set(), set()  # done: finished, freed and checked
 
     def truth(self, sid: int, n: int) -> list[int]:
         """The first n tokens (prompt, then outputs) the sequence must ever see."""
         req = self.refs[sid].request
-        return [*req.prompt_ids, *(sample_token(sid, req.sampling, c) for c in range(n))][:n]
+        outs = (sample_token(sid, req.sampling, c) for c in range(n - len(req.prompt_ids)))
+        return [*req.prompt_ids, *outs][:n]
 
     def add(self, prompt, params: SamplingParams) -> None:
         sid = len(self.refs)
@@ -164,7 +164,7 @@ class Harness:
         assert all(q.status is Status.RUNNING and q.state_slot is not None for q in s.running)
         assert all(q.status is Status.WAITING and q.state_slot is None and not q.page_ids
                    and q.num_computed == 0 for q in s.waiting)
-        for sid, q in self.refs.items():
+        for sid, q in ((i, q) for i, q in self.refs.items() if i not in self.done):
             out, sp = q.output_ids, q.request.sampling
             assert q.is_finished == (sid not in run | wait)
             assert sid in s.seqs or (q.is_finished and not q.page_ids and q.state_slot is None)
@@ -177,6 +177,8 @@ class Harness:
             # a LENGTH short of max_new_tokens only when the sequence outgrew the whole pool
             if q.finish_reason is LENGTH and len(out) < sp.max_new_tokens:
                 assert q.num_tokens + 1 > s.pages.num_total * self.ps
+            if q.is_finished and sid not in s.seqs:
+                self.done.add(sid)
 
 
 CONFIG = dict(num_pages=st.integers(3, 12) | st.integers(3, 40), page_size=st.integers(1, 4),
@@ -265,6 +267,9 @@ LONE = dict(num_pages=5, page_size=1, num_slots=2, chunk=None, max_prefill=16, r
 @example(({**LONE, "num_pages": 4}, [([1, 2, 3], SP(max_new_tokens=8))]))  # outgrows: leak
 @example((dict(num_pages=7, page_size=1, num_slots=3, chunk=None, max_prefill=3, running=2),
           [([0], SP(max_new_tokens=1)), ([0] * 4, SP(max_new_tokens=1))]))  # pages in flight
+@example((dict(num_pages=6, page_size=3, num_slots=6, chunk=5, max_prefill=7, running=3),
+          [([0] * 2, SP(max_new_tokens=5)), ([0] * 9, SP(max_new_tokens=3)),
+           ([0], SP(max_new_tokens=8))]))  # preempted with a token in flight: it must be dropped
 @given(workloads())
 def test_overlap_matches_normal(work):
     assert run_all(False, *work) == run_all(True, *work)
