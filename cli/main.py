@@ -69,6 +69,8 @@ def generate(
     mamba_full_memory_ratio: o.MambaRatio = 0.9, max_mamba_cache_size: o.MaxMamba = None,
     disable_overlap_schedule: o.NoOverlap = False, random_seed: o.RandomSeed = 0,
     context_length: o.ContextLength = None, cpu_memory_mb: o.CpuMemory = 256,
+    mamba_scheduler_strategy: o.RadixStrategyOpt = o.RadixStrategy.auto,
+    disable_radix_cache: o.DisableRadix = False, mamba_track_interval: o.TrackInterval = 256,
 ) -> None:
     """Offline generation through the engine; prints one JSON line per prompt."""
     flags = {k: v for k, v in locals().items() if k not in _GENERATE_ONLY}

@@ -17,7 +17,8 @@ class SamplingFlags(NamedTuple):
 
 def run_generate(cfg: Config, prompts: list[str], chat: bool,
                  flags: SamplingFlags) -> list[dict]:
-    """One dict per prompt: the generated text, its token ids and the finish reason."""
+    """One dict per prompt: the generated text, its token ids, the finish reason and the
+    prompt tokens reused from the prefix cache."""
     from transformers import AutoTokenizer
 
     from qnext.worker.engine import Engine
@@ -36,5 +37,6 @@ def run_generate(cfg: Config, prompts: list[str], chat: bool,
                             max_new_tokens=flags.max_new_tokens)
     outputs = Engine(cfg).generate(ids, params)
     return [{"text": tokenizer.decode(out.output_ids, skip_special_tokens=True),
-             "token_ids": out.output_ids, "finish_reason": out.finish_reason.value}
+             "token_ids": out.output_ids, "finish_reason": out.finish_reason.value,
+             "cached_tokens": out.cached_tokens}
             for out in outputs]

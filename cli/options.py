@@ -30,6 +30,12 @@ class SsmDtype(str, Enum):
     bfloat16 = "bfloat16"
 
 
+class RadixStrategy(str, Enum):
+    auto = "auto"
+    no_buffer = "no_buffer"
+    extra_buffer = "extra_buffer"
+
+
 class LoadFormat(str, Enum):
     auto = "auto"
     safetensors = "safetensors"
@@ -55,6 +61,12 @@ NoOverlap = Annotated[bool, typer.Option(help="Use the normal loop instead of th
 RandomSeed = Annotated[int, typer.Option(help="Seed for requests that bring none.")]
 ContextLength = Annotated[Optional[int], typer.Option(help="Max tokens per request (prompt incl.).")]
 CpuMemory = Annotated[int, typer.Option(help="On CPU: MiB that stand in for device memory.")]
+RadixStrategyOpt = Annotated[RadixStrategy, typer.Option(
+    help="Prefix cache for the recurrent state: no_buffer (page size 1, normal loop) or "
+         "extra_buffer (snapshots in the forward); auto: no_buffer at page size 1.")]
+DisableRadix = Annotated[bool, typer.Option(help="Turn prefix caching off.")]
+TrackInterval = Annotated[int, typer.Option(
+    help="extra_buffer: snapshot the state every this many decoded tokens.")]
 
 
 def build_config(model_path: Path, *, dtype: Dtype, device: str, load_format: LoadFormat,
@@ -63,7 +75,8 @@ def build_config(model_path: Path, *, dtype: Dtype, device: str, load_format: Lo
                  chunked_prefill_size: int, max_prefill_tokens: int, mamba_ssm_dtype: SsmDtype,
                  mamba_full_memory_ratio: float, max_mamba_cache_size: int | None,
                  disable_overlap_schedule: bool, random_seed: int, context_length: int | None,
-                 cpu_memory_mb: int) -> Config:
+                 cpu_memory_mb: int, mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
+                 disable_radix_cache: bool = False, mamba_track_interval: int = 256) -> Config:
     """Raises ConfigError (a ValueError naming the flag) on a bad value."""
     return Config(
         model=ModelConfig.from_dir(model_path),
@@ -75,7 +88,10 @@ def build_config(model_path: Path, *, dtype: Dtype, device: str, load_format: Lo
                           mamba_full_memory_ratio=mamba_full_memory_ratio,
                           max_mamba_cache_size=max_mamba_cache_size,
                           max_total_tokens=max_total_tokens,
-                          cpu_memory_bytes=cpu_memory_mb << 20),
+                          cpu_memory_bytes=cpu_memory_mb << 20,
+                          mamba_scheduler_strategy=mamba_scheduler_strategy.value,
+                          disable_radix_cache=disable_radix_cache,
+                          mamba_track_interval=mamba_track_interval),
         sched=SchedConfig(max_running_requests=max_running_requests,
                           chunked_prefill_size=None if chunked_prefill_size == -1
                           else chunked_prefill_size,

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qnext.kernels.precision import acc, acc_dtype
-from qnext.kernels.varlen import initial_state, iter_seqs
+from qnext.kernels.varlen import (
+    initial_state,
+    iter_seqs,
+    snapshot_targets,
+    write_decode_snapshots,
+)
 
 
 def gdn_gating_ref(A_log: Tensor, a: Tensor, b: Tensor, dt_bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,19 +120,24 @@ def _chunk_step(
 
 
 def _chunked_sequence(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, chunk_size: int,
+    snapshot_at: int = 0,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One sequence, float32, head-major: q, k [Hv, L, dk]; v [Hv, L, dv]; g, beta [Hv, L].
 
-    Chunks are [s, s + C); the last one may be partial. Returns (o [Hv, L, dv], state [Hv, dk, dv]).
+    Chunks are [s, s + C); the last one may be partial. Returns (o [Hv, L, dv], state
+    [Hv, dk, dv], the boundary state after `snapshot_at` tokens or None when no chunk ends there).
     """
     L = v.shape[1]
     outs: list[Tensor] = []
+    snapshot = None
     for s in range(0, L, chunk_size):
         e = min(s + chunk_size, L)
         o_c, state = _chunk_step(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], beta[:, s:e], state)
         outs.append(o_c)
-    return torch.cat(outs, dim=1), state
+        if e == snapshot_at:
+            snapshot = state
+    return torch.cat(outs, dim=1), state, snapshot
 
 
 def chunk_gated_delta_rule_ref(
@@ -144,13 +154,20 @@ def chunk_gated_delta_rule_ref(
     scale: float | None = None,
     use_qk_l2norm: bool = True,
     chunk_size: int = 64,
+    snapshot_slots: Tensor | None = None,
+    snapshot_offsets: Tensor | None = None,
 ) -> Tensor:
     """Varlen prefill with the chunked algorithm. q, k [T, Hk, dk]; v [T, Hv, dv]; g, beta [T, Hv].
 
     cu_seqlens [B+1]; ssm_states [S, Hv, dk, dv] (updated in place at state_indices [B]);
     has_initial_state bool [B] (False -> start from zeros). Empty sequences are skipped.
-    Returns o [T, Hv, dv] in v.dtype.
+    snapshot_slots [B] (-1 = none), snapshot_offsets [B]: sequence b's state after its first
+    t = snapshot_offsets[b] tokens is also written to ssm_states[snapshot_slots[b]]; t must be a
+    multiple of chunk_size or L (ValueError otherwise). Snapshot slots must be distinct from
+    each other and from state_indices. Returns o [T, Hv, dv] in v.dtype.
     """
+    # NOTE: snapshots are chunk-boundary states, never recomputed: hence the alignment rule
+    targets = snapshot_targets(cu_seqlens, snapshot_slots, snapshot_offsets, align=chunk_size)
     T, hv, dv = v.shape
     qf, kf = _prep_qk(q, k, hv, scale, use_qk_l2norm)  # [T, Hv, dk]
     vf, gf, bf = acc(v), acc(g), acc(beta)
@@ -158,9 +175,12 @@ def chunk_gated_delta_rule_ref(
     for b, slot, s, e in iter_seqs(cu_seqlens, state_indices):
         state = initial_state(ssm_states, slot, bool(has_initial_state[b]), acc_dtype(v))
         seq = [x[s:e].transpose(0, 1) for x in (qf, kf, vf, gf, bf)]  # head-major
-        o_seq, state = _chunked_sequence(*seq, state, chunk_size)
+        snapshot_slot, t = targets.get(b, (None, 0))
+        o_seq, state, snapshot = _chunked_sequence(*seq, state, chunk_size, t)
         out[s:e] = o_seq.transpose(0, 1)
         ssm_states[slot] = state.to(ssm_states.dtype)
+        if snapshot_slot is not None:
+            ssm_states[snapshot_slot] = snapshot.to(ssm_states.dtype)
     return out.to(v.dtype)
 
 
@@ -175,11 +195,13 @@ def fused_recurrent_gated_delta_rule_ref(
     state_indices: Tensor,
     scale: float | None = None,
     use_qk_l2norm: bool = True,
+    snapshot_slots: Tensor | None = None,
 ) -> Tensor:
     """Decode: one token per sequence. q, k [B, Hk, dk]; v [B, Hv, dv]; g, beta [B, Hv].
 
     Reads and updates ssm_states[state_indices] ([B, Hv, dk, dv]) in place; returns o [B, Hv, dv]
-    in v.dtype. state_indices must be distinct.
+    in v.dtype. state_indices must be distinct. snapshot_slots [B] (-1 = none): the updated state
+    is also copied there (slots distinct from each other and from state_indices).
     """
     hv = v.shape[1]
     qf, kf = _prep_qk(q, k, hv, scale, use_qk_l2norm)  # [B, Hv, dk]
@@ -190,4 +212,5 @@ def fused_recurrent_gated_delta_rule_ref(
     state = state + kf[:, :, :, None] * u[:, :, None, :]
     out = torch.einsum("bhkv,bhk->bhv", state, qf)
     ssm_states[state_indices] = state.to(ssm_states.dtype)
+    write_decode_snapshots(ssm_states, state, snapshot_slots)
     return out.to(v.dtype)

@@ -203,10 +203,14 @@ class CacheConfig:
     max_mamba_cache_size: int | None = None
     max_total_tokens: int | None = None
     cpu_memory_bytes: int = 256 << 20
+    mamba_scheduler_strategy: str = "auto"
+    disable_radix_cache: bool = False
+    mamba_track_interval: int = 256
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
             raise ConfigError(f"--page-size must be >= 1, got {self.page_size}")
+        _check_radix(self)
         if self.mamba_ssm_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"--mamba-ssm-dtype must be float32 or bfloat16, got "
                               f"{self.mamba_ssm_dtype!r}")
@@ -220,6 +224,41 @@ class CacheConfig:
                             ("--max-total-tokens", self.max_total_tokens)):
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+    @property
+    def radix_strategy(self) -> str:
+        """The prefix-cache strategy in force: "off", "no_buffer" or "extra_buffer". "auto"
+        is no_buffer at page size 1 and extra_buffer above (no_buffer needs page size 1)."""
+        if self.disable_radix_cache:
+            return "off"
+        if self.mamba_scheduler_strategy == "auto":
+            return "no_buffer" if self.page_size == 1 else "extra_buffer"
+        return self.mamba_scheduler_strategy
+
+    @property
+    def mamba_cache_chunk(self) -> int:
+        """extra_buffer snapshot alignment: max(64, page size)."""
+        return max(64, self.page_size)
+
+
+def _check_radix(cache: CacheConfig) -> None:
+    flag = "--mamba-scheduler-strategy"
+    if cache.mamba_scheduler_strategy not in ("auto", "no_buffer", "extra_buffer"):
+        raise ConfigError(f"{flag} must be auto, no_buffer or extra_buffer, got "
+                          f"{cache.mamba_scheduler_strategy!r}")
+    if cache.mamba_track_interval < 1:
+        raise ConfigError(f"--mamba-track-interval must be >= 1, got {cache.mamba_track_interval}")
+    strategy, page = cache.radix_strategy, cache.page_size
+    if strategy == "no_buffer" and page != 1:
+        raise ConfigError(f"{flag} no_buffer needs --page-size 1 (got {page}); use extra_buffer")
+    if strategy == "extra_buffer":
+        if 64 % page and page % 64:
+            raise ConfigError(f"{flag} extra_buffer needs --page-size dividing 64 or a "
+                              f"multiple of 64, got {page}")
+        if cache.mamba_track_interval % cache.mamba_cache_chunk:
+            raise ConfigError(f"--mamba-track-interval {cache.mamba_track_interval} must be a "
+                              f"multiple of {cache.mamba_cache_chunk} (max(64, page size))")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,9 @@ prefill chunk or a single decode token. Legend: T = new tokens, B = sequences, P
 of one sequence. Recurrent state is reached through `state_slots` into the state pool, K/V
 through `page_table` / `kv_locs` into the paged KV pool; layers look their pool tensors up by
 their own layer index (`kv_layer` / `state_layer`), never by walking modules.
+A sequence may also ask for a snapshot: its recurrent state part-way through its new tokens,
+copied into an extra state slot (prefix-cache tracking, SGLang's "extra_buffer"). Snapshot
+slots are distinct from every working slot of the batch and from each other.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class ForwardBatch:
     is_decode: bool  # every sequence has exactly one new token
     kv_cache: KVCache
     state_cache: StateCache
+    # both None when no sequence of the batch asks for a snapshot
+    snapshot_slots: torch.Tensor | None = None  # [B] int64: snapshot slot, -1 for none
+    snapshot_offsets: torch.Tensor | None = None  # [B] int64: new tokens in the snapshot, 0 if none
 
     @property
     def num_tokens(self) -> int:

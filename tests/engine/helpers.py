@@ -13,12 +13,17 @@ from qnext.worker.engine import Engine
 
 def make_engine(path: Path, *, overlap: bool = False, max_total_tokens: int | None = 4096,
                 chunk: int | None = 16, max_prefill_tokens: int = 48, page_size: int = 1,
-                max_running_requests: int | None = None, seed: int = 0) -> Engine:
+                max_running_requests: int | None = None, seed: int = 0, radix: str = "off",
+                max_mamba_cache_size: int = 64, track_interval: int = 256) -> Engine:
+    """`radix`: "off" (no prefix cache) or a --mamba-scheduler-strategy value."""
     return Engine(Config(
         model=ModelConfig.from_dir(path),
         load=LoadConfig(model_path=str(path), dtype="float32"),
         cache=CacheConfig(page_size=page_size, max_total_tokens=max_total_tokens,
-                          cpu_memory_bytes=64 << 20, max_mamba_cache_size=64),
+                          cpu_memory_bytes=64 << 20, max_mamba_cache_size=max_mamba_cache_size,
+                          disable_radix_cache=radix == "off",
+                          mamba_scheduler_strategy="auto" if radix == "off" else radix,
+                          mamba_track_interval=track_interval),
         sched=SchedConfig(chunked_prefill_size=chunk, max_prefill_tokens=max_prefill_tokens,
                           disable_overlap_schedule=not overlap,
                           max_running_requests=max_running_requests, random_seed=seed)))
@@ -31,10 +36,17 @@ def random_prompts(n: int, low: int, high: int, vocab: int, seed: int = 0) -> li
 
 
 def assert_pools_at_baseline(engine: Engine) -> None:
-    """No sequence holds a page or a slot, and the allocators are consistent."""
+    """No sequence holds a page or a slot, and the allocators are consistent: the prefix
+    cache holds no lock, and flushing it returns every page and slot."""
     pages, slots = engine.scheduler.pages, engine.scheduler.slots
     pages.check_integrity()
     slots.check_integrity()
+    engine.scheduler.cache.check_integrity()
+    tree = engine.stats()["prefix_cache"]
+    assert tree.get("protected_pages", 0) == 0 and tree.get("protected_slots", 0) == 0
+    assert pages.num_free + tree.get("num_cached_pages", 0) == pages.num_total
+    assert slots.num_free + tree.get("num_cached_slots", 0) == slots.num_total
+    assert engine.flush_cache()
     assert pages.num_free == pages.num_total, "KV pages leaked"
     assert slots.num_free == slots.num_total, "state slots leaked"
     assert not engine.scheduler.seqs and not engine.scheduler.running

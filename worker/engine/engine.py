@@ -17,6 +17,7 @@ from qnext.worker.runtime.memory import make_memory_plan
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.worker import PlanExecutor
 from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
+from qnext.worker.sched.memory import slots_per_request
 from qnext.worker.sched.request import (
     FinishReason,
     Request,
@@ -38,6 +39,7 @@ class GenerationOutput:
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
 
 
 def _seed_for(base: int, n: int) -> int:
@@ -48,30 +50,44 @@ def _seed_for(base: int, n: int) -> int:
 class Engine:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.strategy = cfg.cache.radix_strategy
+        overlap = self._use_overlap()
         self.runner = ModelRunner(cfg)
-        self.memory = make_memory_plan(cfg, self.runner.model)
+        self.memory = make_memory_plan(cfg, self.runner.model, self.strategy, overlap)
         self.runner.allocate_pools(self.memory.num_pages, self.memory.num_state_slots)
         eos = cfg.model.eos_token_ids
-        self.scheduler = Scheduler(self._limits(), PageAllocator(self.memory.num_pages),
+        self.scheduler = Scheduler(self._limits(overlap), PageAllocator(self.memory.num_pages),
                                    StateSlotAllocator(self.memory.num_state_slots), eos)
         self.executor = PlanExecutor(self.runner, eos)
-        overlap = not cfg.sched.disable_overlap_schedule
         loop_cls = OverlapLoop if overlap else NormalLoop
         self.loop = loop_cls(self.scheduler, self.executor)
         self._ids: dict[str, int] = {}
         self._requests: dict[int, str] = {}
         self._arrivals = itertools.count()
         self._counters = {"requests": 0, "finished": 0, "tokens": 0, "steps": 0}
-        log.info("engine_ready", overlap=overlap, **self.memory.describe())
+        log.info("engine_ready", overlap=overlap, radix_strategy=self.strategy,
+                 **self.memory.describe())
 
-    def _limits(self) -> SchedulerLimits:
-        sched = self.cfg.sched
+    def _use_overlap(self) -> bool:
+        """no_buffer snapshots read the live working slot, which an in-flight step of the
+        overlap loop would be advancing: that strategy runs the normal loop."""
+        if self.cfg.sched.disable_overlap_schedule:
+            return False
+        if self.strategy == "no_buffer":
+            log.info("overlap_schedule_disabled", reason="--mamba-scheduler-strategy no_buffer "
+                     "snapshots the live state; use extra_buffer to keep the overlap loop")
+            return False
+        return True
+
+    def _limits(self, overlap: bool) -> SchedulerLimits:
+        sched, cache = self.cfg.sched, self.cfg.cache
         return SchedulerLimits(
             max_running_requests=self.memory.max_running_requests,
-            max_prefill_tokens=sched.max_prefill_tokens,
-            chunk_size=sched.chunked_prefill_size,
-            page_size=self.cfg.cache.page_size,
-            max_context=self.context_length)
+            max_prefill_tokens=sched.max_prefill_tokens, chunk_size=sched.chunked_prefill_size,
+            page_size=cache.page_size,
+            max_context=self.context_length, strategy=self.strategy,
+            track_interval=cache.mamba_track_interval, num_track_slots=2 if overlap else 1,
+            admission_slots=slots_per_request(self.strategy, overlap))
 
     @property
     def context_length(self) -> int:
@@ -138,7 +154,16 @@ class Engine:
             "num_preemptions": self.scheduler.num_preemptions,
             **{f"num_{k}": v for k, v in self._counters.items()},
             "memory": self.memory.describe(),
+            "prefix_cache": self.scheduler.cache.stats(),
         }
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix (pages and states back to the pools). Only when idle —
+        running sequences lock their prefixes; returns False (nothing done) otherwise."""
+        if self.has_work:
+            return False
+        self.scheduler.cache.flush()
+        return True
 
     # -- offline --------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]],
@@ -170,6 +195,7 @@ class Engine:
                     res.logprobs.append(out.logprob)
                 if out.finish_reason is not None:
                     res.finish_reason = out.finish_reason
+                    res.cached_tokens = out.cached_tokens or 0
                     pending.discard(out.request_id)
                     bar.update(1)
         bar.close()

@@ -78,19 +78,23 @@ class GatedDeltaNet(nn.Module):
         conv_states = batch.state_cache.conv(self.state_layer)
         if batch.is_decode:
             return causal_conv1d_update_ref(mixed, self.conv1d.weight, conv_states=conv_states,
-                                            state_indices=batch.state_slots)
+                                            state_indices=batch.state_slots,
+                                            snapshot_slots=batch.snapshot_slots)
         return causal_conv1d_varlen_ref(
             mixed, self.conv1d.weight, cu_seqlens=batch.cu_seqlens, conv_states=conv_states,
-            state_indices=batch.state_slots, has_initial_state=batch.has_initial_state)
+            state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,
+            snapshot_slots=batch.snapshot_slots, snapshot_offsets=batch.snapshot_offsets)
 
     def _delta_rule(self, q, k, v, g, beta, batch: ForwardBatch) -> torch.Tensor:
         ssm_states = batch.state_cache.ssm(self.state_layer)
         if batch.is_decode:
             return fused_recurrent_gated_delta_rule_ref(
-                q, k, v, g, beta, ssm_states=ssm_states, state_indices=batch.state_slots)
+                q, k, v, g, beta, ssm_states=ssm_states, state_indices=batch.state_slots,
+                snapshot_slots=batch.snapshot_slots)  # decode offsets are all 1
         return chunk_gated_delta_rule_ref(
             q, k, v, g, beta, cu_seqlens=batch.cu_seqlens, ssm_states=ssm_states,
-            state_indices=batch.state_slots, has_initial_state=batch.has_initial_state)
+            state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,
+            snapshot_slots=batch.snapshot_slots, snapshot_offsets=batch.snapshot_offsets)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         num_tokens = x.shape[0]

@@ -2,7 +2,8 @@
 
 A `SeqChunk` is what the scheduler decides for one sequence in one step: its new token ids
 (a prefill chunk or one decode token), how many of its tokens are already in the caches, its
-state slot and its KV pages (covering at least prefix + new tokens).
+state slot and its KV pages (covering at least prefix + new tokens), and optionally a snapshot
+slot that receives the recurrent state part-way through the new tokens (prefix-cache tracking).
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ from qnext.worker.forward import ForwardBatch, KVCache, StateCache
 
 @dataclass(frozen=True)
 class SeqChunk:
+    """snapshot_slot / snapshot_len: after the step, slot `snapshot_slot` also holds the
+    recurrent state after the sequence's first `snapshot_len` tokens (absolute count,
+    prefix_len < snapshot_len <= seq_len). A snapshot slot differs from every working slot and
+    every other snapshot slot of the step; the prefill kernels take the state only at chunk
+    boundaries (see `chunk_gated_delta_rule_ref`)."""
+
     token_ids: list[int]
     prefix_len: int
     state_slot: int
     page_ids: list[int]
+    snapshot_slot: int | None = None
+    snapshot_len: int = 0
 
     @property
     def seq_len(self) -> int:
@@ -33,6 +42,26 @@ def _check(chunk: SeqChunk, page_size: int) -> None:
     if len(chunk.page_ids) * page_size < chunk.seq_len:
         raise ValueError(f"{len(chunk.page_ids)} pages of {page_size} cannot hold "
                          f"{chunk.seq_len} tokens")
+    if chunk.snapshot_slot is None:
+        if chunk.snapshot_len:
+            raise ValueError("snapshot_len is set but snapshot_slot is None")
+    elif chunk.snapshot_slot < 0:
+        raise ValueError(f"snapshot_slot {chunk.snapshot_slot} is negative")
+    elif not chunk.prefix_len < chunk.snapshot_len <= chunk.seq_len:
+        raise ValueError(f"snapshot_len {chunk.snapshot_len} must lie in this step's new tokens: "
+                         f"prefix_len {chunk.prefix_len} < snapshot_len <= {chunk.seq_len}")
+
+
+def _snapshots(chunks: list[SeqChunk]) -> tuple[list[int], list[int]] | None:
+    """Per-sequence (snapshot slot or -1, new tokens before the snapshot or 0); None if unused."""
+    wanted = [c.snapshot_slot for c in chunks if c.snapshot_slot is not None]
+    if not wanted:
+        return None
+    if len(set(wanted)) < len(wanted) or set(wanted) & {c.state_slot for c in chunks}:
+        raise ValueError(f"snapshot slots {wanted} must differ from each other and from the "
+                         f"working state slots")
+    return ([-1 if c.snapshot_slot is None else c.snapshot_slot for c in chunks],
+            [0 if c.snapshot_slot is None else c.snapshot_len - c.prefix_len for c in chunks])
 
 
 def _kv_locs(chunk: SeqChunk, page_size: int) -> list[int]:
@@ -49,6 +78,7 @@ def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: 
         _check(chunk, page_size)
     cu = [0, *accumulate(len(c.token_ids) for c in chunks)]
     max_pages = max(len(c.page_ids) for c in chunks)
+    snapshots = _snapshots(chunks)
 
     def tensor(values, dtype=torch.int64):
         return torch.tensor(values, dtype=dtype, device=device)
@@ -66,4 +96,6 @@ def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: 
         is_decode=all(len(c.token_ids) == 1 and c.prefix_len > 0 for c in chunks),
         kv_cache=kv_cache,
         state_cache=state_cache,
+        snapshot_slots=None if snapshots is None else tensor(snapshots[0]),
+        snapshot_offsets=None if snapshots is None else tensor(snapshots[1]),
     )

@@ -39,6 +39,20 @@ class StatePool:
         self.conv_states[:, dst] = self.conv_states[:, src]
         self.ssm_states[:, dst] = self.ssm_states[:, src]
 
+    def copy_pairs(self, pairs: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> None:
+        """Apply (src, dst) copies as if one after another, batching runs in which no source
+        is an earlier destination (a chunk snapshot may be copied on by a cache hit)."""
+        start = 0
+        while start < len(pairs):
+            end, written = start, set()
+            while end < len(pairs) and pairs[end][0] not in written:
+                written.add(pairs[end][1])
+                end += 1
+            src, dst = zip(*pairs[start:end])
+            device = self.ssm_states.device
+            self.copy(torch.tensor(src, device=device), torch.tensor(dst, device=device))
+            start = end
+
     @property
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.conv_states, self.ssm_states))

@@ -1,6 +1,7 @@
-"""Executes `StepPlan`s on one rank: zero fresh state slots, build the batch, run the model,
-sample. `launch` leaves the sampled tokens on the device (the overlap loop plans the next step
-meanwhile and feeds them back as `future_token`s); `resolve` copies them to the host.
+"""Executes `StepPlan`s on one rank: zero fresh state slots, copy cached states, build the
+batch, run the model, sample. `launch` leaves the sampled tokens on the device (the overlap
+loop plans the next step meanwhile and feeds them back as `future_token`s); `resolve` copies
+them to the host.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ class PlanExecutor:
         self.penalties.release([s for s in plan.released if s in self.penalties])
         if plan.zero_slots:
             self.runner.state_pool.zero(torch.tensor(plan.zero_slots, device=self.runner.device))
+        if plan.copy_slots:
+            self.runner.state_pool.copy_pairs(plan.copy_slots)
         for work in plan.work:
             if work.history is not None:
                 self.penalties.register(work.seq_id, work.history, work.num_prompt)
         chunks = [SeqChunk(list(w.token_ids) or [0], w.prefix_len, w.state_slot,
-                           list(w.page_ids)) for w in plan.work]
+                           list(w.page_ids), w.snapshot_slot, w.snapshot_len)
+                  for w in plan.work]
         batch = build_forward_batch(chunks, self.runner.kv_pool, self.runner.state_pool,
                                     self.runner.device)
         self._feed_future_tokens(plan.work, batch.input_ids, batch.cu_seqlens, previous)

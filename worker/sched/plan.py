@@ -25,6 +25,9 @@ class SeqWork:
 
     With `future_token`, the single input token is the one sampled for this sequence by the
     previous step, still on the device (overlap loop); `token_ids` is then empty.
+    `snapshot_slot`, if set, must hold the recurrent state after the sequence's first
+    `snapshot_len` tokens once the step has run (prefix_len < snapshot_len <= prefix_len +
+    num_new; extra_buffer prefix caching).
     `sample` is set when the chunk ends at the sequence's last token, i.e. a token is drawn.
     `prompt_ids` carries the full prompt (and earlier outputs, after a preemption) on the
     sequence's first chunk when its sampling uses penalties, so the worker can count them.
@@ -39,6 +42,8 @@ class SeqWork:
     future_token: bool = False
     history: tuple[int, ...] | None = None
     num_prompt: int = 0
+    snapshot_slot: int | None = None
+    snapshot_len: int = 0
 
     @property
     def num_new(self) -> int:
@@ -50,6 +55,9 @@ class StepPlan:
     step_id: int
     work: tuple[SeqWork, ...]
     zero_slots: tuple[int, ...] = ()  # fresh state slots to zero before the forward
+    # (src, dst) state-slot copies, in order, after zeroing and before the forward: prefix
+    # cache hits (copy-on-write) and chunk-boundary snapshots
+    copy_slots: tuple[tuple[int, int], ...] = ()
     released: tuple[int, ...] = ()  # seq ids whose worker-side state can be dropped
 
     @property

@@ -100,6 +100,19 @@ class Sequence:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     arrival: int = 0  # order of arrival, for first-come-first-served
+    fresh: bool = True  # admitted, no chunk planned yet (the next chunk registers penalties)
+    # prefix cache (see sched/prefix.py): the first `cached_len` tokens use the tree's pages,
+    # protected by a lock on `cache_node`; `num_cached_tokens` were reused at admission
+    cached_len: int = 0
+    cache_node: object | None = None
+    num_cached_tokens: int = 0
+    # extra_buffer tracking: ping-pong snapshot slots; the newest planned snapshot holds the
+    # state after `track_len` tokens in `track_slot`; `branch_len` is a position to snapshot
+    track_slots: list[int] = field(default_factory=list)
+    track_idx: int = 0
+    track_len: int = 0
+    track_slot: int | None = None
+    branch_len: int = 0
 
     @property
     def prompt_len(self) -> int:

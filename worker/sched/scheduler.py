@@ -5,18 +5,21 @@ Policy per step: (1) every running sequence that is decoding gets its one token 
 requests first; a decode that cannot get a page preempts the newest running sequences (their
 pages and slot are freed; they re-enter the front of the waiting queue and recompute);
 (2) sequences part-way through their prompt continue with the next chunk; (3) waiting
-sequences are admitted first-come-first-served while a state slot, pages and the prefill
-token budget allow. With the overlap loop a step is planned before the previous step's
-tokens are known: such decodes carry `future_token` and tokens of a stale plan are dropped.
+sequences are admitted first-come-first-served while state slots, pages and the prefill
+token budget allow, each starting from its longest cached prefix (`prefix.PrefixCache`;
+cached pages and states are evicted before anyone is preempted). With the overlap loop a
+step is planned before the previous step's tokens are known: such decodes carry
+`future_token` and tokens of a stale plan are dropped.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qnext.worker.sched.cache import OutOfPages, PageAllocator, StateSlotAllocator
 from qnext.worker.sched.plan import SampleSpec, SeqWork, StepPlan, StepResult
+from qnext.worker.sched.prefix import PrefixCache
 from qnext.worker.sched.request import FinishReason, Sequence, SequenceStatus
 
 
@@ -27,6 +30,11 @@ class SchedulerLimits:
     chunk_size: int | None  # longest prefill chunk of one sequence (None: whole prompts)
     page_size: int
     max_context: int  # tokens of one sequence, prompt included
+    strategy: str = "off"  # prefix cache: off, no_buffer or extra_buffer
+    track_interval: int = 256  # extra_buffer: decode snapshot every this many tokens
+    num_track_slots: int = 1  # extra_buffer: ping-pong snapshot slots per sequence
+    admission_slots: int = 1  # free slots (after evicting cached states) to admit one
+    snapshot_chunk: int = 64  # extra_buffer: prefill snapshots at multiples of max(this, page)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +46,16 @@ class RequestOutput:
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
     finish_reason: FinishReason | None = None
+    cached_tokens: int | None = None  # with the finish: prompt tokens reused from the cache
 
 
 class Scheduler:
     def __init__(self, limits: SchedulerLimits, pages: PageAllocator,
                  slots: StateSlotAllocator, eos_token_ids: tuple[int, ...] = ()) -> None:
-        self.limits, self.pages, self.slots = limits, pages, slots
+        self.cache = PrefixCache(limits.strategy, pages, slots, limits.page_size,
+                                 limits.track_interval, limits.num_track_slots,
+                                 limits.snapshot_chunk)
+        self.limits, self.pages, self.slots = self._aligned(limits), pages, slots
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -53,6 +65,16 @@ class Scheduler:
         self._released: list[int] = []
         self._events: list[RequestOutput] = []  # finishes decided while planning
         self.num_preemptions = 0
+
+    def _aligned(self, limits: SchedulerLimits) -> SchedulerLimits:
+        """extra_buffer: non-final prefill chunks end on snapshot positions, so the chunk and
+        step budgets are raised to at least one, and rounded to a multiple of, that chunk."""
+        if limits.strategy != "extra_buffer":
+            return limits
+        align = self.cache.chunk
+        chunk = limits.chunk_size and max(align, limits.chunk_size // align * align)
+        return replace(limits, chunk_size=chunk,
+                       max_prefill_tokens=max(align, limits.max_prefill_tokens))
 
     # -- requests -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -79,20 +101,21 @@ class Scheduler:
         """Plan the next step, or None when there is nothing to run."""
         work: list[SeqWork] = []
         zero_slots: list[int] = []
+        copies: list[tuple[int, int]] = []
         self._schedule_decodes(work)
         budget = self.limits.max_prefill_tokens
         for seq in [s for s in self.running if self._is_prefilling(s)]:
-            budget -= self._schedule_prefill(seq, budget, work)
-        while self.waiting and budget > 0 and self._can_admit(self.waiting[0], budget):
-            seq = self._admit(zero_slots)
-            budget -= self._schedule_prefill(seq, budget, work)
+            budget -= self._schedule_prefill(seq, budget, work, copies)
+        while self.waiting and budget > 0 and self._try_admit(budget, zero_slots, copies):
+            budget -= self._schedule_prefill(self.running[-1], budget, work, copies)
         if not work:
             return self._unblock() if self.running else None
         self._step += 1
         self._in_flight[self._step] = {w.seq_id: self.seqs[w.seq_id].num_preemptions
                                        for w in work}
         released, self._released = tuple(self._released), []
-        return StepPlan(self._step, tuple(work), tuple(zero_slots), released)
+        return StepPlan(self._step, tuple(work), tuple(zero_slots), released=released,
+                        copy_slots=tuple(copies))
 
     def _unblock(self) -> StepPlan | None:
         """Nothing could run: partial prefills hold all pages. With a step in flight, wait for
@@ -125,49 +148,68 @@ class Scheduler:
             if not self._reserve_pages(seq, seq.num_computed + 1, preempt=not future):
                 continue
             tokens = () if future else (seq.all_ids[seq.num_computed],)
-            work.append(self._work(seq, tokens, future=future))
+            work.append(self._work(seq, tokens, future=future, decode=True))
             seq.num_computed += 1
 
     def _chunk_size(self, seq: Sequence, budget: int) -> int:
         remaining = seq.num_tokens - seq.num_computed
-        return min(remaining, budget, self.limits.chunk_size or remaining)
+        size = min(remaining, budget, self.limits.chunk_size or remaining)
+        return self.cache.chunk_end(seq, seq.num_computed, size)
 
-    def _schedule_prefill(self, seq: Sequence, budget: int, work: list[SeqWork]) -> int:
+    def _schedule_prefill(self, seq: Sequence, budget: int, work: list[SeqWork],
+                          copies: list[tuple[int, int]]) -> int:
         """Queue the next prompt chunk of `seq` (at most `budget` tokens); returns its size."""
         size = self._chunk_size(seq, budget)
         if size <= 0 or not self._reserve_pages(seq, seq.num_computed + size, preempt=False):
             return 0
+        self.cache.cache_chunk(seq, copies)
         tokens = tuple(seq.all_ids[seq.num_computed:seq.num_computed + size])
         work.append(self._work(seq, tokens))
         seq.num_computed += size
         return size
 
-    def _work(self, seq: Sequence, tokens: tuple[int, ...], future: bool = False) -> SeqWork:
-        ends = future or seq.num_computed + len(tokens) == seq.num_tokens
+    def _work(self, seq: Sequence, tokens: tuple[int, ...], future: bool = False,
+              decode: bool = False) -> SeqWork:
+        start = seq.num_computed
+        end = start + max(len(tokens), future)
+        ends = future or end == seq.num_tokens
         params = seq.request.sampling
-        first = seq.num_computed == 0
-        wants_history = first and _uses_penalties(params)
+        wants_history = seq.fresh and _uses_penalties(params)
+        seq.fresh = False
+        snapshot_slot, snapshot_len = self.cache.snapshot(seq, start, end, decode)
         return SeqWork(
-            seq_id=seq.seq_id, token_ids=tokens, prefix_len=seq.num_computed,
+            seq_id=seq.seq_id, token_ids=tokens, prefix_len=start,
             state_slot=seq.state_slot, page_ids=tuple(seq.page_ids),
             sample=SampleSpec(params, seq.seed, len(seq.output_ids) + future) if ends else None,
             future_token=future,
             history=tuple(seq.all_ids) if wants_history else None,
-            num_prompt=seq.prompt_len if wants_history else 0)
+            num_prompt=seq.prompt_len if wants_history else 0,
+            snapshot_slot=snapshot_slot, snapshot_len=snapshot_len)
 
-    def _can_admit(self, seq: Sequence, budget: int) -> bool:
-        """A slot, a running place and the pages of the first chunk are free."""
-        return (len(self.running) < self.limits.max_running_requests
-                and self.slots.num_free > 0
-                and self.pages.can_allocate(self._pages_for(self._chunk_size(seq, budget))))
-
-    def _admit(self, zero_slots: list[int]) -> Sequence:
-        seq = self.waiting.popleft()
-        seq.state_slot = self.slots.allocate_one()
-        zero_slots.append(seq.state_slot)
+    def _try_admit(self, budget: int, zero_slots: list[int],
+                   copies: list[tuple[int, int]]) -> bool:
+        """Admit the first waiting sequence from its longest cached prefix if a running
+        place, its state slots and the pages of its first chunk can be had (evicting cached
+        pages and states, never preempting)."""
+        if len(self.running) >= self.limits.max_running_requests:
+            return False
+        seq = self.waiting[0]
+        seq.num_computed = self.cache.match(seq)
+        size = self._chunk_size(seq, budget)
+        need = self._pages_for(seq.num_computed + size) - len(seq.page_ids)
+        # reserve the strategy's share of slots; a matched state is already one of them
+        slots = max(self.limits.admission_slots - (seq.cached_len > 0),
+                    self.cache.slots_per_admission)
+        if size <= 0 or self.pages.num_free + self.cache.evictable_pages < need or \
+                not self.cache.ensure_free_slots(slots):
+            self.cache.release(seq, cache=False)
+            seq.num_computed = 0
+            return False
+        self.waiting.popleft()
+        self.cache.admit(seq, zero_slots, copies)
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
-        return seq
+        return True
 
     def _pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.limits.page_size)
@@ -180,6 +222,8 @@ class Scheduler:
                 seq.page_ids += self.pages.allocate(need)
                 return True
             except OutOfPages:
+                if self.cache.evict_pages(need - self.pages.num_free):
+                    continue
                 if not preempt or not self._preempt_newest(protect=seq):
                     return False
         return True
@@ -196,7 +240,7 @@ class Scheduler:
         return victim is not protect
 
     def _retract(self, seq: Sequence) -> None:
-        self._free(seq)
+        self.cache.release(seq, cache=False)
         self.running.remove(seq)
         seq.status, seq.num_computed = SequenceStatus.WAITING, 0
         seq.num_preemptions += 1
@@ -218,7 +262,8 @@ class Scheduler:
             if reason is not None:
                 self._finish(seq, reason)
             outputs.append(RequestOutput(seq.request.request_id, token.token_id, token.logprob,
-                                         token.top_logprobs, reason))
+                                         token.top_logprobs, reason,
+                                         seq.num_cached_tokens if reason else None))
         self._collect_finished()
         return self.take_events() + outputs
 
@@ -239,7 +284,8 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
         if announce:
-            self._events.append(RequestOutput(seq.request.request_id, None, finish_reason=reason))
+            self._events.append(RequestOutput(seq.request.request_id, None, finish_reason=reason,
+                                              cached_tokens=seq.num_cached_tokens))
             self._collect_finished()
 
     def take_events(self) -> list[RequestOutput]:
@@ -251,16 +297,8 @@ class Scheduler:
         """Free finished sequences no in-flight step still references."""
         busy = {sid for epochs in self._in_flight.values() for sid in epochs}
         for seq_id in [sid for sid, s in self.seqs.items() if s.is_finished and sid not in busy]:
-            self._free(self.seqs.pop(seq_id))
+            self.cache.release(self.seqs.pop(seq_id), cache=True)
             self._released.append(seq_id)
-
-    def _free(self, seq: Sequence) -> None:
-        if seq.page_ids:
-            self.pages.free(seq.page_ids)
-            seq.page_ids = []
-        if seq.state_slot is not None:
-            self.slots.free([seq.state_slot])
-            seq.state_slot = None
 
 
 def _uses_penalties(params) -> bool:

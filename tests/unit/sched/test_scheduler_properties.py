@@ -10,6 +10,7 @@ from hypothesis import example, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
+from qnext.worker.sched.memory import slots_per_request
 from qnext.worker.sched.plan import SampledToken, StepResult
 from qnext.worker.sched.request import FinishReason, Request, SamplingParams, Sequence
 from qnext.worker.sched.request import SequenceStatus as Status
@@ -35,13 +36,19 @@ def is_stop(tok: int, params: SamplingParams) -> bool:
 class Harness:
     """A Scheduler, its loop, and a fake executor checking each SeqWork on modelled pages/slots."""
 
-    def __init__(self, overlap, num_pages, page_size, num_slots, chunk, max_prefill, running):
-        self.lim = SchedulerLimits(running, max_prefill, chunk, page_size, 10**6)
-        self.s = Scheduler(self.lim, PageAllocator(num_pages), StateSlotAllocator(num_slots),
-                           (EOS,))
-        self.overlap, self.flight, self.ps = overlap, None, page_size
-        # kv: (page, offset) -> (seq, token); slot -> (seq, tokens fed); said / ended: tokens /
-        # finishes announced; last: seq -> (epoch, counter) of its last sample.
+    def __init__(self, overlap, num_pages, page_size, num_slots, chunk, max_prefill, running,
+                 strategy="off", align=4, interval=8):
+        """`strategy`: the prefix cache; extra_buffer snapshots at multiples of `align` in
+        prefill and of `interval` in decode (64 and 256 in the engine)."""
+        lim = SchedulerLimits(running, max_prefill, chunk, page_size, 10**6, strategy=strategy,
+                              track_interval=interval, num_track_slots=1 + overlap,
+                              snapshot_chunk=align,
+                              admission_slots=slots_per_request(strategy, overlap))
+        self.s = Scheduler(lim, PageAllocator(num_pages), StateSlotAllocator(num_slots), (EOS,))
+        self.lim, self.overlap, self.flight, self.ps = self.s.limits, overlap, None, page_size
+        # kv: (page, offset) -> the tokens up to and including that position; slot -> the
+        # tokens its state has consumed; said / ended: tokens / finishes announced;
+        # last: seq -> (epoch, counter) of its last sample.
         self.kv, self.slot, self.refs, self.said, self.ended, self.last = {}, {}, {}, {}, {}, {}
         self.released, self.done = set(), set()  # done: finished, freed and checked
 
@@ -106,21 +113,30 @@ class Harness:
         """The fake model: checks what each SeqWork reads, writes its tokens, samples."""
         fed_before = {t.seq_id: t.token_id for t in previous[1].tokens} if previous else {}
         for z in plan.zero_slots:
-            self.slot[z] = (None, 0)
-        out, ps = [], self.ps
+            self.slot[z] = ()
+        for src, dst in plan.copy_slots:  # in order: a snapshot may be copied on by a hit
+            assert src in self.slot and src != dst
+            self.slot[dst] = self.slot[src]
+        out, ps, snaps = [], self.ps, [w.snapshot_slot for w in plan.work if w.snapshot_slot]
+        assert len(set(snaps)) == len(snaps) and not set(snaps) & {w.state_slot for w in plan.work}
         for w in plan.work:
             sid, pre, end = w.seq_id, w.prefix_len, w.prefix_len + w.num_new
             assert w.state_slot and 0 not in w.page_ids and len(set(w.page_ids)) == len(w.page_ids)
             assert len(w.page_ids) == -(-end // ps)
-            # a fresh (zeroed) slot, or one that holds exactly this sequence's prefix
-            assert self.slot.get(w.state_slot) == ((sid, pre) if pre else (None, 0))
-            truth = self.truth(sid, end)
-            for p in range(end):  # read back the prefix this sequence wrote, write the rest
-                assert p >= pre or self.kv[w.page_ids[p // ps], p % ps] == (sid, truth[p])
-                self.kv[w.page_ids[p // ps], p % ps] = (sid, truth[p])
+            truth = tuple(self.truth(sid, end))
+            # the slot holds exactly this prefix (zeroed, its own, or a cached copy)
+            assert self.slot.get(w.state_slot) == truth[:pre]
+            for p in range(end):  # read back the prefix (own or cached), write the rest
+                assert p >= pre or self.kv[w.page_ids[p // ps], p % ps] == truth[:p + 1]
+                if p >= pre:
+                    self.kv[w.page_ids[p // ps], p % ps] = truth[:p + 1]
             fed = (fed_before[sid],) if w.future_token else w.token_ids
-            assert list(fed) == truth[pre:end]
-            self.slot[w.state_slot] = (sid, end)
+            assert fed == truth[pre:end]
+            self.slot[w.state_slot] = truth
+            if w.snapshot_slot is not None:  # aligned in prefill, as the chunked kernel needs
+                at = w.snapshot_len
+                assert pre < at <= end and ((at - pre) % self.s.cache.chunk == 0 or at == end)
+                self.slot[w.snapshot_slot] = truth[:at]
             if w.sample is not None:
                 out.append(SampledToken(sid, sample_token(sid, w.sample.params, w.sample.counter)))
         return StepResult(plan.step_id, tuple(out))
@@ -135,7 +151,18 @@ class Harness:
                 self.ended[sid] = o.finish_reason
 
     def drain(self) -> None:
-        """Liveness: never 1000 steps without a token or finish; then all pages/slots free."""
+        """Liveness (see `drain_keep_cache`); then, the prefix cache flushed, all is free."""
+        self.drain_keep_cache()
+        s = self.s
+        assert not s.seqs and not s.running and not s.waiting
+        tree = s.cache.stats()
+        assert tree.get("protected_pages", 0) == tree.get("protected_slots", 0) == 0
+        s.cache.flush()
+        assert s.pages.num_free == s.pages.num_total and s.slots.num_free == s.slots.num_total
+        assert sorted([*self.released, *s._released]) == sorted(self.refs)  # released once
+
+    def drain_keep_cache(self) -> None:
+        """Liveness: never 1000 steps without a token or finish."""
         idle, progress = 0, lambda: sum(map(len, self.said.values())) + len(self.ended)
         while self.flight is not None or self.s.has_work:
             before = progress()
@@ -143,17 +170,18 @@ class Harness:
             self.check()
             idle = 0 if progress() > before else idle + 1
             assert idle < 1000, "livelock: 1000 steps without a token or a finish"
-        s = self.s
-        assert not s.seqs and not s.running and not s.waiting
-        assert s.pages.num_free == s.pages.num_total and s.slots.num_free == s.slots.num_total
-        assert sorted([*self.released, *s._released]) == sorted(self.refs)  # released once
 
     def check(self) -> None:
         s = self.s
-        s.pages.check_integrity(), s.slots.check_integrity()
+        s.pages.check_integrity(), s.slots.check_integrity(), s.cache.check_integrity()
         live = list(s.seqs.values())
-        pages = [p for q in live for p in q.page_ids]
-        slots = [q.state_slot for q in live if q.state_slot is not None]
+        nodes = [n for n in s.cache.tree._nodes()] if s.cache.tree else []
+        cached = {p for n in nodes for p in n.page_ids}
+        pages = [p for q in live for p in q.page_ids[q.cached_len // self.ps:]]
+        pages += [p for n in nodes for p in n.page_ids]
+        slots = [x for q in live for x in (q.state_slot, *q.track_slots) if x is not None]
+        slots += [n.state_slot for n in nodes if n.state_slot is not None]
+        assert all(set(q.page_ids[:q.cached_len // self.ps]) <= cached for q in live)
         for held, alloc in ((pages, s.pages), (slots, s.slots)):
             assert 0 not in held and len(set(held)) == len(held)
             assert len(held) == alloc.num_total - alloc.num_free
@@ -221,7 +249,7 @@ class NormalMachine(RuleBasedStateMachine):
 
     @rule()
     def drain(self):
-        self.h.drain()
+        self.h.drain_keep_cache()
 
     @invariant()
     def invariants(self):

@@ -102,6 +102,15 @@ class HybridRadixCache:
         self._touch(path)
         return Insert(num_cached, duplicates, used, node)
 
+    def path_page_ids(self, node: RadixNode) -> list[int]:
+        """KV page ids of every token from the root to the end of `node`, in order."""
+        runs = []
+        while node is not self.root:
+            runs.append(node.page_ids)
+            assert node.parent is not None, "node is not in the tree"
+            node = node.parent
+        return [page for run in reversed(runs) for page in run]
+
     # ---- locks ---------------------------------------------------------------------------
 
     def lock(self, node: RadixNode) -> None:
