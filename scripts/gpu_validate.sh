@@ -13,4 +13,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # no install: the checkout 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
   date -u +%Y-%m-%dT%H:%MZ; } | tee "$out/env.txt"
-python3 -m pytest tests/gpu tests/models/test_parity.py tests/engine -v -s -p no:cacheprovider 2>&1 | tee "$out/pytest.txt"
+# arguments: the tests to run (default: the GPU tests, parity and the engine tests)
+tests=("$@"); [ ${#tests[@]} -gt 0 ] || tests=(tests/gpu tests/models/test_parity.py tests/engine)
+python3 -m pytest "${tests[@]}" -v -s -p no:cacheprovider 2>&1 | tee "$out/pytest.txt"

@@ -157,3 +157,41 @@ def test_extra_buffer_snapshots_while_decoding(path, overlap):
         results.append((one.output_ids, two.output_ids, two.cached_tokens))
     assert results[0][2] == 128 and results[1][2] == 0
     assert results[0][:2] == results[1][:2]
+
+
+def test_extra_buffer_caches_a_prompt_while_its_request_still_runs(path):
+    """A prompt is published when its prefill ends, not when its request finishes: requests
+    arriving while the first still decodes learn the branching point and then hit it."""
+    shared = random_prompts(1, 150, 151, VOCAB, seed=8)[0]
+    prompts = [shared + tail for tail in random_prompts(3, 50, 51, VOCAB, seed=9)]
+    long = SamplingParams(temperature=0.0, max_new_tokens=30, ignore_eos=True)
+    engine = engine_for(path, "extra_buffer", chunk=None, max_prefill_tokens=512)
+    finished = {}
+    for i, prompt in enumerate(prompts):
+        engine.add(Request(f"p{i}", tuple(prompt), long))
+        for _ in range(3):  # its prefill and two decodes; every earlier request still runs
+            finished.update({o.request_id: o for o in engine.step() if o.finish_reason})
+    assert not finished and len(engine.scheduler.running) == 3
+    while engine.has_work:
+        finished.update({o.request_id: o for o in engine.step() if o.finish_reason})
+    assert [finished[f"p{i}"].cached_tokens for i in range(3)] == [0, 0, 128]
+    assert_pools_at_baseline(engine)
+
+
+def test_extra_buffer_overlap_gives_the_outputs_of_the_normal_loop(path):
+    """Concurrent chats sharing a system prompt, chunked, page size 16, decode snapshots."""
+    system = random_prompts(1, 140, 141, VOCAB, seed=30)[0]
+    users = random_prompts(6, 10, 90, VOCAB, seed=31)
+    prompts = [system + u for u in users]
+    long = SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True)
+    runs = []
+    for overlap in (False, True):
+        engine = engine_for(path, "extra_buffer", 16, overlap, max_prefill_tokens=128,
+                            track_interval=64)
+        first = engine.generate(prompts[:3], long)
+        second = engine.generate([p + o.output_ids + [1, 2] for p, o in zip(prompts, first)]
+                                 + prompts[3:], long)
+        assert all(o.cached_tokens > 0 for o in second[:3])
+        runs.append([o.output_ids for o in first + second])
+        assert_pools_at_baseline(engine)
+    assert runs[0] == runs[1]

@@ -54,3 +54,25 @@ def test_seeded_sampling_on_gpu_independent_of_batch(tiny_checkpoint):
                             + [SamplingParams(temperature=0, max_new_tokens=5)] * 5)
     assert mixed[4].output_ids == alone.output_ids
     assert_pools_at_baseline(engine)
+
+
+@pytest.mark.parametrize("radix,page_size,overlap", [("no_buffer", 1, False),
+                                                     ("extra_buffer", 16, True)])
+def test_prefix_cache_on_gpu(tiny_checkpoint, radix, page_size, overlap):
+    """Multi-turn chat on CUDA: later turns hit the cache (copy-on-write, snapshots written by
+    the forward, decode snapshots every 64 tokens) and give the tokens of no cache."""
+    path = tiny_checkpoint("tiny")
+    first = random_prompts(1, 150, 151, 384, seed=6)[0]
+    params = SamplingParams(temperature=0, max_new_tokens=40, ignore_eos=True)
+    turns = {}
+    for strategy in (radix, "off"):
+        engine = _cuda_engine(path, radix=strategy, page_size=page_size, overlap=overlap,
+                              chunk=64, max_prefill_tokens=256, track_interval=64)
+        prompt, turns[strategy] = first, []
+        for _ in range(3):
+            out = engine.generate([prompt], params)[0]
+            turns[strategy].append((out.output_ids, out.cached_tokens))
+            prompt = [*prompt, *out.output_ids, 7, 8, 9]
+        assert_pools_at_baseline(engine)
+    assert [ids for ids, _ in turns[radix]] == [ids for ids, _ in turns["off"]]
+    assert [hit > 0 for _, hit in turns[radix]] == [False, True, True]

@@ -10,8 +10,9 @@ Strategies (`SchedulerLimits.strategy`, SGLang's `--mamba-scheduler-strategy`):
 - "extra_buffer": each sequence owns `num_track_slots` ping-pong slots the forward writes
   snapshots into (`SeqWork.snapshot_*`): in prefill at multiples of `chunk` = max(64, page
   size) or at the branching position a match reported, in decode every `track_interval`
-  tokens. A chunk boundary donates the newest snapshot slot (replaced by a fresh one); the end
-  inserts the tokens up to the newest snapshot. Non-final prefill chunks end on multiples of
+  tokens. Before each step of the sequence a new snapshot is donated to the tree (its slot
+  replaced by a fresh one), so a prompt is cached as soon as it is computed; at the end the
+  tokens up to the newest snapshot are inserted. Non-final prefill chunks end on multiples of
   `chunk`, so every cached position is aligned.
 
 A hit is copied into the sequence's own working slot (copy-on-write), so tree slots are never
@@ -147,14 +148,24 @@ class PrefixCache:
                     copies.append((seq.state_slot, slot))
                 else:
                     self.slots.free([slot])
-        elif self.strategy == "extra_buffer" and seq.track_len > seq.cached_len \
-                and seq.track_slot is not None and self.ensure_free_slots(1):
-            fresh, donated = self.slots.allocate_one(), seq.track_slot
-            if self._insert(seq, seq.track_len, donated, keep_lock=True):
-                seq.track_slots[seq.track_slots.index(donated)] = fresh
-            else:
-                self.slots.free([fresh])
-            seq.track_slot = None
+        else:
+            self.publish_snapshot(seq)
+
+    def publish_snapshot(self, seq: Sequence) -> None:
+        """extra_buffer: donate `seq`'s newest snapshot to the tree (its track slot is
+        replaced by a fresh one) and move its lock there. Called before each chunk and each
+        decode, so a prompt is cached as soon as it is computed — concurrent requests sharing
+        it hit (or learn its branching point) without waiting for it to finish. The snapshot
+        may still be in flight: every later reader of the slot runs after it on the stream."""
+        if self.strategy != "extra_buffer" or seq.track_slot is None \
+                or seq.track_len <= seq.cached_len or not self.ensure_free_slots(1):
+            return
+        fresh, donated = self.slots.allocate_one(), seq.track_slot
+        if self._insert(seq, seq.track_len, donated, keep_lock=True):
+            seq.track_slots[seq.track_slots.index(donated)] = fresh
+        else:
+            self.slots.free([fresh])
+        seq.track_slot = None
 
     # -- end of life ----------------------------------------------------------------------
     def release(self, seq: Sequence, cache: bool) -> None:

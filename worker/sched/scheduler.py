@@ -147,6 +147,7 @@ class Scheduler:
             # finish it; without a page it waits one step and then decodes normally
             if not self._reserve_pages(seq, seq.num_computed + 1, preempt=not future):
                 continue
+            self.cache.publish_snapshot(seq)
             tokens = () if future else (seq.all_ids[seq.num_computed],)
             work.append(self._work(seq, tokens, future=future, decode=True))
             seq.num_computed += 1
