@@ -1,5 +1,6 @@
 """`qnext`: the user-facing CLI (typer). Commands parse options into a frozen Config and call
-into the worker; heavy imports happen inside the commands so `--help` stays instant."""
+into the worker; heavy imports happen inside the commands so `--help` stays instant. The
+serving commands (`serve`, `worker`) live in `qnext.cli.serve`."""
 
 from __future__ import annotations
 
@@ -10,30 +11,8 @@ from typing import Annotated
 import typer
 
 from qnext.cli import options as o
-
-app = typer.Typer(help="qnext: serve Qwen3-Next hybrid models over gRPC.", no_args_is_help=True,
-                  add_completion=False)
-
-DEFAULT_TINY_DIR = Path.home() / ".cache" / "qnext" / "tiny"
-
-
-def fail(message: str) -> None:
-    """One-line reason on stderr, exit code 2."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
-
-
-def resolve_model_path(model_path: Path | None) -> Path:
-    """The given checkpoint, or the embedded tiny model (written on first use)."""
-    if model_path is not None:
-        if not (model_path / "config.json").is_file():
-            fail(f"--model-path {model_path}: no config.json there")
-        return model_path
-    if not (DEFAULT_TINY_DIR / "config.json").is_file():
-        from qnext.worker.tiny import write_tiny_checkpoint
-
-        write_tiny_checkpoint(DEFAULT_TINY_DIR, "tiny")
-    return DEFAULT_TINY_DIR
+from qnext.cli import serve as _serve  # noqa: F401  (registers serve / worker)
+from qnext.cli.app import app, fail, resolve_model_path
 
 
 @app.command("make-tiny")
@@ -52,6 +31,7 @@ def make_tiny(out: Path = typer.Argument(..., help="Directory to write the check
 
 
 @app.command()
+@o.with_engine_flags
 def generate(
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat for a batch).")] = [
         "Hello from qnext"],
@@ -61,19 +41,9 @@ def generate(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Top-k cut; 0 disables.")] = 0,
     seed: Annotated[int, typer.Option(help="Sampling seed; -1: derived per request.")] = -1,
-    model_path: o.ModelPath = None, dtype: o.DtypeOpt = o.Dtype.float32, device: o.Device = "cpu",
-    load_format: o.LoadFormatOpt = o.LoadFormat.auto, tp: o.Tp = 1, page_size: o.PageSize = 1,
-    mem_fraction_static: o.MemFraction = 0.88, max_running_requests: o.MaxRunning = None,
-    max_total_tokens: o.MaxTotalTokens = None, chunked_prefill_size: o.ChunkedPrefill = 8192,
-    max_prefill_tokens: o.MaxPrefill = 16384, mamba_ssm_dtype: o.SsmDtypeOpt = o.SsmDtype.float32,
-    mamba_full_memory_ratio: o.MambaRatio = 0.9, max_mamba_cache_size: o.MaxMamba = None,
-    disable_overlap_schedule: o.NoOverlap = False, random_seed: o.RandomSeed = 0,
-    context_length: o.ContextLength = None, cpu_memory_mb: o.CpuMemory = 256,
-    mamba_scheduler_strategy: o.RadixStrategyOpt = o.RadixStrategy.auto,
-    disable_radix_cache: o.DisableRadix = False, mamba_track_interval: o.TrackInterval = 256,
+    model_path: o.ModelPath = None, *, engine_flags: dict,
 ) -> None:
     """Offline generation through the engine; prints one JSON line per prompt."""
-    flags = {k: v for k, v in locals().items() if k not in _GENERATE_ONLY}
     if not all(prompt):
         fail("prompt is empty")
     from qnext.worker.log import configure_logging
@@ -85,16 +55,12 @@ def generate(
     sampling = SamplingFlags(max_new_tokens, temperature, top_p, top_k or None,
                              None if seed == -1 else seed)
     try:
-        cfg = o.build_config(path, **flags)
+        cfg = o.build_config(path, **engine_flags)
         results = run_generate(cfg, prompt, chat, sampling)
     except ValueError as exc:  # ConfigError, MemoryPlanError, RequestRejected, CheckpointError
         fail(str(exc))
     for result in results:  # one JSON object per prompt, in order
         typer.echo(json.dumps(result, ensure_ascii=False))
-
-
-_GENERATE_ONLY = {"prompt", "chat", "max_new_tokens", "temperature", "top_p", "top_k", "seed",
-                  "model_path"}
 
 
 if __name__ == "__main__":

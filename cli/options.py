@@ -3,6 +3,9 @@ function that turns them into the frozen `Config`. Each option maps to one confi
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -69,17 +72,69 @@ TrackInterval = Annotated[int, typer.Option(
     help="extra_buffer: snapshot the state every this many decoded tokens.")]
 
 
-def build_config(model_path: Path, *, dtype: Dtype, device: str, load_format: LoadFormat,
-                 tp: int, page_size: int, mem_fraction_static: float,
-                 max_running_requests: int | None, max_total_tokens: int | None,
-                 chunked_prefill_size: int, max_prefill_tokens: int, mamba_ssm_dtype: SsmDtype,
-                 mamba_full_memory_ratio: float, max_mamba_cache_size: int | None,
-                 disable_overlap_schedule: bool, random_seed: int, context_length: int | None,
-                 cpu_memory_mb: int, mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
-                 disable_radix_cache: bool = False, mamba_track_interval: int = 256) -> Config:
-    """Raises ConfigError (a ValueError naming the flag) on a bad value."""
-    return Config(
-        model=ModelConfig.from_dir(model_path),
+# (name, type, default) of every engine flag, in --help order; `with_engine_flags` adds them
+ENGINE_FLAGS = (
+    ("dtype", DtypeOpt, Dtype.float32), ("device", Device, "cpu"),
+    ("load_format", LoadFormatOpt, LoadFormat.auto), ("tp", Tp, 1), ("page_size", PageSize, 1),
+    ("mem_fraction_static", MemFraction, 0.88), ("max_running_requests", MaxRunning, None),
+    ("max_total_tokens", MaxTotalTokens, None), ("chunked_prefill_size", ChunkedPrefill, 8192),
+    ("max_prefill_tokens", MaxPrefill, 16384), ("mamba_ssm_dtype", SsmDtypeOpt, SsmDtype.float32),
+    ("mamba_full_memory_ratio", MambaRatio, 0.9), ("max_mamba_cache_size", MaxMamba, None),
+    ("disable_overlap_schedule", NoOverlap, False), ("random_seed", RandomSeed, 0),
+    ("context_length", ContextLength, None), ("cpu_memory_mb", CpuMemory, 256),
+    ("mamba_scheduler_strategy", RadixStrategyOpt, RadixStrategy.auto),
+    ("disable_radix_cache", DisableRadix, False), ("mamba_track_interval", TrackInterval, 256),
+)
+
+
+def with_engine_flags(fn):
+    """Give a typer command every engine flag; they reach `fn` as one dict `engine_flags`."""
+    names = [name for name, _, _ in ENGINE_FLAGS]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        return fn(engine_flags={n: kwargs.pop(n) for n in names}, **kwargs)
+
+    hints = typing.get_type_hints(fn, include_extras=True)  # fn's string annotations, resolved
+    own = [p.replace(annotation=hints[p.name])
+           for p in inspect.signature(fn).parameters.values() if p.name != "engine_flags"]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
+             for n, t, d in ENGINE_FLAGS]
+    command.__signature__ = inspect.Signature(own + extra)
+    command.__annotations__ = {p.name: p.annotation for p in own + extra}
+    del command.__wrapped__  # typer must read the new signature, not fn's
+    return command
+
+
+def flags_to_args(flags: dict) -> list[str]:
+    """Engine flags back to command-line arguments (to start a worker process)."""
+    args = []
+    for name, value in flags.items():
+        opt = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(opt if value else "--no-" + opt[2:])
+        elif value is not None:
+            args += [opt, str(value.value if isinstance(value, Enum) else value)]
+    return args
+
+
+def build_config(model_path: Path, **flags) -> Config:
+    """The frozen Config of a checkpoint and the engine flags (ENGINE_FLAGS' names). Raises
+    ConfigError (a ValueError naming the flag) on a bad value."""
+    return Config(model=ModelConfig.from_dir(model_path), **build_sections(model_path, **flags))
+
+
+def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: LoadFormat,
+                   tp: int, page_size: int, mem_fraction_static: float,
+                   max_running_requests: int | None, max_total_tokens: int | None,
+                   chunked_prefill_size: int, max_prefill_tokens: int,
+                   mamba_ssm_dtype: SsmDtype, mamba_full_memory_ratio: float,
+                   max_mamba_cache_size: int | None, disable_overlap_schedule: bool,
+                   random_seed: int, context_length: int | None, cpu_memory_mb: int,
+                   mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
+                   disable_radix_cache: bool = False, mamba_track_interval: int = 256) -> dict:
+    """Every Config section but the model's (so flags can be checked without a checkpoint)."""
+    return dict(
         load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
                         load_format=load_format.value, seed=random_seed),
         parallel=ParallelConfig(tp_size=tp),

@@ -157,6 +157,20 @@ class Engine:
             "prefix_cache": self.scheduler.cache.stats(),
         }
 
+    def pool_usage(self) -> dict[str, dict[str, int]]:
+        """Pages and state slots: total / used (by running requests) / cached (by the prefix
+        cache) / evictable (cached, unused) / free. Cheap: counters only."""
+        tree = self.scheduler.cache.stats()
+        out = {}
+        for name, alloc, unit in (("pages", self.scheduler.pages, "pages"),
+                                  ("state_slots", self.scheduler.slots, "slots")):
+            cached = tree.get(f"num_cached_{unit}", 0)
+            free = alloc.num_free
+            out[name] = {"total": alloc.num_total, "used": alloc.num_total - free - cached,
+                         "cached": cached, "evictable": tree.get(f"evictable_{unit}", 0),
+                         "free": free}
+        return out
+
     def flush_cache(self) -> bool:
         """Drop every cached prefix (pages and states back to the pools). Only when idle —
         running sequences lock their prefixes; returns False (nothing done) otherwise."""

@@ -101,6 +101,8 @@ class Sequence:
     num_preemptions: int = 0
     arrival: int = 0  # order of arrival, for first-come-first-served
     fresh: bool = True  # admitted, no chunk planned yet (the next chunk registers penalties)
+    arrived_at: float = 0.0  # time.monotonic() when queued, and when first admitted
+    admitted_at: float | None = None
     # prefix cache (see sched/prefix.py): the first `cached_len` tokens use the tree's pages,
     # protected by a lock on `cache_node`; `num_cached_tokens` were reused at admission
     cached_len: int = 0

@@ -14,6 +14,7 @@ step is planned before the previous step's tokens are known: such decodes carry
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -47,6 +48,7 @@ class RequestOutput:
     top_logprobs: tuple[tuple[int, float], ...] = ()
     finish_reason: FinishReason | None = None
     cached_tokens: int | None = None  # with the finish: prompt tokens reused from the cache
+    queue_time: float | None = None  # with the finish: seconds from arrival to admission
 
 
 class Scheduler:
@@ -78,6 +80,7 @@ class Scheduler:
 
     # -- requests -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
+        seq.arrived_at = time.monotonic()
         self.seqs[seq.seq_id] = seq
         self.waiting.append(seq)
 
@@ -208,6 +211,8 @@ class Scheduler:
             return False
         self.waiting.popleft()
         self.cache.admit(seq, zero_slots, copies)
+        if seq.admitted_at is None:
+            seq.admitted_at = time.monotonic()
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
         return True
@@ -264,7 +269,8 @@ class Scheduler:
                 self._finish(seq, reason)
             outputs.append(RequestOutput(seq.request.request_id, token.token_id, token.logprob,
                                          token.top_logprobs, reason,
-                                         seq.num_cached_tokens if reason else None))
+                                         seq.num_cached_tokens if reason else None,
+                                         _queue_time(seq) if reason else None))
         self._collect_finished()
         return self.take_events() + outputs
 
@@ -286,7 +292,8 @@ class Scheduler:
             self.running.remove(seq)
         if announce:
             self._events.append(RequestOutput(seq.request.request_id, None, finish_reason=reason,
-                                              cached_tokens=seq.num_cached_tokens))
+                                              cached_tokens=seq.num_cached_tokens,
+                                              queue_time=_queue_time(seq)))
             self._collect_finished()
 
     def take_events(self) -> list[RequestOutput]:
@@ -300,6 +307,10 @@ class Scheduler:
         for seq_id in [sid for sid, s in self.seqs.items() if s.is_finished and sid not in busy]:
             self.cache.release(self.seqs.pop(seq_id), cache=True)
             self._released.append(seq_id)
+
+
+def _queue_time(seq: Sequence) -> float:
+    return (seq.admitted_at if seq.admitted_at is not None else time.monotonic()) - seq.arrived_at
 
 
 def _uses_penalties(params) -> bool:

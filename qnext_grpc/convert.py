@@ -1,0 +1,83 @@
+"""Protobuf <-> engine values: sampling parameters, finish reasons, log-probabilities, memory.
+Pure data mapping; no torch. Invalid values raise `RequestRejected` naming the field (the
+gRPC layer turns it into INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+from qnext.v1 import admin_pb2, generation_pb2 as gen
+from qnext.worker.sched.request import FinishReason, Request, RequestRejected, SamplingParams
+
+_FINISH = {FinishReason.STOP: gen.FINISH_REASON_STOP,
+           FinishReason.LENGTH: gen.FINISH_REASON_LENGTH,
+           FinishReason.ABORT: gen.FINISH_REASON_ABORT}
+_DEFAULTS = SamplingParams()
+MAX_SEED = 2**63 - 1
+
+
+def _get(pb, name: str, default):
+    return getattr(pb, name) if pb.HasField(name) else default
+
+
+def sampling_from_pb(pb: gen.SamplingParams, logprobs: gen.LogprobOptions) -> SamplingParams:
+    """Absent optional fields take the engine defaults (proto3 zero is not "unset")."""
+    d = _DEFAULTS
+    seed = _get(pb, "seed", None)
+    if seed is not None and seed > MAX_SEED:
+        raise RequestRejected(f"invalid sampling field seed={seed} (at most {MAX_SEED})")
+    top_k = _get(pb, "top_k", None)
+    if top_k == 0:
+        raise RequestRejected("invalid sampling field top_k=0 (>= 1, or leave it unset)")
+    return SamplingParams(
+        temperature=_get(pb, "temperature", d.temperature),
+        top_k=top_k, top_p=_get(pb, "top_p", d.top_p), min_p=_get(pb, "min_p", d.min_p),
+        repetition_penalty=_get(pb, "repetition_penalty", d.repetition_penalty),
+        frequency_penalty=_get(pb, "frequency_penalty", d.frequency_penalty),
+        presence_penalty=_get(pb, "presence_penalty", d.presence_penalty),
+        max_new_tokens=_get(pb, "max_new_tokens", d.max_new_tokens),
+        min_new_tokens=_get(pb, "min_new_tokens", d.min_new_tokens),
+        stop_token_ids=tuple(pb.stop_token_ids), ignore_eos=_get(pb, "ignore_eos", False),
+        seed=seed, logprobs=logprobs.enabled, top_logprobs=logprobs.top_logprobs)
+
+
+def request_from_pb(pb) -> Request:
+    """A worker_pb2.WorkerRequest as an engine Request."""
+    params = sampling_from_pb(pb.sampling, pb.logprobs)
+    return Request(pb.request_id, tuple(pb.prompt_ids), params)
+
+
+def finish_reason_pb(reason: FinishReason | None) -> int:
+    return _FINISH.get(reason, gen.FINISH_REASON_UNSPECIFIED)
+
+
+def logprobs_pb(token_ids, logprobs, tops) -> list[gen.TokenLogprob]:
+    return [gen.TokenLogprob(token_id=t, logprob=lp or 0.0,
+                             top=[gen.TopLogprob(token_id=i, logprob=p) for i, p in top])
+            for t, lp, top in zip(token_ids, logprobs, tops)]
+
+
+def memory_pb(plan: dict, usage: dict, strategy: str, ratio: float) -> admin_pb2.MemoryInfo:
+    """The engine's memory plan (`MemoryPlan.describe()`) and `pool_usage()` as MemoryInfo."""
+    return admin_pb2.MemoryInfo(
+        strategy=strategy, page_size=plan["page_size"], mamba_full_memory_ratio=ratio,
+        kv_pool_bytes=plan["kv_pool_bytes"], state_pool_bytes=plan["state_pool_bytes"],
+        state_bytes_per_slot=plan["state_bytes_per_slot"],
+        kv_bytes_per_token=plan["kv_bytes_per_token"],
+        max_total_tokens=plan["max_total_tokens"],
+        max_running_requests=plan["max_running_requests"],
+        pages=admin_pb2.PoolUsage(**usage["pages"]),
+        state_slots=admin_pb2.PoolUsage(**usage["state_slots"]))
+
+
+def stats_pb(stats: dict, throughput: float, draining: bool) -> admin_pb2.Stats:
+    cache = stats["prefix_cache"]
+    return admin_pb2.Stats(
+        num_running=stats["num_running"], num_waiting=stats["num_waiting"],
+        num_requests=stats["num_requests"], num_finished=stats["num_finished"],
+        num_generated_tokens=stats["num_tokens"], num_steps=stats["num_steps"],
+        num_preemptions=stats["num_preemptions"], generation_throughput=throughput,
+        draining=draining,
+        prefix_cache=admin_pb2.PrefixCacheStats(
+            strategy=cache["strategy"], hit_rate=cache["hit_rate"],
+            prompt_tokens=cache["prompt_tokens"], cached_tokens=cache["cached_tokens"],
+            inserted_tokens=cache["inserted_tokens"], evicted_pages=cache["evicted_pages"],
+            evicted_slots=cache["evicted_slots"]))

@@ -1,0 +1,106 @@
+"""The one place domain errors become gRPC status codes: `ErrorInterceptor` wraps every unary
+and server-streaming handler of a grpc.aio server.
+
+    RequestRejected, ValueError (ConfigError, TextError, ...)  -> INVALID_ARGUMENT
+    Unsupported                                              -> UNIMPLEMENTED
+    Conflict                                                 -> FAILED_PRECONDITION
+    QueueFull                                                -> RESOURCE_EXHAUSTED
+    Draining, BridgeClosed, WorkerUnavailable                -> UNAVAILABLE
+    an error status from the worker                          -> the same status
+    anything else                                            -> INTERNAL (logged with traceback)
+
+Cancellation (the client went away) propagates untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import grpc
+import structlog
+
+from qnext.worker.sched.request import RequestRejected
+from qnext_grpc.bridge import BridgeClosed, Draining
+
+log = structlog.get_logger()
+
+
+class Unsupported(RuntimeError):
+    """The operation exists in the API but this server cannot do it (yet)."""
+
+
+class Conflict(RuntimeError):
+    """The operation is impossible in the current state."""
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is at its bound."""
+
+
+class WorkerUnavailable(RuntimeError):
+    """The worker daemon is not reachable."""
+
+
+_CODES = ((RequestRejected, grpc.StatusCode.INVALID_ARGUMENT),
+          (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
+          (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+          (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+          ((Draining, BridgeClosed, WorkerUnavailable), grpc.StatusCode.UNAVAILABLE),
+          (ValueError, grpc.StatusCode.INVALID_ARGUMENT))
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code(), exc.details() or exc.code().name
+    for types, code in _CODES:
+        if isinstance(exc, types):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    code, message = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("rpc_failed", method=method, exc_info=exc)
+    await context.abort(code, message)
+
+
+def _wrap_unary(fn, method: str):
+    async def handler(request, context):
+        try:
+            return await fn(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+    return handler
+
+
+def _wrap_stream(fn, method: str):
+    async def handler(request, context):
+        try:
+            async for item in fn(request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        kw = dict(request_deserializer=handler.request_deserializer,
+                  response_serializer=handler.response_serializer)
+        if inspect.iscoroutinefunction(handler.unary_unary):
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method), **kw)
+        if inspect.isasyncgenfunction(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method), **kw)
+        return handler  # other shapes (not used by qnext's services) pass through

@@ -1,0 +1,119 @@
+"""`GenerationService`: the data plane (`qnext.v1.Generation`). Turns text, chat or ids into a
+tokenized worker request, relays the worker's token stream as text deltas (stop strings,
+reasoning split, usage, timing), and aborts the worker request when the client goes away or a
+stop string ends the text early. Torch-free."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from qnext.v1 import generation_pb2 as gen, generation_pb2_grpc, worker_pb2
+from qnext_grpc.output import Delta, OutputAssembler
+from qnext_grpc.text import TextError, TextTokenizer
+from qnext_grpc.worker_client import WorkerClient
+
+
+class GenerationService(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, worker: WorkerClient, tokenizer: TextTokenizer) -> None:
+        self.worker, self.tokenizer = worker, tokenizer
+
+    async def Generate(self, request, context):
+        call = self._call(request)
+        complete = None
+        async for item in call.run(request):
+            if isinstance(item, gen.Complete):
+                complete = item
+        asm = call.asm
+        return gen.GenerateResponse(
+            request_id=call.rid, text="".join(asm.text), reasoning_text="".join(asm.reasoning),
+            token_ids=asm.token_ids, logprobs=call.logprobs, complete=complete)
+
+    async def Stream(self, request, context):
+        call = self._call(request)
+        async for item in call.run(request):
+            if isinstance(item, gen.Complete):
+                yield gen.StreamResponse(request_id=call.rid, complete=item)
+            elif item.text or item.reasoning or item.token_ids:
+                yield gen.StreamResponse(request_id=call.rid, chunk=gen.StreamChunk(
+                    text=item.text, reasoning_text=item.reasoning, token_ids=item.token_ids,
+                    logprobs=item.logprobs, usage=call.usage()))
+
+    async def Abort(self, request, context):
+        return await self.worker.stub.Abort(request)
+
+    def _call(self, request) -> _Call:
+        sampling = request.sampling
+        skip = sampling.skip_special_tokens if sampling.HasField("skip_special_tokens") else True
+        prompt = self._prompt_ids(request)
+        asm = OutputAssembler(self.tokenizer, prompt, list(sampling.stop), skip,
+                              request.separate_reasoning)
+        return _Call(self.worker, request.request_id or uuid.uuid4().hex, prompt, asm)
+
+    def _prompt_ids(self, request) -> list[int]:
+        kind = request.WhichOneof("input")
+        if kind is None:
+            raise TextError("input: set one of text, token_ids or chat")
+        if kind == "token_ids":
+            return list(request.token_ids.ids)
+        if kind == "text":
+            text = request.text
+        else:
+            chat = request.chat
+            messages = [{"role": m.role, "content": m.content} for m in chat.messages]
+            add = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add)
+        if not text:
+            raise TextError("input: the prompt is empty")
+        return self.tokenizer.encode(text)
+
+
+class _Call:
+    """One Generate / Stream call: its prompt, its output so far, its timing."""
+
+    def __init__(self, worker: WorkerClient, rid: str, prompt: list[int],
+                 asm: OutputAssembler) -> None:
+        self.worker, self.rid, self.prompt, self.asm = worker, rid, prompt, asm
+        self.logprobs: list = []
+        self.start = time.monotonic()
+        self.ttft: float | None = None
+
+    async def run(self, request) -> AsyncIterator[Delta | gen.Complete]:
+        """Yields Deltas, then one Complete."""
+        call = self.worker.stub.Generate(worker_pb2.WorkerRequest(
+            request_id=self.rid, prompt_ids=self.prompt, sampling=request.sampling,
+            logprobs=request.logprobs))
+        reason, cached, queue_ms = gen.FINISH_REASON_UNSPECIFIED, 0, 0.0
+        try:
+            async for event in call:
+                if event.token_ids and self.ttft is None:
+                    self.ttft = time.monotonic() - self.start
+                self.logprobs += list(event.logprobs)
+                yield self.asm.push(list(event.token_ids), list(event.logprobs))
+                if event.finish_reason:
+                    reason, cached = event.finish_reason, event.cached_tokens
+                    queue_ms = event.queue_ms
+                    break
+                if self.asm.matched_stop is not None:  # the text is complete: stop the worker
+                    reason = gen.FINISH_REASON_STOP
+                    break
+        finally:
+            call.cancel()  # a no-op once finished; otherwise the worker aborts the request
+        yield self.asm.finish()
+        yield self._complete(request, reason, cached, queue_ms)
+
+    def usage(self, cached: int = 0) -> gen.Usage:
+        return gen.Usage(prompt_tokens=len(self.prompt),
+                         completion_tokens=len(self.asm.token_ids), cached_tokens=cached)
+
+    def _complete(self, request, reason, cached, queue_ms) -> gen.Complete:
+        done = gen.Complete(finish_reason=reason, usage=self.usage(cached), timing=gen.Timing(
+            queue_ms=queue_ms, ttft_ms=1000 * (self.ttft or 0.0),
+            e2e_ms=1000 * (time.monotonic() - self.start)))
+        if self.asm.matched_stop is not None:
+            done.matched_stop_str = self.asm.matched_stop
+        elif reason == gen.FINISH_REASON_STOP and self.asm.token_ids and \
+                self.asm.token_ids[-1] in request.sampling.stop_token_ids:
+            done.matched_token_id = self.asm.token_ids[-1]
+        return done

@@ -1,0 +1,125 @@
+"""The front end: the data-plane server (Generation + health + reflection) and the separate
+control-plane server (Admin, token-protected, + health + reflection), both grpc.aio, in front
+of one worker daemon. Health is NOT_SERVING until the worker serves, and whenever it is
+unreachable. Torch-free."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
+from qnext_grpc.errors import ErrorInterceptor
+from qnext_grpc.generation import GenerationService
+from qnext_grpc.text import TextTokenizer
+from qnext_grpc.worker_client import WorkerClient
+
+log = structlog.get_logger()
+GENERATION = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # no token needed
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    worker_address: str
+    model_path: str = ""  # for the tokenizer; empty: the worker's checkpoint
+    host: str = "127.0.0.1"
+    port: int = 50051
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 50052
+    admin_token: str = ""
+    worker_timeout: float = 600.0  # how long to wait for the worker to serve at start
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Admin calls need `authorization: Bearer <token>` (compared in constant time)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith(OPEN_METHODS):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return await continuation(details)
+        return grpc.unary_unary_rpc_method_handler(_deny)
+
+
+async def _deny(request, context):
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong admin token")
+
+
+class AdminProxy(admin_pb2_grpc.AdminServicer):
+    """Every Admin RPC forwarded to the worker (which serves Admin without auth)."""
+
+    def __init__(self, worker: WorkerClient) -> None:
+        self.worker = worker
+
+
+def _forward(name: str):
+    async def method(self, request, context):
+        return await getattr(self.worker.admin, name)(request, timeout=context.time_remaining())
+    method.__name__ = name
+    return method
+
+
+for _method in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods:
+    setattr(AdminProxy, _method.name, _forward(_method.name))
+
+
+def _server(interceptors, address: str) -> grpc.aio.Server:
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server
+
+
+async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = None) -> None:
+    """Serve until cancelled."""
+    worker = WorkerClient(cfg.worker_address)
+    await worker.wait_ready(cfg.worker_timeout)
+    model_path = cfg.model_path or (await worker.admin.GetServerInfo(
+        admin_pb2.GetServerInfoRequest())).model_path
+    tokenizer = TextTokenizer.from_dir(model_path)
+    data = _server([ErrorInterceptor()], f"{cfg.host}:{cfg.port}")
+    control = _server([TokenAuth(cfg.admin_token), ErrorInterceptor()],
+                      f"{cfg.admin_host}:{cfg.admin_port}")
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(worker, tokenizer),
+                                                         data)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminProxy(worker), control)
+    healths = [health.aio.HealthServicer(), health.aio.HealthServicer()]
+    for server, servicer, name in ((data, healths[0], GENERATION), (control, healths[1], ADMIN)):
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        reflection.enable_server_reflection(
+            (name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def set_status(status) -> None:
+        for servicer, name in zip(healths, (GENERATION, ADMIN)):
+            await servicer.set("", status)
+            await servicer.set(name, status)
+
+    await data.start()
+    await control.start()
+    mirror = asyncio.create_task(worker.mirror_health(set_status))
+    log.info("frontend_listening", data=f"{cfg.host}:{cfg.port}",
+             control=f"{cfg.admin_host}:{cfg.admin_port}", worker=cfg.worker_address)
+    if started is not None:
+        started.set()
+    try:
+        await data.wait_for_termination()
+    finally:
+        mirror.cancel()
+        for servicer in healths:
+            await servicer.enter_graceful_shutdown()
+        await asyncio.gather(data.stop(grace=5), control.stop(grace=5))
+        await worker.close()

@@ -1,0 +1,60 @@
+"""`WorkerClient`: the front end's channel to the worker daemon (Worker + Admin + health
+stubs) and a watcher that mirrors the worker's health into the front end's own health
+service. Torch-free."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from qnext.v1 import admin_pb2_grpc, worker_pb2_grpc
+
+log = structlog.get_logger()
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class WorkerClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Until the worker reports SERVING; TimeoutError after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                reply = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError(f"the worker at {self.address} is not serving after "
+                                   f"{timeout:.0f} s")
+            await asyncio.sleep(0.1)  # polling a process that is still starting
+
+    async def mirror_health(self, set_status) -> None:
+        """Forever: follow the worker's health stream and call set_status(status) on every
+        change; NOT_SERVING while the worker is unreachable (reconnects with backoff)."""
+        backoff = 0.1
+        while True:
+            try:
+                async for reply in self.health.Watch(health_pb2.HealthCheckRequest()):
+                    await set_status(reply.status)
+                    backoff = 0.1
+            except grpc.aio.AioRpcError as err:
+                log.warning("worker_unreachable", address=self.address, code=err.code().name)
+            await set_status(NOT_SERVING)
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, 2.0)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,144 @@
+"""The worker daemon's gRPC side: `qnext.v1.Worker` (token-id generation) and `qnext.v1.Admin`
+(no auth here: the front end checks the token) over the engine bridge, plus grpc.health.v1.
+`serve_worker` builds the engine, serves until stopped. Runtime strategy switch and resize
+are not implemented yet (UNIMPLEMENTED)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+from dataclasses import asdict
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import qnext
+from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as gen, worker_pb2
+from qnext.v1 import worker_pb2_grpc
+from qnext_grpc import convert
+from qnext_grpc.bridge import EngineBridge
+from qnext_grpc.errors import ErrorInterceptor, Unsupported
+
+log = structlog.get_logger()
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, bridge: EngineBridge) -> None:
+        self.bridge = bridge
+
+    async def Generate(self, request, context):
+        events = await self.bridge.submit(convert.request_from_pb(request))
+        finished = False
+        try:
+            async for ev in events:
+                finished = ev.finish_reason is not None
+                yield worker_pb2.WorkerEvent(
+                    token_ids=ev.token_ids,
+                    logprobs=convert.logprobs_pb(ev.token_ids, ev.logprobs, ev.top_logprobs)
+                    if request.logprobs.enabled else [],
+                    finish_reason=convert.finish_reason_pb(ev.finish_reason),
+                    cached_tokens=ev.cached_tokens, queue_ms=ev.queue_ms)
+        finally:
+            if not finished:  # cancelled, deadline, or the stream broke: free its resources
+                self.bridge.forget(request.request_id)
+
+    async def Abort(self, request, context):
+        done = await self.bridge.abort_now(list(request.request_ids))
+        return gen.AbortResponse(
+            aborted=[r for r, ok in zip(request.request_ids, done) if ok],
+            not_found=[r for r, ok in zip(request.request_ids, done) if not ok])
+
+
+class WorkerAdmin(admin_pb2_grpc.AdminServicer):
+    def __init__(self, bridge: EngineBridge) -> None:
+        self.bridge = bridge
+
+    async def GetStats(self, request, context):
+        stats = await self.bridge.call(lambda e: e.stats())
+        return convert.stats_pb(stats, self.bridge.throughput(), self.bridge.draining)
+
+    async def GetMemory(self, request, context):
+        return await self.bridge.call(_memory)
+
+    async def SetRadixStrategy(self, request, context):
+        raise Unsupported("switching the radix strategy at runtime is not implemented yet")
+
+    async def ResizeMambaCache(self, request, context):
+        raise Unsupported("resizing the mamba cache at runtime is not implemented yet")
+
+    async def FlushCache(self, request, context):
+        def flush(engine):
+            before = engine.pool_usage()
+            if not engine.flush_cache():
+                engine.scheduler.cache.flush()  # busy: drop what no running request uses
+            after = engine.pool_usage()
+            return admin_pb2.FlushCacheResponse(
+                freed_pages=after["pages"]["free"] - before["pages"]["free"],
+                freed_slots=after["state_slots"]["free"] - before["state_slots"]["free"])
+        return await self.bridge.call(flush)
+
+    async def Drain(self, request, context):
+        self.bridge.draining = True
+        left = await self.bridge.call(
+            lambda e: len(e.scheduler.running) + len(e.scheduler.waiting))
+        return admin_pb2.DrainResponse(num_unfinished=left)
+
+    async def Resume(self, request, context):
+        self.bridge.draining = False
+        return admin_pb2.ResumeResponse()
+
+    async def GetServerInfo(self, request, context):
+        return await self.bridge.call(_server_info)
+
+    async def SetLogLevel(self, request, context):
+        if request.level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {request.level!r}")
+        from qnext.worker.log import configure_logging
+        configure_logging(request.level)
+        return admin_pb2.SetLogLevelResponse()
+
+
+def _memory(engine) -> admin_pb2.MemoryInfo:
+    return convert.memory_pb(engine.memory.describe(), engine.pool_usage(), engine.strategy,
+                             engine.cfg.cache.mamba_full_memory_ratio)
+
+
+def _server_info(engine) -> admin_pb2.ServerInfo:
+    import torch
+    import transformers
+
+    cfg = engine.cfg
+    return admin_pb2.ServerInfo(
+        model_path=cfg.load.model_path or "", architecture=cfg.model.architecture,
+        version=qnext.__version__, device=cfg.load.device,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "grpcio": grpc.__version__, "python": platform.python_version()},
+        config_json=json.dumps(asdict(cfg), default=str))
+
+
+async def serve_worker(engine, address: str, ready: asyncio.Event | None = None) -> None:
+    """Serve `engine` on `address` ("unix:/path" or "host:port") until cancelled."""
+    bridge = EngineBridge(engine)
+    bridge.start()
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                             options=[("grpc.so_reuseport", 0)])
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(bridge), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(WorkerAdmin(bridge), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("worker_listening", address=address)
+    if ready is not None:
+        ready.set()
+    try:
+        await server.wait_for_termination()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        bridge.stop()
