@@ -85,14 +85,14 @@ class Scheduler:
         self.waiting.append(seq)
 
     def abort(self, seq_id: int) -> Sequence | None:
-        """Finish a sequence with ABORT wherever it is; None if unknown or already done."""
+        """Finish a sequence with ABORT wherever it is (announced by `take_events`, like
+        every finish); None if unknown or already done."""
         seq = self.seqs.get(seq_id)
         if seq is None or seq.is_finished:
             return None
         if seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
-        self._finish(seq, FinishReason.ABORT)
-        self._collect_finished()
+        self._finish(seq, FinishReason.ABORT, announce=True)
         return seq
 
     @property

@@ -64,10 +64,13 @@ class Harness:
         self.refs[sid], self.said[sid] = seq, []
         self.s.add(seq)
 
-    def abort(self, sid: int) -> None:  # None iff already finished; else announced here
+    def abort(self, sid: int) -> None:  # None iff already finished; else announced
         was_done, got = self.refs[sid].is_finished, self.s.abort(sid)
         assert (got is None) == was_done and (was_done or got.finish_reason is ABORT)
-        self.ended.update({} if was_done else {sid: ABORT})
+        events = self.s.take_events()  # what the loop's next step reports
+        assert was_done or any(e.request_id == f"r{sid}" and e.finish_reason is ABORT
+                               for e in events)
+        self.note(events)
 
     def step(self) -> None:
         """NormalLoop.step, or OverlapLoop.step (plan N+1 before update(N)) with `overlap`."""
@@ -144,8 +147,9 @@ class Harness:
     def note(self, outputs) -> None:
         for o in outputs:
             sid = int(o.request_id[1:])  # request ids are f"r{seq_id}"
-            # one finish per request; no token only for a finish (the sequence outgrew the pool)
-            assert sid not in self.ended and (o.token_id is not None or o.finish_reason is LENGTH)
+            # one finish per request; no token only for an abort or a pool-outgrown finish
+            assert sid not in self.ended and (o.token_id is not None
+                                              or o.finish_reason in (LENGTH, ABORT))
             self.said[sid] += [] if o.token_id is None else [o.token_id]
             if o.finish_reason is not None:
                 self.ended[sid] = o.finish_reason

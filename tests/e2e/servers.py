@@ -1,0 +1,92 @@
+"""Real qnext processes on 127.0.0.1 for end-to-end tests: `qnext serve` (spawning its worker)
+or `qnext worker` + `qnext serve --worker`, with readiness taken from grpc.health.v1 Watch
+streams (no sleeps), and clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qnext(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("QNEXT_ADMIN_TOKEN", None)
+    return subprocess.Popen([sys.executable, "-m", "qnext.cli.main", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def wait_for_status(address: str, status: int, proc: subprocess.Popen, log: Path,
+                    timeout: float = 120.0, service: str = "") -> None:
+    """Follow the health Watch stream of `address` until `status` (the stream itself waits
+    for the server to come up: wait_for_ready)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            for reply in stub.Watch(health_pb2.HealthCheckRequest(service=service),
+                                    timeout=timeout, wait_for_ready=True):
+                if reply.status == status:
+                    return
+        except grpc.RpcError as err:
+            raise RuntimeError(f"{address} never reached {status} ({err.code().name}); "
+                               f"exit {proc.poll()}; log:\n{log.read_text()[-3000:]}") from err
+
+
+class Server:
+    """`qnext serve` on free ports; `worker`: attach to that address instead of spawning."""
+
+    def __init__(self, model_path: Path, *flags: str, worker: str | None = None) -> None:
+        self.port, self.admin_port, self.token = free_port(), free_port(), "e2e-secret-token"
+        self.log = Path(tempfile.mkstemp(prefix="qnext-serve-", suffix=".log")[1])
+        args = ["serve", "--model-path", str(model_path), "--port", str(self.port),
+                "--admin-port", str(self.admin_port), "--admin-token", self.token, *flags]
+        args += ["--worker", worker] if worker else []
+        self.proc = qnext(*args, log=self.log)
+        wait_for_status(self.address, SERVING, self.proc, self.log)
+        self.data = grpc.insecure_channel(self.address)
+        self.control = grpc.insecure_channel(f"127.0.0.1:{self.admin_port}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")]
+
+    def stop(self) -> int:
+        self.data.close()
+        self.control.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+class Worker:
+    """`qnext worker` alone on a free port."""
+
+    def __init__(self, model_path: Path, *flags: str, address: str | None = None) -> None:
+        self.address = address or f"127.0.0.1:{free_port()}"
+        self.log = Path(tempfile.mkstemp(prefix="qnext-worker-", suffix=".log")[1])
+        self.proc = qnext("worker", "--model-path", str(model_path), "--listen", self.address,
+                          *flags, log=self.log)
+        wait_for_status(self.address, SERVING, self.proc, self.log)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)

@@ -1,0 +1,146 @@
+"""The control plane and the server's life, against real processes on 127.0.0.1: Admin needs
+the token; `memory` matches the engine's plan; the qnext-admin CLI against a live server;
+reflection; health follows the worker (attach mode, worker killed mid-stream); a client built
+from the .proto files alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from qnext.cli import options as o
+from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
+from qnext.worker.engine import Engine
+from tests.e2e.servers import Server, Worker, wait_for_status
+
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = ("--page-size", "16", "--max-mamba-cache-size", "40", "--mamba-scheduler-strategy",
+         "extra_buffer")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint):
+    path = tiny_checkpoint("tiny")
+    server = Server(path, *FLAGS)
+    yield path, server
+    assert server.stop() == 0
+
+
+def test_admin_needs_the_token(setup):
+    _, server = setup
+    admin = admin_pb2_grpc.AdminStub(server.control)
+    for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", server.token)]):
+        with pytest.raises(grpc.RpcError) as err:
+            admin.GetStats(admin_pb2.GetStatsRequest(), metadata=metadata, timeout=10)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert admin.GetStats(admin_pb2.GetStatsRequest(), metadata=server.auth, timeout=10)
+    with pytest.raises(grpc.RpcError) as err:  # Admin is not served on the data port
+        admin_pb2_grpc.AdminStub(server.data).GetStats(admin_pb2.GetStatsRequest(), timeout=10)
+    assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_memory_matches_the_engine_plan_and_the_cli(setup):
+    path, server = setup
+    admin = admin_pb2_grpc.AdminStub(server.control)
+    mem = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth, timeout=10)
+    flags = {name: default for name, _, default in o.ENGINE_FLAGS} | dict(
+        page_size=16, max_mamba_cache_size=40,
+        mamba_scheduler_strategy=o.RadixStrategy.extra_buffer)
+    plan = Engine(o.build_config(path, **flags)).memory.describe()
+    assert mem.strategy == "extra_buffer" and mem.page_size == 16
+    for key in ("kv_pool_bytes", "state_pool_bytes", "state_bytes_per_slot",
+                "kv_bytes_per_token", "max_total_tokens", "max_running_requests"):
+        assert getattr(mem, key) == plan[key], key
+    assert mem.pages.total == plan["num_pages"] - 1 and mem.state_slots.total == 40
+    env = {**os.environ, "QNEXT_ADMIN_TOKEN": server.token}
+    out = subprocess.run([sys.executable, "-m", "qnext.cli.admin", "--addr",
+                          f"127.0.0.1:{server.admin_port}", "--json", "memory"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert int(doc["state_pool_bytes"]) == plan["state_pool_bytes"]
+    assert int(doc["state_slots"]["total"]) == 40
+    table = subprocess.run([sys.executable, "-m", "qnext.cli.admin", "--addr",
+                            f"127.0.0.1:{server.admin_port}", "stats"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert table.returncode == 0 and "extra_buffer" in table.stdout
+
+
+def test_reflection_lists_the_services_on_both_ports(setup):
+    _, server = setup
+    for channel, service in ((server.data, "qnext.v1.Generation"),
+                             (server.control, "qnext.v1.Admin")):
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in replies for s in r.list_services_response.service}
+        assert {service, "grpc.health.v1.Health"} <= names
+
+
+def test_health_follows_the_worker(tiny_checkpoint):
+    path = tiny_checkpoint("tiny")
+    worker = Worker(path)
+    server = Server(path, worker=worker.address)
+    try:
+        gen = generation_pb2_grpc.GenerationStub(server.data)
+        stream = gen.Stream(g.GenerateRequest(text="x", sampling=g.SamplingParams(
+            temperature=0, max_new_tokens=10**4, ignore_eos=True)), timeout=60)
+        assert next(stream).chunk.token_ids
+        worker.kill()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stream)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        wait_for_status(server.address, health_pb2.HealthCheckResponse.NOT_SERVING,
+                        server.proc, server.log, timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            gen.Generate(g.GenerateRequest(text="y"), timeout=10)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        worker = Worker(path, address=worker.address)  # a new worker at the same place
+        wait_for_status(server.address, health_pb2.HealthCheckResponse.SERVING,
+                        server.proc, server.log, timeout=60)
+        assert gen.Generate(g.GenerateRequest(text="y"), timeout=60).token_ids
+    finally:
+        assert server.stop() == 0
+        worker.kill()
+
+
+def test_a_client_from_the_proto_files_alone(setup, tmp_path):
+    _, server = setup
+    from grpc_tools import protoc
+    import grpc_tools
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    protos = [str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto")]
+    assert protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={tmp_path}",
+                        f"--grpc_python_out={tmp_path}", *protos]) == 0
+    for package in (tmp_path / "qnext", tmp_path / "qnext" / "v1"):
+        (package / "__init__.py").write_text("")  # a plain package: only the generated stubs
+    client = textwrap.dedent(f"""
+        import sys, grpc
+        import qnext
+        assert qnext.__file__.startswith("{tmp_path}"), qnext.__file__  # not the project
+        from qnext.v1 import generation_pb2 as g, generation_pb2_grpc as gg
+        from qnext.v1 import admin_pb2 as a, admin_pb2_grpc as ag
+        gen = gg.GenerationStub(grpc.insecure_channel("{server.address}"))
+        req = g.GenerateRequest(text="hello", sampling=g.SamplingParams(max_new_tokens=4,
+                                                                        temperature=0))
+        print(len(gen.Generate(req, timeout=60).token_ids))
+        print(sum(len(m.chunk.token_ids) for m in gen.Stream(req, timeout=60)))
+        admin = ag.AdminStub(grpc.insecure_channel("127.0.0.1:{server.admin_port}"))
+        auth = [("authorization", "Bearer {server.token}")]
+        print(admin.GetStats(a.GetStatsRequest(), metadata=auth, timeout=10).num_requests > 0)
+    """)
+    out = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(tmp_path),
+                                            "PATH": os.environ.get("PATH", "")}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "4", "True"]
