@@ -1,6 +1,6 @@
 """`qnext`: the user-facing CLI (typer). Commands parse options into a frozen Config and call
 into the worker; heavy imports happen inside the commands so `--help` stays instant. The
-serving commands (`serve`, `worker`) live in `qnext.cli.serve`."""
+serving commands (`serve`, `worker`) live in `qnext.cli.serve`, `chat` in `qnext.cli.chat`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from qnext.cli import chat as _chat  # noqa: F401  (registers chat)
 from qnext.cli import options as o
 from qnext.cli import serve as _serve  # noqa: F401  (registers serve / worker)
 from qnext.cli.app import app, fail, resolve_model_path

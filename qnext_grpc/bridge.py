@@ -83,6 +83,15 @@ class EngineBridge:
         self._post(job)
         return await future
 
+    async def reconfigure(self, **changes) -> Any:
+        """`engine.reconfigure(**changes)` at a step boundary; the outputs of the step it
+        retires reach their requests; returns the new memory plan."""
+        def job(engine):
+            plan, outputs = engine.reconfigure(**changes)
+            self._dispatch(outputs)
+            return plan
+        return await self.call(job)
+
     async def submit(self, request) -> AsyncIterator[Event]:
         """Queue `request` (a worker Request); raises RequestRejected / Draining before any
         event. Iterate the result for its events; the last one carries a finish reason."""

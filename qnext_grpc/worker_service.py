@@ -1,7 +1,7 @@
 """The worker daemon's gRPC side: `qnext.v1.Worker` (token-id generation) and `qnext.v1.Admin`
 (no auth here: the front end checks the token) over the engine bridge, plus grpc.health.v1.
-`serve_worker` builds the engine, serves until stopped. Runtime strategy switch and resize
-are not implemented yet (UNIMPLEMENTED)."""
+`serve_worker` serves an engine until stopped. Strategy switches and resizes run at a step
+boundary (`Engine.reconfigure`): running requests are retracted and recomputed, none lost."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as gen, worker_pb
 from qnext.v1 import worker_pb2_grpc
 from qnext_grpc import convert
 from qnext_grpc.bridge import EngineBridge
-from qnext_grpc.errors import ErrorInterceptor, Unsupported
+from qnext.worker.engine.reconfigure import ReconfigureConflict
+from qnext_grpc.errors import Conflict, ErrorInterceptor
 
 log = structlog.get_logger()
 LEVELS = ("debug", "info", "warning", "error")
+_STRATEGIES = {admin_pb2.RADIX_STRATEGY_OFF: "off", admin_pb2.RADIX_STRATEGY_NO_BUFFER: "no_buffer",
+               admin_pb2.RADIX_STRATEGY_EXTRA_BUFFER: "extra_buffer"}
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -64,10 +67,30 @@ class WorkerAdmin(admin_pb2_grpc.AdminServicer):
         return await self.bridge.call(_memory)
 
     async def SetRadixStrategy(self, request, context):
-        raise Unsupported("switching the radix strategy at runtime is not implemented yet")
+        strategy = _STRATEGIES.get(request.strategy)
+        if strategy is None:
+            raise ValueError("strategy: set one of OFF, NO_BUFFER, EXTRA_BUFFER")
+        await self._reconfigure(strategy=strategy)
+        return await self.bridge.call(_memory)
 
     async def ResizeMambaCache(self, request, context):
-        raise Unsupported("resizing the mamba cache at runtime is not implemented yet")
+        target = request.WhichOneof("target")
+        if target is None:
+            raise ValueError("target: set ratio or num_slots")
+        changes = {target: getattr(request, target), "dry_run": request.dry_run}
+        if request.dry_run:
+            plan, _ = await self.bridge.call(lambda e: e.reconfigure(**changes))
+            return admin_pb2.ResizeMambaCacheResponse(memory=_planned(plan, changes),
+                                                      applied=False)
+        await self._reconfigure(**changes)
+        return admin_pb2.ResizeMambaCacheResponse(memory=await self.bridge.call(_memory),
+                                                  applied=True)
+
+    async def _reconfigure(self, **changes) -> None:
+        try:
+            await self.bridge.reconfigure(**changes)
+        except ReconfigureConflict as err:
+            raise Conflict(str(err)) from err
 
     async def FlushCache(self, request, context):
         def flush(engine):
@@ -104,6 +127,15 @@ class WorkerAdmin(admin_pb2_grpc.AdminServicer):
 def _memory(engine) -> admin_pb2.MemoryInfo:
     return convert.memory_pb(engine.memory.describe(), engine.pool_usage(), engine.strategy,
                              engine.cfg.cache.mamba_full_memory_ratio)
+
+
+def _planned(plan, changes: dict) -> admin_pb2.MemoryInfo:
+    """What a dry run would give: the plan's sizes, every unit free."""
+    def empty(total: int) -> dict:
+        return dict(total=total, used=0, cached=0, evictable=0, free=total)
+    usage = {"pages": empty(plan.num_pages - 1), "state_slots": empty(plan.num_state_slots - 1)}
+    info = convert.memory_pb(plan.describe(), usage, "", changes.get("ratio") or 0.0)
+    return info
 
 
 def _server_info(engine) -> admin_pb2.ServerInfo:

@@ -163,3 +163,24 @@ def test_bad_input_is_invalid_argument(setup, request_, field):
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert field in err.value.details()
     assert gen.Generate(g.GenerateRequest(text="still serving", sampling=GREEDY), timeout=60)
+
+
+def test_qnext_chat_streams_the_answers(setup):
+    """`qnext chat` one-shot, then two turns from stdin (the second sent with the history)."""
+    import subprocess
+    import sys
+
+    _, server = setup
+    gen, _ = stubs(server)
+    base = [sys.executable, "-m", "qnext.cli.main", "chat", "--addr", server.address,
+            "--max-new-tokens", "6", "--temperature", "0"]
+    one = subprocess.run([*base, "--prompt", "Hi!"], capture_output=True, text=True, timeout=120)
+    want = gen.Generate(g.GenerateRequest(chat=g.Chat(messages=[g.ChatMessage(
+        role="user", content="Hi!")]), sampling=g.SamplingParams(temperature=0,
+                                                                  max_new_tokens=6)),
+        timeout=60).text
+    assert one.returncode == 0 and one.stdout == want + "\n"
+    two = subprocess.run(base, input="Hi!\nAnd again?\n", capture_output=True, text=True,
+                         timeout=120)
+    assert two.returncode == 0 and two.stdout.startswith(want + "\n")
+    assert two.stdout.count("\n") >= 2

@@ -13,11 +13,12 @@ import structlog
 
 from qnext.worker.config import Config
 from qnext.worker.engine.loop import NormalLoop, OverlapLoop
+from qnext.worker.engine.reconfigure import apply, new_config, plan_for
 from qnext.worker.runtime.memory import make_memory_plan
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.worker import PlanExecutor
 from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
-from qnext.worker.sched.memory import slots_per_request
+from qnext.worker.sched.memory import MemoryPlan, slots_per_request
 from qnext.worker.sched.request import (
     FinishReason,
     Request,
@@ -49,35 +50,58 @@ def _seed_for(base: int, n: int) -> int:
 
 class Engine:
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.strategy = cfg.cache.radix_strategy
-        overlap = self._use_overlap()
         self.runner = ModelRunner(cfg)
-        self.memory = make_memory_plan(cfg, self.runner.model, self.strategy, overlap)
-        self.runner.allocate_pools(self.memory.num_pages, self.memory.num_state_slots)
-        eos = cfg.model.eos_token_ids
-        self.scheduler = Scheduler(self._limits(overlap), PageAllocator(self.memory.num_pages),
-                                   StateSlotAllocator(self.memory.num_state_slots), eos)
-        self.executor = PlanExecutor(self.runner, eos)
-        loop_cls = OverlapLoop if overlap else NormalLoop
-        self.loop = loop_cls(self.scheduler, self.executor)
+        self.executor = PlanExecutor(self.runner, cfg.model.eos_token_ids)
+        strategy = cfg.cache.radix_strategy
+        overlap = self.overlap_for(cfg, strategy, explain=True)
+        self.install(cfg, make_memory_plan(cfg, self.runner.model, strategy, overlap))
         self._ids: dict[str, int] = {}
         self._requests: dict[int, str] = {}
         self._arrivals = itertools.count()
         self._counters = {"requests": 0, "finished": 0, "tokens": 0, "steps": 0}
-        log.info("engine_ready", overlap=overlap, radix_strategy=self.strategy,
-                 **self.memory.describe())
+        log.info("engine_ready", overlap=isinstance(self.loop, OverlapLoop),
+                 radix_strategy=self.strategy, **self.memory.describe())
 
-    def _use_overlap(self) -> bool:
+    @staticmethod
+    def overlap_for(cfg: Config, strategy: str, explain: bool = False) -> bool:
         """no_buffer snapshots read the live working slot, which an in-flight step of the
         overlap loop would be advancing: that strategy runs the normal loop."""
-        if self.cfg.sched.disable_overlap_schedule:
+        if cfg.sched.disable_overlap_schedule:
             return False
-        if self.strategy == "no_buffer":
-            log.info("overlap_schedule_disabled", reason="--mamba-scheduler-strategy no_buffer "
-                     "snapshots the live state; use extra_buffer to keep the overlap loop")
+        if strategy == "no_buffer":
+            if explain:
+                log.info("overlap_schedule_disabled", reason="--mamba-scheduler-strategy "
+                         "no_buffer snapshots the live state; use extra_buffer to keep the "
+                         "overlap loop")
             return False
         return True
+
+    def install(self, cfg: Config, plan: MemoryPlan, carry: Scheduler | None = None) -> None:
+        """Allocate pools for `plan` and build the scheduler and loop for `cfg`; `carry`: a
+        quiescent scheduler (nothing running or in flight) whose queue moves over."""
+        self.cfg, self.strategy, self.memory = cfg, cfg.cache.radix_strategy, plan
+        overlap = self.overlap_for(cfg, self.strategy)
+        self.runner.cfg = cfg
+        self.runner.allocate_pools(plan.num_pages, plan.num_state_slots)
+        self.scheduler = Scheduler(self._limits(overlap), PageAllocator(plan.num_pages),
+                                   StateSlotAllocator(plan.num_state_slots),
+                                   cfg.model.eos_token_ids)
+        if carry is not None:
+            self.scheduler.adopt(carry)
+        self.loop = (OverlapLoop if overlap else NormalLoop)(self.scheduler, self.executor)
+
+    def reconfigure(self, strategy: str | None = None, ratio: float | None = None,
+                    num_slots: int | None = None,
+                    dry_run: bool = False) -> tuple[MemoryPlan, list[RequestOutput]]:
+        """Switch the prefix-cache strategy and/or the state budget (see `reconfigure`);
+        returns the new plan and outputs to deliver. Raises ValueError on a bad value or an
+        impossible plan, ReconfigureConflict when it cannot hold the running requests."""
+        cfg = new_config(self.cfg, strategy, ratio, num_slots)
+        if dry_run:
+            return plan_for(self, cfg), []
+        plan, outputs = apply(self, cfg)
+        self._count(outputs)
+        return plan, outputs
 
     def _limits(self, overlap: bool) -> SchedulerLimits:
         sched, cache = self.cfg.sched, self.cfg.cache
@@ -136,10 +160,13 @@ class Engine:
         """Run one step; returns the tokens it produced and the requests it finished."""
         outputs = self.loop.step()
         self._counters["steps"] += 1
+        self._count(outputs)
+        return outputs
+
+    def _count(self, outputs: list[RequestOutput]) -> None:
         self._counters["tokens"] += sum(o.token_id is not None for o in outputs)
         self._counters["finished"] += sum(o.finish_reason is not None for o in outputs)
         self._forget_finished()
-        return outputs
 
     def _forget_finished(self) -> None:
         for seq_id in [s for s in self._requests if s not in self.scheduler.seqs]:

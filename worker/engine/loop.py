@@ -27,6 +27,10 @@ class NormalLoop:
             return self.scheduler.take_events()
         return self.scheduler.update(plan, self.executor.run(plan))
 
+    def settle(self) -> list[RequestOutput]:
+        """Nothing is ever in flight between steps of the normal loop."""
+        return []
+
 
 class OverlapLoop:
     def __init__(self, scheduler: Scheduler, executor: PlanExecutor) -> None:
@@ -44,4 +48,11 @@ class OverlapLoop:
             self.in_flight = self.executor.launch(plan, previous)
         if previous is None:
             return self.scheduler.take_events()
+        return self.scheduler.update(previous.plan, self.executor.resolve(previous))
+
+    def settle(self) -> list[RequestOutput]:
+        """Retire the step in flight, planning nothing new; returns its outputs."""
+        previous, self.in_flight = self.in_flight, None
+        if previous is None:
+            return []
         return self.scheduler.update(previous.plan, self.executor.resolve(previous))

@@ -95,6 +95,21 @@ class Scheduler:
         self._finish(seq, FinishReason.ABORT, announce=True)
         return seq
 
+    def retract_all(self) -> None:
+        """Retract every running sequence (newest first, so the queue keeps arrival order);
+        they recompute from their tokens when readmitted. Nothing may be in flight."""
+        assert not self._in_flight, "retract_all with a step in flight"
+        for seq in sorted(self.running, key=lambda s: s.arrival, reverse=True):
+            self._retract(seq)
+
+    def adopt(self, old: Scheduler) -> None:
+        """Take over the queue, sequences and counters of a quiescent scheduler (nothing
+        running or in flight): the engine rebuilt its pools."""
+        assert not old.running and not old._in_flight, "adopt from a busy scheduler"
+        self.waiting, self.seqs = old.waiting, old.seqs
+        self._step, self.num_preemptions = old._step, old.num_preemptions
+        self._released, self._events = old._released, old._events
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._in_flight or self._events)
