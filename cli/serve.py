@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +38,9 @@ def worker(
     *, engine_flags: dict,
 ) -> None:
     """Run the worker daemon alone: the engine behind the internal channel."""
-    from qnext.worker.log import configure_logging
+    from qnext_grpc.logging import configure_server_logging
 
-    configure_logging(log_level)
+    configure_server_logging(log_level)
     path = resolve_model_path(model_path)
     try:
         cfg = o.build_config(path, **engine_flags)
@@ -68,20 +69,23 @@ def serve(
     attach: Annotated[Optional[str], typer.Option(
         "--worker", help="Attach to a running worker (host:port or unix:/path).")] = None,
     log_level: LogLevel = "info",
+    metrics_port: Annotated[Optional[int], typer.Option(
+        help="Serve Prometheus /metrics on this port (on --host).")] = None,
     *, engine_flags: dict,
 ) -> None:
     """Serve over gRPC: Generation on --port, Admin on --admin-port (token-protected)."""
-    from qnext.worker.log import configure_logging
+    from qnext_grpc.logging import configure_server_logging
 
-    configure_logging(log_level)
+    configure_server_logging(log_level)
     try:
         o.build_sections(model_path or DEFAULT_TINY_DIR, **engine_flags)
     except ValueError as exc:  # a bad flag fails here, before anything starts
         fail(str(exc))
     token = admin_token or _make_token()
-    child, address = None, attach
+    child, address, sock_dir = None, attach, None
     if attach is None:
-        address = f"unix:{tempfile.mkdtemp(prefix='qnext-')}/worker.sock"
+        sock_dir = tempfile.mkdtemp(prefix="qnext-")
+        address = f"unix:{sock_dir}/worker.sock"
         args = ["--listen", address, "--log-level", log_level, "--exit-with-parent",
                 *o.flags_to_args(engine_flags)]
         args += ["--model-path", str(model_path)] if model_path else []
@@ -90,7 +94,7 @@ def serve(
 
     cfg = FrontendConfig(worker_address=address, model_path=str(model_path or ""), host=host,
                          port=port, admin_host=admin_host, admin_port=admin_port,
-                         admin_token=token)
+                         admin_token=token, metrics_port=metrics_port)
     try:
         _run(serve_frontend(cfg), child=child)
     except (OSError, TimeoutError) as exc:
@@ -99,6 +103,8 @@ def serve(
         if child is not None and child.poll() is None:
             child.terminate()
             child.wait(timeout=30)
+        if sock_dir is not None:
+            shutil.rmtree(sock_dir, ignore_errors=True)
     if child is not None and child.returncode not in (0, -signal.SIGTERM):
         fail(f"the worker exited with code {child.returncode}")
 

@@ -9,18 +9,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import structlog
+
 from qnext.v1 import generation_pb2 as gen, generation_pb2_grpc, worker_pb2
+from qnext_grpc.metrics import Metrics, finish_outcome
 from qnext_grpc.output import Delta, OutputAssembler
 from qnext_grpc.text import TextError, TextTokenizer
 from qnext_grpc.worker_client import WorkerClient
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
-    def __init__(self, worker: WorkerClient, tokenizer: TextTokenizer) -> None:
-        self.worker, self.tokenizer = worker, tokenizer
+    def __init__(self, worker: WorkerClient, tokenizer: TextTokenizer,
+                 metrics: Metrics | None = None) -> None:
+        self.worker, self.tokenizer, self.metrics = worker, tokenizer, metrics
 
     async def Generate(self, request, context):
-        call = self._call(request)
+        call = self._call(request, "Generate")
         complete = None
         async for item in call.run(request):
             if isinstance(item, gen.Complete):
@@ -31,7 +35,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             token_ids=asm.token_ids, logprobs=call.logprobs, complete=complete)
 
     async def Stream(self, request, context):
-        call = self._call(request)
+        call = self._call(request, "Stream")
         async for item in call.run(request):
             if isinstance(item, gen.Complete):
                 yield gen.StreamResponse(request_id=call.rid, complete=item)
@@ -43,13 +47,17 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     async def Abort(self, request, context):
         return await self.worker.stub.Abort(request)
 
-    def _call(self, request) -> _Call:
+    def _call(self, request, method: str) -> _Call:
         sampling = request.sampling
         skip = sampling.skip_special_tokens if sampling.HasField("skip_special_tokens") else True
         prompt = self._prompt_ids(request)
         asm = OutputAssembler(self.tokenizer, prompt, list(sampling.stop), skip,
                               request.separate_reasoning)
-        return _Call(self.worker, request.request_id or uuid.uuid4().hex, prompt, asm)
+        rid = (request.request_id or structlog.contextvars.get_contextvars().get("request_id")
+               or uuid.uuid4().hex)  # the id the request log line carries
+        call = _Call(self.worker, rid, prompt, asm)
+        call.method, call.metrics = method, self.metrics
+        return call
 
     def _prompt_ids(self, request) -> list[int]:
         kind = request.WhichOneof("input")
@@ -78,6 +86,8 @@ class _Call:
         self.logprobs: list = []
         self.start = time.monotonic()
         self.ttft: float | None = None
+        self.token_times: list[float] = []
+        self.method, self.metrics = "Generate", None
 
     async def run(self, request) -> AsyncIterator[Delta | gen.Complete]:
         """Yields Deltas, then one Complete."""
@@ -87,8 +97,9 @@ class _Call:
         reason, cached, queue_ms = gen.FINISH_REASON_UNSPECIFIED, 0, 0.0
         try:
             async for event in call:
-                if event.token_ids and self.ttft is None:
-                    self.ttft = time.monotonic() - self.start
+                if event.token_ids:
+                    self.token_times.append(time.monotonic())
+                    self.ttft = self.ttft or self.token_times[0] - self.start
                 self.logprobs += list(event.logprobs)
                 yield self.asm.push(list(event.token_ids), list(event.logprobs))
                 if event.finish_reason:
@@ -101,7 +112,20 @@ class _Call:
         finally:
             call.cancel()  # a no-op once finished; otherwise the worker aborts the request
         yield self.asm.finish()
-        yield self._complete(request, reason, cached, queue_ms)
+        done = self._complete(request, reason, cached, queue_ms)
+        self._observe(done)
+        yield done
+
+    def _observe(self, done: gen.Complete) -> None:
+        if self.metrics is None:
+            return
+        times = self.token_times
+        self.metrics.observe_token_gaps([b - a for a, b in zip(times, times[1:])])
+        usage, timing = done.usage, done.timing
+        self.metrics.observe_request(
+            self.method, finish_outcome(done.finish_reason), usage.prompt_tokens,
+            usage.completion_tokens, usage.cached_tokens, self.ttft, timing.e2e_ms / 1000,
+            timing.queue_ms / 1000)
 
     def usage(self, cached: int = 0) -> gen.Usage:
         return gen.Usage(prompt_tokens=len(self.prompt),

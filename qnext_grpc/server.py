@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
 from qnext_grpc.errors import ErrorInterceptor
 from qnext_grpc.generation import GenerationService
+from qnext_grpc.logging import RequestLogInterceptor, configure_server_logging
+from qnext_grpc.metrics import Metrics, poll_worker
 from qnext_grpc.text import TextTokenizer
 from qnext_grpc.worker_client import WorkerClient
 
@@ -36,6 +38,7 @@ class FrontendConfig:
     admin_port: int = 50052
     admin_token: str = ""
     worker_timeout: float = 600.0  # how long to wait for the worker to serve at start
+    metrics_port: int | None = None  # Prometheus /metrics on `host`; None: not served
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -63,6 +66,12 @@ class AdminProxy(admin_pb2_grpc.AdminServicer):
     def __init__(self, worker: WorkerClient) -> None:
         self.worker = worker
 
+    async def SetLogLevel(self, request, context):
+        """The worker's level (it validates the name), then the front end's own."""
+        reply = await self.worker.admin.SetLogLevel(request, timeout=context.time_remaining())
+        configure_server_logging(request.level)
+        return reply
+
 
 def _forward(name: str):
     async def method(self, request, context):
@@ -72,7 +81,8 @@ def _forward(name: str):
 
 
 for _method in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods:
-    setattr(AdminProxy, _method.name, _forward(_method.name))
+    if _method.name not in vars(AdminProxy):
+        setattr(AdminProxy, _method.name, _forward(_method.name))
 
 
 def _server(interceptors, address: str) -> grpc.aio.Server:
@@ -89,11 +99,12 @@ async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = No
     model_path = cfg.model_path or (await worker.admin.GetServerInfo(
         admin_pb2.GetServerInfoRequest())).model_path
     tokenizer = TextTokenizer.from_dir(model_path)
-    data = _server([ErrorInterceptor()], f"{cfg.host}:{cfg.port}")
-    control = _server([TokenAuth(cfg.admin_token), ErrorInterceptor()],
+    data = _server([RequestLogInterceptor(), ErrorInterceptor()], f"{cfg.host}:{cfg.port}")
+    control = _server([TokenAuth(cfg.admin_token), RequestLogInterceptor(), ErrorInterceptor()],
                       f"{cfg.admin_host}:{cfg.admin_port}")
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(worker, tokenizer),
-                                                         data)
+    metrics = Metrics()
+    generation_pb2_grpc.add_GenerationServicer_to_server(
+        GenerationService(worker, tokenizer, metrics), data)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminProxy(worker), control)
     healths = [health.aio.HealthServicer(), health.aio.HealthServicer()]
     for server, servicer, name in ((data, healths[0], GENERATION), (control, healths[1], ADMIN)):
@@ -110,7 +121,10 @@ async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = No
 
     await data.start()
     await control.start()
-    mirror = asyncio.create_task(worker.mirror_health(set_status))
+    tasks = [asyncio.create_task(worker.mirror_health(set_status))]
+    if cfg.metrics_port is not None:
+        tasks += [asyncio.create_task(metrics.serve(cfg.host, cfg.metrics_port)),
+                  asyncio.create_task(poll_worker(metrics, worker.admin))]
     log.info("frontend_listening", data=f"{cfg.host}:{cfg.port}",
              control=f"{cfg.admin_host}:{cfg.admin_port}", worker=cfg.worker_address)
     if started is not None:
@@ -118,7 +132,8 @@ async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = No
     try:
         await data.wait_for_termination()
     finally:
-        mirror.cancel()
+        for task in tasks:
+            task.cancel()
         for servicer in healths:
             await servicer.enter_graceful_shutdown()
         await asyncio.gather(data.stop(grace=5), control.stop(grace=5))

@@ -21,6 +21,7 @@ from qnext_grpc import convert
 from qnext_grpc.bridge import EngineBridge
 from qnext.worker.engine.reconfigure import ReconfigureConflict
 from qnext_grpc.errors import Conflict, ErrorInterceptor
+from qnext_grpc.logging import RequestLogInterceptor, configure_server_logging
 
 log = structlog.get_logger()
 LEVELS = ("debug", "info", "warning", "error")
@@ -119,8 +120,7 @@ class WorkerAdmin(admin_pb2_grpc.AdminServicer):
     async def SetLogLevel(self, request, context):
         if request.level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {request.level!r}")
-        from qnext.worker.log import configure_logging
-        configure_logging(request.level)
+        configure_server_logging(request.level)
         return admin_pb2.SetLogLevelResponse()
 
 
@@ -155,7 +155,7 @@ async def serve_worker(engine, address: str, ready: asyncio.Event | None = None)
     """Serve `engine` on `address` ("unix:/path" or "host:port") until cancelled."""
     bridge = EngineBridge(engine)
     bridge.start()
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+    server = grpc.aio.server(interceptors=[RequestLogInterceptor(), ErrorInterceptor()],
                              options=[("grpc.so_reuseport", 0)])
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(bridge), server)
     admin_pb2_grpc.add_AdminServicer_to_server(WorkerAdmin(bridge), server)

@@ -29,3 +29,13 @@ def _single_rank():
     reset_tp_info()
     yield
     reset_tp_info()
+
+
+@pytest.fixture
+def default_structlog():
+    """structlog's default configuration before and after the test (it is process-global)."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

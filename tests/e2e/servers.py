@@ -74,7 +74,10 @@ class Server:
         self.control.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        code = self.proc.wait(timeout=60)
+        if code == 0:
+            self.log.unlink(missing_ok=True)
+        return code
 
 
 class Worker:
@@ -90,3 +93,4 @@ class Worker:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=30)
+        self.log.unlink(missing_ok=True)

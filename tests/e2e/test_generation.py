@@ -15,15 +15,16 @@ from qnext.cli import options as o
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
 from qnext.worker.engine import Engine
 from qnext.worker.sched.request import SamplingParams
-from tests.e2e.servers import Server
+from tests.e2e.servers import Server, free_port
 
 GREEDY = g.SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_checkpoint):
     path = tiny_checkpoint("tiny")
-    server = Server(path)
+    server = Server(path, "--metrics-port", str(METRICS_PORT))
     yield path, server
     assert server.stop() == 0, server.log.read_text()[-2000:]
 
@@ -184,3 +185,28 @@ def test_qnext_chat_streams_the_answers(setup):
                          timeout=120)
     assert two.returncode == 0 and two.stdout.startswith(want + "\n")
     assert two.stdout.count("\n") >= 2
+
+
+def test_prometheus_metrics_count_requests_and_follow_the_worker(setup):
+    import re
+    import urllib.request
+
+    _, server = setup
+    gen, _ = stubs(server)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def count(text: str) -> float:
+        pattern = r'qnext_requests_total\{method="Generate",outcome="length"\} (\S+)'
+        found = re.search(pattern, text)
+        return float(found.group(1)) if found else 0.0
+
+    before = count(scrape())
+    gen.Generate(g.GenerateRequest(text="metrics", sampling=GREEDY), timeout=60)
+    text = scrape()
+    assert count(text) == before + 1
+    assert "qnext_time_to_first_token_seconds_bucket" in text
+    until(lambda: re.search(r"^qnext_kv_pages_free (\S+)", scrape(), re.M) is not None
+          and float(re.search(r"^qnext_kv_pages_free (\S+)", scrape(), re.M).group(1)) > 0)
