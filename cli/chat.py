@@ -6,6 +6,7 @@ A gRPC client only: never imports torch or the engine."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -23,13 +24,19 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
     reasoning: Annotated[bool, typer.Option(help="Show <think> text (dimmed) apart.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds per answer.")] = 600.0,
+    tls_ca: Annotated[Optional[Path], typer.Option(
+        help="PEM root certificate: connect with TLS.")] = None,
 ) -> None:
     """Chat with a running qnext server, streaming answers to the terminal."""
     import grpc
 
     from qnext.v1 import generation_pb2 as g, generation_pb2_grpc
 
-    stub = generation_pb2_grpc.GenerationStub(grpc.insecure_channel(addr))
+    if tls_ca is None:
+        channel = grpc.insecure_channel(addr)
+    else:
+        channel = grpc.secure_channel(addr, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+    stub = generation_pb2_grpc.GenerationStub(channel)
     history = [g.ChatMessage(role="system", content=system)] if system else []
     turns = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     params = g.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)

@@ -24,8 +24,6 @@ def run_generate(cfg: Config, prompts: list[str], chat: bool,
     from qnext.worker.engine import Engine
     from qnext.worker.sched.request import SamplingParams
 
-    if cfg.parallel.tp_size > 1:
-        raise ValueError("--tp > 1 needs the multi-process TP executor, not available yet")
     tokenizer = AutoTokenizer.from_pretrained(cfg.load.model_path)
     if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
@@ -35,7 +33,11 @@ def run_generate(cfg: Config, prompts: list[str], chat: bool,
     params = SamplingParams(temperature=flags.temperature, top_p=flags.top_p,
                             top_k=flags.top_k, seed=flags.seed,
                             max_new_tokens=flags.max_new_tokens)
-    outputs = Engine(cfg).generate(ids, params)
+    engine = Engine(cfg)
+    try:
+        outputs = engine.generate(ids, params)
+    finally:
+        engine.close()
     return [{"text": tokenizer.decode(out.output_ids, skip_special_tokens=True),
              "token_ids": out.output_ids, "finish_reason": out.finish_reason.value,
              "cached_tokens": out.cached_tokens}

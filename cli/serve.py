@@ -44,8 +44,6 @@ def worker(
     path = resolve_model_path(model_path)
     try:
         cfg = o.build_config(path, **engine_flags)
-        if cfg.parallel.tp_size > 1:
-            fail("--tp > 1 needs the multi-process TP executor, not available yet")
         from qnext.worker.engine import Engine
 
         engine = Engine(cfg)
@@ -71,6 +69,11 @@ def serve(
     log_level: LogLevel = "info",
     metrics_port: Annotated[Optional[int], typer.Option(
         help="Serve Prometheus /metrics on this port (on --host).")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="PEM certificate: TLS on both ports.")]
+    = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[Optional[Path], typer.Option(
+        help="PEM CA: require client certificates it signed (mTLS).")] = None,
     *, engine_flags: dict,
 ) -> None:
     """Serve over gRPC: Generation on --port, Admin on --admin-port (token-protected)."""
@@ -81,6 +84,7 @@ def serve(
         o.build_sections(model_path or DEFAULT_TINY_DIR, **engine_flags)
     except ValueError as exc:  # a bad flag fails here, before anything starts
         fail(str(exc))
+    _check_tls(tls_cert, tls_key, tls_client_ca)
     token = admin_token or _make_token()
     child, address, sock_dir = None, attach, None
     if attach is None:
@@ -94,7 +98,9 @@ def serve(
 
     cfg = FrontendConfig(worker_address=address, model_path=str(model_path or ""), host=host,
                          port=port, admin_host=admin_host, admin_port=admin_port,
-                         admin_token=token, metrics_port=metrics_port)
+                         admin_token=token, metrics_port=metrics_port,
+                         tls_cert=_str(tls_cert), tls_key=_str(tls_key),
+                         tls_client_ca=_str(tls_client_ca))
     try:
         _run(serve_frontend(cfg), child=child)
     except (OSError, TimeoutError) as exc:
@@ -107,6 +113,20 @@ def serve(
             shutil.rmtree(sock_dir, ignore_errors=True)
     if child is not None and child.returncode not in (0, -signal.SIGTERM):
         fail(f"the worker exited with code {child.returncode}")
+
+
+def _check_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
+    if (cert is None) != (key is None):
+        fail("--tls-cert and --tls-key go together")
+    if client_ca is not None and cert is None:
+        fail("--tls-client-ca needs --tls-cert and --tls-key")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            fail(f"{flag} {path}: no such file")
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _make_token() -> str:

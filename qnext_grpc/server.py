@@ -1,13 +1,14 @@
 """The front end: the data-plane server (Generation + health + reflection) and the separate
 control-plane server (Admin, token-protected, + health + reflection), both grpc.aio, in front
 of one worker daemon. Health is NOT_SERVING until the worker serves, and whenever it is
-unreachable. Torch-free."""
+unreachable. With a certificate both ports speak TLS (mTLS with a client CA). Torch-free."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import structlog
@@ -39,6 +40,18 @@ class FrontendConfig:
     admin_token: str = ""
     worker_timeout: float = 600.0  # how long to wait for the worker to serve at start
     metrics_port: int | None = None  # Prometheus /metrics on `host`; None: not served
+    tls_cert: str | None = None  # PEM files: with cert + key both ports speak TLS only
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # also require client certificates signed by this CA
+
+
+def _credentials(cfg: FrontendConfig) -> grpc.ServerCredentials | None:
+    if cfg.tls_cert is None:
+        return None
+    pair = (Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())
+    ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca,
+                                       require_client_auth=ca is not None)
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -85,9 +98,11 @@ for _method in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods:
         setattr(AdminProxy, _method.name, _forward(_method.name))
 
 
-def _server(interceptors, address: str) -> grpc.aio.Server:
+def _server(interceptors, address: str, creds: grpc.ServerCredentials | None) -> grpc.aio.Server:
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-    if server.add_insecure_port(address) == 0:
+    port = (server.add_insecure_port(address) if creds is None
+            else server.add_secure_port(address, creds))
+    if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server
 
@@ -99,9 +114,11 @@ async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = No
     model_path = cfg.model_path or (await worker.admin.GetServerInfo(
         admin_pb2.GetServerInfoRequest())).model_path
     tokenizer = TextTokenizer.from_dir(model_path)
-    data = _server([RequestLogInterceptor(), ErrorInterceptor()], f"{cfg.host}:{cfg.port}")
+    creds = _credentials(cfg)
+    data = _server([RequestLogInterceptor(), ErrorInterceptor()], f"{cfg.host}:{cfg.port}",
+                   creds)
     control = _server([TokenAuth(cfg.admin_token), RequestLogInterceptor(), ErrorInterceptor()],
-                      f"{cfg.admin_host}:{cfg.admin_port}")
+                      f"{cfg.admin_host}:{cfg.admin_port}", creds)
     metrics = Metrics()
     generation_pb2_grpc.add_GenerationServicer_to_server(
         GenerationService(worker, tokenizer, metrics), data)

@@ -174,3 +174,4 @@ async def serve_worker(engine, address: str, ready: asyncio.Event | None = None)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=5)
         bridge.stop()
+        engine.close()  # the other TP ranks

@@ -24,19 +24,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def qnext(*args: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def qnext(*args: str, log: Path, home: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"HOME": str(home)} if home else {})}
     env.pop("QNEXT_ADMIN_TOKEN", None)
     return subprocess.Popen([sys.executable, "-m", "qnext.cli.main", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
+def channel(address: str, creds: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    return grpc.insecure_channel(address) if creds is None else grpc.secure_channel(address,
+                                                                                     creds)
+
+
 def wait_for_status(address: str, status: int, proc: subprocess.Popen, log: Path,
-                    timeout: float = 120.0, service: str = "") -> None:
+                    timeout: float = 120.0, service: str = "",
+                    creds: grpc.ChannelCredentials | None = None) -> None:
     """Follow the health Watch stream of `address` until `status` (the stream itself waits
     for the server to come up: wait_for_ready)."""
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(address, creds) as channel_:
+        stub = health_pb2_grpc.HealthStub(channel_)
         try:
             for reply in stub.Watch(health_pb2.HealthCheckRequest(service=service),
                                     timeout=timeout, wait_for_ready=True):
@@ -48,18 +54,21 @@ def wait_for_status(address: str, status: int, proc: subprocess.Popen, log: Path
 
 
 class Server:
-    """`qnext serve` on free ports; `worker`: attach to that address instead of spawning."""
+    """`qnext serve` on free ports (no model: the embedded tiny one); `worker`: attach to that
+    address instead of spawning; `creds`: how clients reach a TLS server; `home`: $HOME."""
 
-    def __init__(self, model_path: Path, *flags: str, worker: str | None = None) -> None:
+    def __init__(self, model_path: Path | None, *flags: str, worker: str | None = None,
+                 creds: grpc.ChannelCredentials | None = None, home: Path | None = None) -> None:
         self.port, self.admin_port, self.token = free_port(), free_port(), "e2e-secret-token"
         self.log = Path(tempfile.mkstemp(prefix="qnext-serve-", suffix=".log")[1])
-        args = ["serve", "--model-path", str(model_path), "--port", str(self.port),
-                "--admin-port", str(self.admin_port), "--admin-token", self.token, *flags]
+        args = ["serve", "--port", str(self.port), "--admin-port", str(self.admin_port),
+                "--admin-token", self.token, *flags]
+        args += ["--model-path", str(model_path)] if model_path else []
         args += ["--worker", worker] if worker else []
-        self.proc = qnext(*args, log=self.log)
-        wait_for_status(self.address, SERVING, self.proc, self.log)
-        self.data = grpc.insecure_channel(self.address)
-        self.control = grpc.insecure_channel(f"127.0.0.1:{self.admin_port}")
+        self.proc = qnext(*args, log=self.log, home=home)
+        wait_for_status(self.address, SERVING, self.proc, self.log, creds=creds)
+        self.data = channel(self.address, creds)
+        self.control = channel(f"127.0.0.1:{self.admin_port}", creds)
 
     @property
     def address(self) -> str:

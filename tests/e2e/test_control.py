@@ -144,3 +144,55 @@ def test_a_client_from_the_proto_files_alone(setup, tmp_path):
                                             "PATH": os.environ.get("PATH", "")}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4", "True"]
+
+
+def test_drain_refuses_new_requests_until_resume(setup):
+    _, server = setup
+    admin = admin_pb2_grpc.AdminStub(server.control)
+    gen = generation_pb2_grpc.GenerationStub(server.data)
+    request = g.GenerateRequest(text="z", sampling=g.SamplingParams(max_new_tokens=2))
+    assert admin.Drain(admin_pb2.DrainRequest(), metadata=server.auth, timeout=10)
+    try:
+        assert admin.GetStats(admin_pb2.GetStatsRequest(), metadata=server.auth).draining
+        with pytest.raises(grpc.RpcError) as err:
+            gen.Generate(request, timeout=10)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "draining" in err.value.details()
+    finally:
+        admin.Resume(admin_pb2.ResumeRequest(), metadata=server.auth, timeout=10)
+    assert gen.Generate(request, timeout=60).complete.usage.completion_tokens == 2
+
+
+def test_flush_dry_run_and_log_level(setup):
+    _, server = setup
+    admin = admin_pb2_grpc.AdminStub(server.control)
+    gen = generation_pb2_grpc.GenerationStub(server.data)
+    gen.Generate(g.GenerateRequest(token_ids=g.TokenIds(ids=list(range(1, 140))),
+                                   sampling=g.SamplingParams(max_new_tokens=2)), timeout=60)
+    before = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth)
+    plan = admin.ResizeMambaCache(admin_pb2.ResizeMambaCacheRequest(ratio=0.3, dry_run=True),
+                                  metadata=server.auth, timeout=30)
+    assert not plan.applied and plan.memory.state_pool_bytes != before.state_pool_bytes
+    assert admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth) == before
+    assert before.pages.cached > 0
+    flushed = admin.FlushCache(admin_pb2.FlushCacheRequest(), metadata=server.auth)
+    assert flushed.freed_pages == before.pages.cached
+    after = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth)
+    assert after.pages.cached == 0 and after.pages.free == after.pages.total
+    assert admin.SetLogLevel(admin_pb2.SetLogLevelRequest(level="debug"), metadata=server.auth)
+    with pytest.raises(grpc.RpcError) as err:
+        admin.SetLogLevel(admin_pb2.SetLogLevelRequest(level="loud"), metadata=server.auth)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "level" in err.value.details()
+    admin.SetLogLevel(admin_pb2.SetLogLevelRequest(level="info"), metadata=server.auth)
+
+
+def test_serve_without_a_model_uses_the_embedded_tiny_one(tmp_path):
+    server = Server(None, home=tmp_path)  # a fresh machine: nothing cached under ~
+    try:
+        gen = generation_pb2_grpc.GenerationStub(server.data)
+        reply = gen.Generate(g.GenerateRequest(text="hello", sampling=g.SamplingParams(
+            max_new_tokens=3)), timeout=60)
+        assert reply.complete.usage.completion_tokens == 3
+        assert (tmp_path / ".cache" / "qnext" / "tiny" / "config.json").is_file()
+    finally:
+        assert server.stop() == 0

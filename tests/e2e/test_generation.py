@@ -210,3 +210,19 @@ def test_prometheus_metrics_count_requests_and_follow_the_worker(setup):
     assert "qnext_time_to_first_token_seconds_bucket" in text
     until(lambda: re.search(r"^qnext_kv_pages_free (\S+)", scrape(), re.M) is not None
           and float(re.search(r"^qnext_kv_pages_free (\S+)", scrape(), re.M).group(1)) > 0)
+
+
+def test_logprobs_match_the_offline_engine(setup):
+    path, server = setup
+    gen, _ = stubs(server)
+    ids = [9, 8, 7, 6, 5]
+    got = gen.Generate(g.GenerateRequest(
+        token_ids=g.TokenIds(ids=ids), sampling=GREEDY,
+        logprobs=g.LogprobOptions(enabled=True, top_logprobs=3)), timeout=60)
+    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
+    offline = Engine(o.build_config(path, **defaults)).generate([ids], SamplingParams(
+        temperature=0, max_new_tokens=12, ignore_eos=True, logprobs=True, top_logprobs=3))[0]
+    assert [lp.token_id for lp in got.logprobs] == offline.output_ids
+    assert max(abs(a.logprob - b) for a, b in zip(got.logprobs, offline.logprobs)) < 1e-5
+    assert all(len(lp.top) == 3 and lp.top[0].logprob >= lp.top[2].logprob
+               for lp in got.logprobs)

@@ -11,12 +11,18 @@ from qnext.worker.config import CacheConfig, Config, LoadConfig, ModelConfig, Sc
 from qnext.worker.engine import Engine
 
 
-def make_engine(path: Path, *, overlap: bool = False, max_total_tokens: int | None = 4096,
-                chunk: int | None = 16, max_prefill_tokens: int = 48, page_size: int = 1,
-                max_running_requests: int | None = None, seed: int = 0, radix: str = "off",
-                max_mamba_cache_size: int = 64, track_interval: int = 256) -> Engine:
-    """`radix`: "off" (no prefix cache) or a --mamba-scheduler-strategy value."""
-    return Engine(Config(
+def make_engine(path: Path, **kwargs) -> Engine:
+    """An engine on `path` with `engine_config(path, **kwargs)`."""
+    return Engine(engine_config(path, **kwargs))
+
+
+def engine_config(path: Path, *, overlap: bool = False, max_total_tokens: int | None = 4096,
+                  chunk: int | None = 16, max_prefill_tokens: int = 48, page_size: int = 1,
+                  max_running_requests: int | None = None, seed: int = 0, radix: str = "off",
+                  max_mamba_cache_size: int = 64, track_interval: int = 256) -> Config:
+    """Small pools (64 MiB stand-in memory, 64 slots), fp32. `radix`: "off" (no prefix cache)
+    or a --mamba-scheduler-strategy value."""
+    return Config(
         model=ModelConfig.from_dir(path),
         load=LoadConfig(model_path=str(path), dtype="float32"),
         cache=CacheConfig(page_size=page_size, max_total_tokens=max_total_tokens,
@@ -26,7 +32,7 @@ def make_engine(path: Path, *, overlap: bool = False, max_total_tokens: int | No
                           mamba_track_interval=track_interval),
         sched=SchedConfig(chunked_prefill_size=chunk, max_prefill_tokens=max_prefill_tokens,
                           disable_overlap_schedule=not overlap,
-                          max_running_requests=max_running_requests, random_seed=seed)))
+                          max_running_requests=max_running_requests, random_seed=seed))
 
 
 def random_prompts(n: int, low: int, high: int, vocab: int, seed: int = 0) -> list[list[int]]:

@@ -13,7 +13,12 @@ import torch
 
 from qnext.worker.engine import Engine
 from qnext.worker.sched.request import FinishReason, Request, RequestRejected, SamplingParams
-from tests.engine.helpers import assert_pools_at_baseline, make_engine, random_prompts
+from tests.engine.helpers import (
+    assert_pools_at_baseline,
+    engine_config,
+    make_engine,
+    random_prompts,
+)
 from tests.models.harness import hf_logits, hf_model
 
 
@@ -94,7 +99,7 @@ def test_eos_stops_unless_ignored(path, tmp_path):
 
 
 def test_context_length_finishes_with_length(path):
-    base = make_engine(path).cfg
+    base = engine_config(path)
     engine = Engine(replace(base, sched=replace(base.sched, context_length=10,
                                                 chunked_prefill_size=4)))
     out = engine.generate([[1] * 7], SamplingParams(temperature=0, max_new_tokens=50))[0]
@@ -158,7 +163,7 @@ def test_bad_requests_are_rejected(path, prompt, params, field):
 @pytest.mark.parametrize("page_size,ssm", [(1, "float32"), (4, "bfloat16")])
 def test_allocated_pools_match_the_memory_plan(path, page_size, ssm):
     """The plan's arithmetic and the tensors actually allocated agree byte for byte."""
-    base = make_engine(path, page_size=page_size).cfg
+    base = engine_config(path, page_size=page_size)
     engine = Engine(replace(base, cache=replace(base.cache, mamba_ssm_dtype=ssm)))
     plan, runner = engine.memory, engine.runner
     assert runner.kv_pool.bytes == plan.kv_pool_bytes

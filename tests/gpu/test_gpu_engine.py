@@ -11,7 +11,7 @@ import torch
 
 from qnext.worker.engine import Engine
 from qnext.worker.sched.request import SamplingParams
-from tests.engine.helpers import assert_pools_at_baseline, make_engine, random_prompts
+from tests.engine.helpers import assert_pools_at_baseline, engine_config, random_prompts
 from tests.models.harness import hf_model
 
 pytestmark = [pytest.mark.gpu,
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _cuda_engine(path, **kwargs) -> Engine:
-    cfg = make_engine(path, **kwargs).cfg
+    cfg = engine_config(path, **kwargs)
     return Engine(replace(cfg, load=replace(cfg.load, device="cuda")))
 
 

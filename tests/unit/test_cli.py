@@ -32,7 +32,7 @@ def test_make_tiny_then_generate(tmp_path):
     (["generate", "--max-new-tokens", "0"], "max_new_tokens"),
     (["generate", "--page-size", "0"], "--page-size"),
     (["generate", "--mem-fraction-static", "0.0001"], "--mem-fraction-static"),
-    (["generate", "--tp", "2"], "--tp"),
+    (["generate", "--tp", "0"], "--tp"),
     (["generate", "--model-path", "/nonexistent/qnext"], "no config.json"),
     (["make-tiny", "/tmp/x", "--preset", "huge"], "--preset must be one of"),
 ])

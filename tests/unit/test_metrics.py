@@ -12,7 +12,6 @@ import urllib.request
 import grpc
 import prometheus_client
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2

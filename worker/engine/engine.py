@@ -14,7 +14,7 @@ import structlog
 from qnext.worker.config import Config
 from qnext.worker.engine.loop import NormalLoop, OverlapLoop
 from qnext.worker.engine.reconfigure import apply, new_config, plan_for
-from qnext.worker.runtime.memory import make_memory_plan
+from qnext.worker.engine.tp import start_tp
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.worker import PlanExecutor
 from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
@@ -50,11 +50,14 @@ def _seed_for(base: int, n: int) -> int:
 
 class Engine:
     def __init__(self, cfg: Config) -> None:
-        self.runner = ModelRunner(cfg)
-        self.executor = PlanExecutor(self.runner, cfg.model.eos_token_ids)
+        if cfg.parallel.tp_size > 1:  # rank 0 of a process group it spawns
+            self.executor = start_tp(cfg)
+        else:
+            self.executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
+        self.runner = self.executor.runner
         strategy = cfg.cache.radix_strategy
         overlap = self.overlap_for(cfg, strategy, explain=True)
-        self.install(cfg, make_memory_plan(cfg, self.runner.model, strategy, overlap))
+        self.install(cfg, self.executor.plan_memory(cfg, strategy, overlap))
         self._ids: dict[str, int] = {}
         self._requests: dict[int, str] = {}
         self._arrivals = itertools.count()
@@ -81,8 +84,7 @@ class Engine:
         quiescent scheduler (nothing running or in flight) whose queue moves over."""
         self.cfg, self.strategy, self.memory = cfg, cfg.cache.radix_strategy, plan
         overlap = self.overlap_for(cfg, self.strategy)
-        self.runner.cfg = cfg
-        self.runner.allocate_pools(plan.num_pages, plan.num_state_slots)
+        self.executor.install_pools(cfg, plan)
         self.scheduler = Scheduler(self._limits(overlap), PageAllocator(plan.num_pages),
                                    StateSlotAllocator(plan.num_state_slots),
                                    cfg.model.eos_token_ids)
@@ -183,6 +185,10 @@ class Engine:
             "memory": self.memory.describe(),
             "prefix_cache": self.scheduler.cache.stats(),
         }
+
+    def close(self) -> None:
+        """Stop the other TP ranks (a no-op at TP 1)."""
+        self.executor.close()
 
     def pool_usage(self) -> dict[str, dict[str, int]]:
         """Pages and state slots: total / used (by running requests) / cached (by the prefix

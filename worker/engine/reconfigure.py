@@ -11,13 +11,11 @@ queue, and the loop (no_buffer runs the normal loop). Requests then continue in 
 
 from __future__ import annotations
 
-import gc
 from dataclasses import replace
 
 import structlog
 
 from qnext.worker.config import Config
-from qnext.worker.runtime.memory import make_memory_plan
 from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.scheduler import RequestOutput
 
@@ -45,8 +43,7 @@ def new_config(cfg: Config, strategy: str | None = None, ratio: float | None = N
 
 def plan_for(engine, cfg: Config) -> MemoryPlan:
     strategy = cfg.cache.radix_strategy
-    overlap = engine.overlap_for(cfg, strategy)
-    return make_memory_plan(cfg, engine.runner.model, strategy, overlap)
+    return engine.executor.plan_memory(cfg, strategy, engine.overlap_for(cfg, strategy))
 
 
 def apply(engine, cfg: Config) -> tuple[MemoryPlan, list[RequestOutput]]:
@@ -63,16 +60,7 @@ def apply(engine, cfg: Config) -> tuple[MemoryPlan, list[RequestOutput]]:
     sched.retract_all()
     sched.cache.flush()
     outputs += sched.take_events()
-    engine.runner.kv_pool = engine.runner.state_pool = None
-    gc.collect()
-    _empty_device_cache(engine.runner.device)
     engine.install(cfg, plan, carry=sched)
     log.info("engine_reconfigured", strategy=engine.strategy, **plan.describe())
     return plan, outputs
 
-
-def _empty_device_cache(device) -> None:
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        torch.cuda.empty_cache()

@@ -6,14 +6,19 @@ them to the host.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import torch
 
+from qnext.worker.config import Config
+
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
+from qnext.worker.runtime.memory import make_memory_plan
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.penalties import PenaltyTracker
 from qnext.worker.runtime.sampler import SampleOutput, Sampler
+from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
 
@@ -32,6 +37,24 @@ class PlanExecutor:
         self.runner = runner
         self.sampler = Sampler(vocab, eos_token_ids, runner.device)
         self.penalties = PenaltyTracker(vocab, runner.device)
+
+    def plan_memory(self, cfg: Config, strategy: str, overlap: bool) -> MemoryPlan:
+        """This rank's pool sizes for `cfg` (a collective minimum over TP ranks)."""
+        return make_memory_plan(cfg, self.runner.model, strategy, overlap)
+
+    def install_pools(self, cfg: Config, plan: MemoryPlan) -> None:
+        """Free the current pools (if any), then allocate `plan`'s for `cfg`."""
+        runner = self.runner
+        if runner.kv_pool is not None:
+            runner.kv_pool = runner.state_pool = None
+            gc.collect()
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+        runner.cfg = cfg
+        runner.allocate_pools(plan.num_pages, plan.num_state_slots)
+
+    def close(self) -> None:
+        """Nothing to release on a single rank."""
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:

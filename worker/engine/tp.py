@@ -1,0 +1,123 @@
+"""Tensor parallelism in the engine: one process per rank, rank 0 drives.
+
+Rank 0 (the engine's process) spawns ranks 1..tp-1. Every rank builds its shard of the model
+and its pools; rank 0's scheduler plans each step and broadcasts the plan (plain ints) over a
+gloo group; every rank runs the same forward (the layers' collectives pair up) and samples the
+same tokens (identical logits, counter-based randomness), so the overlap loop's on-device
+token feedback works on every rank. Memory planning (a collective minimum over ranks) and pool
+(re)allocation are broadcast commands too, so reconfiguration covers every rank.
+
+Followers exit when rank 0 says so or when their parent process is gone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import threading
+from dataclasses import replace
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from qnext.worker.config import Config
+from qnext.worker.layers.parallel import init_distributed, reset_tp_info
+from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.worker import Launched, PlanExecutor
+from qnext.worker.sched.memory import MemoryPlan
+from qnext.worker.sched.plan import StepPlan
+
+FOREVER = datetime.timedelta(days=365)  # followers idle between requests without a timeout
+
+
+def rank_config(cfg: Config, rank: int) -> Config:
+    """A rank's view of the config: cuda devices are one per rank."""
+    if not cfg.load.device.startswith("cuda"):
+        return cfg
+    return replace(cfg, load=replace(cfg.load, device=f"cuda:{rank}"))
+
+
+class TPExecutor(PlanExecutor):
+    """Rank 0's executor: every command is broadcast to the followers, then run here."""
+
+    def __init__(self, runner: ModelRunner, group, procs: list) -> None:
+        super().__init__(runner, runner.cfg.model.eos_token_ids)
+        self.group, self.procs = group, procs
+
+    def send(self, *command) -> None:
+        dist.broadcast_object_list([command], src=0, group=self.group)
+
+    def plan_memory(self, cfg: Config, strategy: str, overlap: bool) -> MemoryPlan:
+        self.send("plan", cfg, strategy, overlap)
+        return super().plan_memory(cfg, strategy, overlap)
+
+    def install_pools(self, cfg: Config, plan: MemoryPlan) -> None:
+        self.send("install", cfg, plan)
+        super().install_pools(cfg, plan)
+
+    def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
+        self.send("launch", plan, previous.plan.step_id if previous else None)
+        return super().launch(plan, previous)
+
+    def close(self) -> None:
+        """Stop the followers and leave the process group (this process may start another)."""
+        self.send("stop")
+        for proc in self.procs:
+            proc.join(timeout=60)
+        dist.destroy_process_group()
+        reset_tp_info()
+
+
+def start_tp(cfg: Config) -> TPExecutor:
+    """Spawn the followers, join the group as rank 0, build rank 0's runner."""
+    size = cfg.parallel.tp_size
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=follower_main, args=(rank, size, address, cfg, os.getpid()),
+                         daemon=True) for rank in range(1, size)]
+    for proc in procs:
+        proc.start()
+    init_distributed(0, size, address, cfg.load.device)
+    group = dist.new_group(backend="gloo", timeout=FOREVER)
+    return TPExecutor(ModelRunner(rank_config(cfg, 0)), group, procs)
+
+
+def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) -> None:
+    """Ranks 1..tp-1: follow rank 0's commands until "stop"."""
+    _exit_with_parent(parent)
+    cfg = rank_config(cfg, rank)
+    init_distributed(rank, size, address, cfg.load.device)
+    group = dist.new_group(backend="gloo", timeout=FOREVER)
+    executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
+    launched: dict[int, Launched] = {}
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0, group=group)
+        kind, *args = box[0]
+        if kind == "stop":
+            break
+        if kind == "plan":
+            executor.plan_memory(rank_config(args[0], rank), *args[1:])
+        elif kind == "install":
+            executor.install_pools(rank_config(args[0], rank), args[1])
+        elif kind == "launch":
+            plan, previous = args
+            launched = {plan.step_id: executor.launch(plan, launched.get(previous)),
+                        **({previous: launched[previous]} if previous in launched else {})}
+    dist.destroy_process_group()
+
+
+def _exit_with_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)  # polling: a dead parent sends no event
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
