@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 -d .whl structlog==26.1.0
+# the kernel benchmarks' anchor, kept apart: on the path, transformers would use its kernels
+python3 -m pip download -q --no-deps --only-binary=:all: -d .whl/anchor \
+  fla-core==0.6.0 flash-linear-attention==0.6.0 einops

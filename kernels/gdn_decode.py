@@ -1,0 +1,115 @@
+"""Triton kernel: Gated DeltaNet decode step (one token per sequence) over the state pool.
+
+Fuses, per (sequence, value head, block of value columns): the gates (g = -exp(A_log) *
+softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the recurrence on the slot's
+state in place (decay, delta, write, read) and optionally a copy of the new state into a
+snapshot slot (extra_buffer prefix caching). Grouped heads: value head j reads key head
+j // (Hv // Hk); q and k are never repeated in memory.
+
+Reference: `gdn_gating_ref` + `fused_recurrent_gated_delta_rule_ref` (kernels/gdn_ref.py).
+State layout [S, Hv, dk, dv] like the pool; arithmetic in float32 whatever the state dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, state_ptr,
+                       slot_ptr, snap_ptr, out_ptr,
+                       s_qb, s_qh, s_vb, s_vh, s_ab, s_ss, s_sh, s_sk, s_ob, s_oh,
+                       scale, eps,
+                       HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr,
+                       HAS_SNAP: tl.constexpr):
+    i_b = tl.program_id(0).to(tl.int64)
+    i_hv = tl.program_id(1).to(tl.int64)
+    i_v = tl.program_id(2)
+    i_hk = i_hv // (HV // HK)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DK, offs_v < DV
+
+    q = tl.load(q_ptr + i_b * s_qb + i_hk * s_qh + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + i_b * s_qb + i_hk * s_qh + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    if L2NORM:
+        q = q / tl.sqrt(tl.sum(q * q) + eps)
+        k = k / tl.sqrt(tl.sum(k * k) + eps)
+    q = q * scale
+    v = tl.load(v_ptr + i_b * s_vb + i_hv * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+
+    x = tl.load(a_ptr + i_b * s_ab + i_hv).to(tl.float32) + tl.load(dt_bias_ptr + i_hv)
+    softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    decay = tl.exp(-tl.exp(tl.load(a_log_ptr + i_hv).to(tl.float32)) * softplus)
+    beta = tl.sigmoid(tl.load(b_ptr + i_b * s_ab + i_hv).to(tl.float32))
+
+    slot = tl.load(slot_ptr + i_b).to(tl.int64)
+    tile = offs_k[:, None] * s_sk + offs_v[None, :]
+    mask = mask_k[:, None] & mask_v[None, :]
+    ptrs = state_ptr + slot * s_ss + i_hv * s_sh + tile
+    s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) * decay
+    u = beta * (v - tl.sum(s * k[:, None], axis=0))
+    s = s + k[:, None] * u[None, :]
+    o = tl.sum(s * q[:, None], axis=0)
+    tl.store(ptrs, s.to(state_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + i_b * s_ob + i_hv * s_oh + offs_v, o.to(out_ptr.dtype.element_ty),
+             mask=mask_v)
+    if HAS_SNAP:
+        snap = tl.load(snap_ptr + i_b).to(tl.int64)
+        if snap >= 0:
+            tl.store(state_ptr + snap * s_ss + i_hv * s_sh + tile,
+                     s.to(state_ptr.dtype.element_ty), mask=mask)
+
+
+def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+               b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, *,
+               ssm_states: torch.Tensor, state_indices: torch.Tensor,
+               snapshot_slots: torch.Tensor | None = None, scale: float | None = None,
+               use_qk_l2norm: bool = True, eps: float = 1e-6, block_v: int = 32) -> torch.Tensor:
+    """One decode step. q, k [B, Hk, dk]; v [B, Hv, dv]; a, b [B, Hv] (raw gate inputs);
+    A_log, dt_bias [Hv] float32; ssm_states [S, Hv, dk, dv] (updated in place at the distinct
+    state_indices [B]); snapshot_slots [B] (-1: none) also receive the new state.
+    Returns o [B, Hv, dv] in v.dtype."""
+    B, HK, DK = q.shape
+    HV, DV = v.shape[1], v.shape[2]
+    _check(q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snapshot_slots)
+    out = torch.empty_like(v)
+    if B == 0:
+        return out
+    grid = (B, HV, triton.cdiv(DV, block_v))
+    snaps = snapshot_slots if snapshot_slots is not None else state_indices
+    _gdn_decode_kernel[grid](
+        q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snaps, out,
+        q.stride(0), q.stride(1), v.stride(0), v.stride(1), a.stride(0),
+        ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
+        out.stride(0), out.stride(1),
+        DK**-0.5 if scale is None else scale, eps,
+        HV=HV, HK=HK, DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=block_v,
+        L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None)
+    return out
+
+
+def _check(q, k, v, a, b, A_log, dt_bias, states, indices, snaps) -> None:
+    B, HK, DK = q.shape
+    HV, DV = v.shape[1], v.shape[2]
+    if k.shape != q.shape or k.stride() != q.stride() or v.shape[0] != B:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} (same strides), v "
+                         f"{tuple(v.shape)} must agree on B and heads")
+    if HV % HK or a.shape != (B, HV) or b.shape != (B, HV) or a.stride() != b.stride():
+        raise ValueError(f"Hv={HV} must be a multiple of Hk={HK}; a, b must be [B, Hv]")
+    if A_log.shape != (HV,) or dt_bias.shape != (HV,) or A_log.dtype != torch.float32 \
+            or dt_bias.dtype != torch.float32:
+        raise ValueError("A_log and dt_bias must be float32 [Hv]")
+    if states.shape[1:] != (HV, DK, DV) or states.stride(3) != 1:
+        raise ValueError(f"ssm_states {tuple(states.shape)} must be [S, {HV}, {DK}, {DV}] with "
+                         "contiguous columns")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(2) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim")
+    if indices.shape != (B,) or (snaps is not None and snaps.shape != (B,)):
+        raise ValueError("state_indices (and snapshot_slots) must be [B]")
+    if not all(t.is_cuda for t in (q, k, v, a, b, states, indices)):
+        raise ValueError("gdn_decode runs on CUDA tensors")

@@ -1,0 +1,85 @@
+"""Benchmark (not a test): the Triton gated-delta-rule decode kernel vs flash-linear-attention's
+fused_recurrent_gated_delta_rule (the anchor), Qwen3-Next shapes (Hv value heads, Hk = Hv/2 key
+heads, d = 128, fp32 state), on one GPU. Prints a markdown table.
+
+qnext updates the pool in place by slot (gather + scatter fused). The anchor gets its states
+already gathered ([B, Hv, dk, dv]) and writes final states to a new tensor; its output is
+checked against qnext's before timing. At Hv = 8 (TP4) the anchor is not run: FLA 0.6.0 hit
+an illegal memory access there on H100 (it would poison the CUDA context).
+
+    python scripts/bench_gdn_decode.py
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.testing
+
+from qnext.kernels.gdn_decode import gdn_decode
+
+
+def _case(B: int, hv: int, slots_per_seq: int = 2, d: int = 128):
+    hk = hv // 2
+    gen = torch.Generator(device="cuda").manual_seed(B * 100 + hv)
+
+    def r(*shape, dt=torch.bfloat16):
+        return torch.randn(*shape, generator=gen, device="cuda").to(dt)
+
+    x = dict(q=r(B, hk, d), k=r(B, hk, d), v=r(B, hv, d), a=r(B, hv), b=r(B, hv),
+             A_log=torch.log(torch.rand(hv, generator=gen, device="cuda") * 0.9 + 0.1),
+             dt_bias=r(hv, dt=torch.float32))
+    states = r(B * slots_per_seq + 1, hv, d, d, dt=torch.float32) * 0.1
+    slots = torch.randperm(B * slots_per_seq, generator=gen, device="cuda")[:B] + 1
+    return x, states, slots
+
+
+def _fla(x, states, slots, fused_gates: bool):
+    """The anchor call; with `fused_gates` FLA computes g and beta in its kernel like qnext,
+    else they are precomputed outside the timed call (FLA's usual form)."""
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
+    from qnext.kernels import gdn_gating_ref
+
+    init = states[slots]
+    q, k, v = x["q"][:, None], x["k"][:, None], x["v"][:, None]
+    if fused_gates:
+        return lambda: fused_recurrent_gated_delta_rule(
+            q, k, v, g=x["a"][:, None], beta=x["b"][:, None], initial_state=init,
+            output_final_state=True, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
+            A_log=x["A_log"], dt_bias=x["dt_bias"], use_beta_sigmoid_in_kernel=True)
+    g, beta = gdn_gating_ref(x["A_log"], x["a"], x["b"], x["dt_bias"])
+    g, beta = g[:, None].contiguous(), beta[:, None].to(q.dtype).contiguous()
+    return lambda: fused_recurrent_gated_delta_rule(
+        q, k, v, g=g, beta=beta, initial_state=init, output_final_state=True,
+        use_qk_l2norm_in_kernel=True)
+
+
+def main() -> None:
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
+          f"{triton.__version__}")
+    print("| B | Hv | qnext µs | FLA fused gates µs | FLA precomputed gates µs | best FLA / qnext "
+          "| qnext state GB/s | rel. diff vs FLA |")
+    print("|---|---|---|---|---|---|---|---|")
+    for hv, batches in ((32, (1, 32, 256)), (8, (32, 256))):
+        for B in batches:
+            x, states, slots = _case(B, hv)
+            ours = lambda: gdn_decode(**x, ssm_states=states, state_indices=slots)  # noqa: E731
+            us = triton.testing.do_bench(ours, warmup=50, rep=300) * 1e3
+            traffic = 2 * B * hv * 128 * 128 * 4 / (us * 1e-6) / 1e9
+            cells = ["—", "—", "—", "—"]
+            if hv > 8:
+                got = gdn_decode(**x, ssm_states=states.clone(), state_indices=slots)
+                times, diffs = [], []
+                for fused in (True, False):
+                    fla = _fla(x, states.clone(), slots, fused)
+                    want = fla()[0][:, 0].float()
+                    diffs.append(((got.float() - want).norm() / want.norm()).item())
+                    times.append(triton.testing.do_bench(fla, warmup=50, rep=300) * 1e3)
+                cells = [f"{times[0]:.1f}", f"{times[1]:.1f}", f"{min(times) / us:.2f}",
+                         f"{max(diffs):.1e}"]
+            print(f"| {B} | {hv} | {us:.1f} | {cells[0]} | {cells[1]} | {cells[2]} | "
+                  f"{traffic:.0f} | {cells[3]} |")
+
+
+if __name__ == "__main__":
+    main()
