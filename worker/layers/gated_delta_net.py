@@ -5,10 +5,14 @@ the de-interleaved [q | k | v] goes through a causal depthwise conv1d + SiLU who
 pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule; gates are
 beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
 a rank's conv and recurrent state hold only its heads.
+On CUDA a decode step uses the Triton kernel `kernels/gdn_decode.py` (gates fused).
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
 
 import torch
 from torch import nn
@@ -30,6 +34,18 @@ from qnext.worker.layers.linear import (
 )
 from qnext.worker.layers.norm import GatedRMSNorm
 from qnext.worker.layers.parallel import get_tp_info
+
+
+@functools.cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_decode_available(x: torch.Tensor) -> bool:
+    """The Triton decode kernel (float32 arithmetic) serves CUDA tensors when triton is
+    installed; the torch references serve everything else (CPU, float64 numerics checks,
+    environments without triton)."""
+    return x.is_cuda and x.dtype != torch.float64 and _has_triton()
 
 
 class Conv1dWeight(nn.Module):
@@ -101,9 +117,18 @@ class GatedDeltaNet(nn.Module):
         mixed, z, b, a = self._split_projections(x)
         mixed = self._conv(mixed, batch)
         q, k, v = mixed.split([self.hk * self.dk, self.hk * self.dk, self.hv * self.dv], dim=-1)
-        g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
-        out = self._delta_rule(q.reshape(num_tokens, self.hk, self.dk),
-                               k.reshape(num_tokens, self.hk, self.dk),
-                               v.reshape(num_tokens, self.hv, self.dv), g, beta, batch)
+        q = q.reshape(num_tokens, self.hk, self.dk)
+        k = k.reshape(num_tokens, self.hk, self.dk)
+        v = v.reshape(num_tokens, self.hv, self.dv)
+        if batch.is_decode and triton_decode_available(x):  # gates fused in the kernel
+            from qnext.kernels.gdn_decode import gdn_decode
+
+            out = gdn_decode(q, k, v, a.contiguous(), b.contiguous(), self.A_log,
+                             self.dt_bias, ssm_states=batch.state_cache.ssm(self.state_layer),
+                             state_indices=batch.state_slots,
+                             snapshot_slots=batch.snapshot_slots)
+        else:
+            g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
+            out = self._delta_rule(q, k, v, g, beta, batch)
         out = self.norm(out, z)  # [T, hv, dv]
         return self.out_proj(out.reshape(num_tokens, -1))
