@@ -1,0 +1,98 @@
+"""Triton kernels: the two RMSNorms of Qwen3-Next, a block of rows per program.
+
+- `add_rms_norm`: residual add + zero-centred RMSNorm, y = s * rsqrt(mean(s^2) + eps) * (1 + w)
+  with s = x + residual (returned too, for the next layer's residual).
+- `gated_rms_norm`: the GDN output norm, y = (w * (x * rsqrt(mean(x^2) + eps))) * silu(z).
+
+References: `rms_norm_ref` and `gated_rms_norm_ref` (kernels/norm_ref.py), whose rounding
+points (sum in the input dtype; normalised value rounded to the input dtype before the
+gate) these follow. Arithmetic in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, eps,
+                         HAS_RESIDUAL: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BD)
+    mask = (rows[:, None] < R) & (cols[None, :] < D)
+    at = rows[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + at, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        x = x + tl.load(r_ptr + at, mask=mask, other=0.0).to(x.dtype)
+        tl.store(s_ptr + at, x, mask=mask)
+    xf = x.to(tl.float32)
+    scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    y = xf * scale[:, None] * (1.0 + w[None, :])
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, eps, BR: tl.constexpr,
+                           BD: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BD)
+    mask = (rows[:, None] < R) & (cols[None, :] < D)
+    at = rows[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + at, mask=mask, other=0.0)
+    xf = x.to(tl.float32)
+    scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
+    normed = (xf * scale[:, None]).to(x.dtype).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    y = (w[None, :] * normed).to(x.dtype).to(tl.float32) * (z * tl.sigmoid(z))
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _blocks(rows: int, dim: int) -> tuple[tuple[int], int, int]:
+    """Grid, rows per program and padded width: about 4K elements per program."""
+    bd = triton.next_power_of_2(dim)
+    br = max(1, min(64, 4096 // bd))
+    return (triton.cdiv(rows, br),), br, bd
+
+
+def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None):
+    """x, residual [..., D] contiguous, same shape and dtype; weight [D]. Returns y, or
+    (y, x + residual) with a residual — like `rms_norm_ref`."""
+    D = x.shape[-1]
+    _check_rows(x, weight, residual)
+    y = torch.empty_like(x)
+    summed = torch.empty_like(x) if residual is not None else x
+    rows = x.numel() // D if D else 0
+    if rows:
+        grid, br, bd = _blocks(rows, D)
+        _add_rms_norm_kernel[grid](x, residual if residual is not None else x, weight, y,
+                                   summed, rows, D, eps, HAS_RESIDUAL=residual is not None,
+                                   BR=br, BD=bd)
+    return (y, summed) if residual is not None else y
+
+
+def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
+                   eps: float) -> torch.Tensor:
+    """x, z [..., D] contiguous, same shape; weight [D]. Returns y in x.dtype, like
+    `gated_rms_norm_ref`."""
+    D = x.shape[-1]
+    _check_rows(x, weight, z)
+    y = torch.empty_like(x)
+    rows = x.numel() // D if D else 0
+    if rows:
+        grid, br, bd = _blocks(rows, D)
+        _gated_rms_norm_kernel[grid](x, z, weight, y, rows, D, eps, BR=br, BD=bd)
+    return y
+
+
+def _check_rows(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None) -> None:
+    if not x.is_cuda or not x.is_contiguous():
+        raise ValueError("x must be a contiguous CUDA tensor")
+    if weight.shape != (x.shape[-1],):
+        raise ValueError(f"weight {tuple(weight.shape)} must be [{x.shape[-1]}]")
+    if other is not None and (other.shape != x.shape or not other.is_contiguous()):
+        raise ValueError(f"{tuple(other.shape)} must match x {tuple(x.shape)}, contiguous")
