@@ -11,9 +11,6 @@ Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
 import torch
 from torch import nn
 
@@ -25,6 +22,7 @@ from qnext.kernels import (
     gdn_gating_ref,
 )
 from qnext.worker.forward import ForwardBatch
+from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import (
     ColumnParallelLinear,
     RowParallelLinear,
@@ -34,18 +32,6 @@ from qnext.worker.layers.linear import (
 )
 from qnext.worker.layers.norm import GatedRMSNorm
 from qnext.worker.layers.parallel import get_tp_info
-
-
-@functools.cache
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def triton_decode_available(x: torch.Tensor) -> bool:
-    """The Triton decode kernel (float32 arithmetic) serves CUDA tensors when triton is
-    installed; the torch references serve everything else (CPU, float64 numerics checks,
-    environments without triton)."""
-    return x.is_cuda and x.dtype != torch.float64 and _has_triton()
 
 
 class Conv1dWeight(nn.Module):
@@ -120,7 +106,7 @@ class GatedDeltaNet(nn.Module):
         q = q.reshape(num_tokens, self.hk, self.dk)
         k = k.reshape(num_tokens, self.hk, self.dk)
         v = v.reshape(num_tokens, self.hv, self.dv)
-        if batch.is_decode and triton_decode_available(x):  # gates fused in the kernel
+        if batch.is_decode and use_triton(x):  # gates fused in the kernel
             from qnext.kernels.gdn_decode import gdn_decode
 
             out = gdn_decode(q, k, v, a.contiguous(), b.contiguous(), self.A_log,

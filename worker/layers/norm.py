@@ -1,5 +1,6 @@
 """Norms of Qwen3-Next: zero-centred RMSNorm (scale 1 + w, optional fused residual add) and the
-gated RMSNorm of the Gated DeltaNet output (plain w, times silu(z))."""
+gated RMSNorm of the Gated DeltaNet output (plain w, times silu(z)). Triton kernels on CUDA
+(`kernels/norm.py`), the torch references elsewhere (`layers/backend.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from qnext.kernels import gated_rms_norm_ref, rms_norm_ref
+from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import load_full, set_loader
 
 
@@ -19,6 +21,11 @@ class RMSNorm(nn.Module):
         self.weight = set_loader(nn.Parameter(torch.empty(size)), load_full)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if use_triton(x):
+            from qnext.kernels.norm import add_rms_norm
+
+            res = None if residual is None else residual.to(x.dtype).contiguous()
+            return add_rms_norm(x.contiguous(), self.weight, self.eps, res)
         return rms_norm_ref(x, self.weight, self.eps, residual)
 
 
@@ -31,4 +38,9 @@ class GatedRMSNorm(nn.Module):
         self.weight = set_loader(nn.Parameter(torch.empty(size)), load_full)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if use_triton(x):
+            from qnext.kernels.norm import gated_rms_norm
+
+            return gated_rms_norm(x.contiguous(), z.to(x.dtype).contiguous(), self.weight,
+                                  self.eps)
         return gated_rms_norm_ref(x, z, self.weight, self.eps)
