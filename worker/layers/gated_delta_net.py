@@ -5,7 +5,8 @@ the de-interleaved [q | k | v] goes through a causal depthwise conv1d + SiLU who
 pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule; gates are
 beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
 a rank's conv and recurrent state hold only its heads.
-On CUDA a decode step uses the Triton kernel `kernels/gdn_decode.py` (gates fused).
+On CUDA a decode step uses the Triton kernels `kernels/conv_decode.py` and
+`kernels/gdn_decode.py` (gates fused).
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
@@ -78,6 +79,12 @@ class GatedDeltaNet(nn.Module):
 
     def _conv(self, mixed: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         conv_states = batch.state_cache.conv(self.state_layer)
+        if batch.is_decode and use_triton(mixed):
+            from qnext.kernels.conv_decode import conv_decode
+
+            return conv_decode(mixed, self.conv1d.weight, conv_states=conv_states,
+                               state_indices=batch.state_slots,
+                               snapshot_slots=batch.snapshot_slots)
         if batch.is_decode:
             return causal_conv1d_update_ref(mixed, self.conv1d.weight, conv_states=conv_states,
                                             state_indices=batch.state_slots,
