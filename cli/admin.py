@@ -16,6 +16,7 @@ import typer
 
 import qnext
 from qnext.cli import admin_format as fmt
+from qnext.cli.channels import open_channel
 
 if TYPE_CHECKING:
     import grpc
@@ -57,16 +58,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _open_channel(target: Target) -> grpc.Channel:
-    """A plaintext channel, or a TLS one trusting `--tls-ca`."""
-    import grpc
-
-    if target.tls_ca is None:
-        return grpc.insecure_channel(target.addr)
     try:
-        root = target.tls_ca.read_bytes()
-    except OSError as err:
-        fail(f"--tls-ca {target.tls_ca}: {err.strerror}")
-    return grpc.secure_channel(target.addr, grpc.ssl_channel_credentials(root_certificates=root))
+        return open_channel(target.addr, target.tls_ca)
+    except ValueError as err:  # an unreadable --tls-ca
+        fail(str(err))
 
 
 def _call(ctx: typer.Context, method: str, request: Message, *, health: bool = False) -> Any:

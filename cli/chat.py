@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from qnext.cli.app import app, fail
+from qnext.cli.channels import open_channel
 
 
 @app.command()
@@ -32,10 +33,10 @@ def chat(
 
     from qnext.v1 import generation_pb2 as g, generation_pb2_grpc
 
-    if tls_ca is None:
-        channel = grpc.insecure_channel(addr)
-    else:
-        channel = grpc.secure_channel(addr, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+    try:
+        channel = open_channel(addr, tls_ca)
+    except ValueError as err:  # an unreadable --tls-ca
+        fail(str(err))
     stub = generation_pb2_grpc.GenerationStub(channel)
     history = [g.ChatMessage(role="system", content=system)] if system else []
     turns = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)

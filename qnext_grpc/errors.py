@@ -15,13 +15,13 @@ Cancellation (the client went away) propagates untouched.
 from __future__ import annotations
 
 import asyncio
-import inspect
 
 import grpc
 import structlog
 
 from qnext.worker.sched.request import RequestRejected
 from qnext_grpc.bridge import BridgeClosed, Draining
+from qnext_grpc.handlers import rewrap
 
 log = structlog.get_logger()
 
@@ -95,12 +95,5 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
-        kw = dict(request_deserializer=handler.request_deserializer,
-                  response_serializer=handler.response_serializer)
-        if inspect.iscoroutinefunction(handler.unary_unary):
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method), **kw)
-        if inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method), **kw)
-        return handler  # other shapes (not used by qnext's services) pass through
+        return rewrap(handler, lambda fn: _wrap_unary(fn, method),
+                      lambda fn: _wrap_stream(fn, method))

@@ -55,9 +55,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                               request.separate_reasoning)
         rid = (request.request_id or structlog.contextvars.get_contextvars().get("request_id")
                or uuid.uuid4().hex)  # the id the request log line carries
-        call = _Call(self.worker, rid, prompt, asm)
-        call.method, call.metrics = method, self.metrics
-        return call
+        return _Call(self.worker, rid, prompt, asm, method, self.metrics)
 
     def _prompt_ids(self, request) -> list[int]:
         kind = request.WhichOneof("input")
@@ -80,14 +78,14 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
 class _Call:
     """One Generate / Stream call: its prompt, its output so far, its timing."""
 
-    def __init__(self, worker: WorkerClient, rid: str, prompt: list[int],
-                 asm: OutputAssembler) -> None:
+    def __init__(self, worker: WorkerClient, rid: str, prompt: list[int], asm: OutputAssembler,
+                 method: str, metrics: Metrics | None) -> None:
         self.worker, self.rid, self.prompt, self.asm = worker, rid, prompt, asm
+        self.method, self.metrics = method, metrics
         self.logprobs: list = []
         self.start = time.monotonic()
         self.ttft: float | None = None
         self.token_times: list[float] = []
-        self.method, self.metrics = "Generate", None
 
     async def run(self, request) -> AsyncIterator[Delta | gen.Complete]:
         """Yields Deltas, then one Complete."""

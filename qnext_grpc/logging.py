@@ -6,7 +6,6 @@ metadata (the admin token) or message bodies. Torch-free."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import sys
 import time
 import uuid
@@ -15,6 +14,7 @@ import grpc
 import structlog
 
 from qnext.worker.log import configure_logging
+from qnext_grpc.handlers import rewrap
 
 log = structlog.get_logger()
 QUIET_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # probes: `rpc_done` at debug
@@ -93,15 +93,5 @@ class RequestLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method, quiet = details.method, details.method.startswith(self.quiet)
-        kw = dict(request_deserializer=handler.request_deserializer,
-                  response_serializer=handler.response_serializer)
-        if inspect.iscoroutinefunction(handler.unary_unary):
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, quiet), **kw)
-        if inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, quiet), **kw)
-        if inspect.iscoroutinefunction(handler.unary_stream):  # writes with context.write
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_unary(handler.unary_stream, method, quiet), **kw)
-        return handler  # sync or client-streaming handlers pass through
+        unary = lambda fn: _wrap_unary(fn, method, quiet)  # noqa: E731
+        return rewrap(handler, unary, lambda fn: _wrap_stream(fn, method, quiet), writer=unary)

@@ -26,20 +26,17 @@ class WorkerClient:
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def wait_ready(self, timeout: float) -> None:
-        """Until the worker reports SERVING; TimeoutError after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                reply = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        """Until the worker reports SERVING (its health stream waits for it to come up);
+        TimeoutError after `timeout` seconds."""
+        try:
+            async for reply in self.health.Watch(health_pb2.HealthCheckRequest(),
+                                                 timeout=timeout, wait_for_ready=True):
                 if reply.status == SERVING:
                     return
-            except grpc.aio.AioRpcError:
-                pass
-            if loop.time() > deadline:
-                raise TimeoutError(f"the worker at {self.address} is not serving after "
-                                   f"{timeout:.0f} s")
-            await asyncio.sleep(0.1)  # polling a process that is still starting
+        except grpc.aio.AioRpcError as err:
+            raise TimeoutError(f"the worker at {self.address} is not serving after "
+                               f"{timeout:.0f} s ({err.code().name})") from err
+        raise TimeoutError(f"the worker at {self.address} stopped before serving")
 
     async def mirror_health(self, set_status) -> None:
         """Forever: follow the worker's health stream and call set_status(status) on every

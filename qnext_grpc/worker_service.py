@@ -94,15 +94,8 @@ class WorkerAdmin(admin_pb2_grpc.AdminServicer):
             raise Conflict(str(err)) from err
 
     async def FlushCache(self, request, context):
-        def flush(engine):
-            before = engine.pool_usage()
-            if not engine.flush_cache():
-                engine.scheduler.cache.flush()  # busy: drop what no running request uses
-            after = engine.pool_usage()
-            return admin_pb2.FlushCacheResponse(
-                freed_pages=after["pages"]["free"] - before["pages"]["free"],
-                freed_slots=after["state_slots"]["free"] - before["state_slots"]["free"])
-        return await self.bridge.call(flush)
+        pages, slots = await self.bridge.call(lambda engine: engine.flush_cache())
+        return admin_pb2.FlushCacheResponse(freed_pages=pages, freed_slots=slots)
 
     async def Drain(self, request, context):
         self.bridge.draining = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,13 +14,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.net import free_port
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def qnext(*args: str, log: Path, home: Path | None = None) -> subprocess.Popen:
@@ -51,6 +46,14 @@ def wait_for_status(address: str, status: int, proc: subprocess.Popen, log: Path
         except grpc.RpcError as err:
             raise RuntimeError(f"{address} never reached {status} ({err.code().name}); "
                                f"exit {proc.poll()}; log:\n{log.read_text()[-3000:]}") from err
+
+
+def serve_config(model_path: Path, **flags):
+    """The Config `qnext serve` gives its worker: the engine flags' defaults, then `flags`."""
+    from qnext.cli import options as o
+
+    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
+    return o.build_config(model_path, **{**defaults, **flags})
 
 
 class Server:

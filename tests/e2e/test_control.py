@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from qnext.cli import options as o
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
 from qnext.worker.engine import Engine
-from tests.e2e.servers import Server, Worker, wait_for_status
+from tests.e2e.servers import Server, Worker, serve_config, wait_for_status
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("--page-size", "16", "--max-mamba-cache-size", "40", "--mamba-scheduler-strategy",
@@ -52,10 +52,9 @@ def test_memory_matches_the_engine_plan_and_the_cli(setup):
     path, server = setup
     admin = admin_pb2_grpc.AdminStub(server.control)
     mem = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth, timeout=10)
-    flags = {name: default for name, _, default in o.ENGINE_FLAGS} | dict(
-        page_size=16, max_mamba_cache_size=40,
-        mamba_scheduler_strategy=o.RadixStrategy.extra_buffer)
-    plan = Engine(o.build_config(path, **flags)).memory.describe()
+    plan = Engine(serve_config(path, page_size=16, max_mamba_cache_size=40,
+                               mamba_scheduler_strategy=o.RadixStrategy.extra_buffer)
+                  ).memory.describe()
     assert mem.strategy == "extra_buffer" and mem.page_size == 16
     for key in ("kv_pool_bytes", "state_pool_bytes", "state_bytes_per_slot",
                 "kv_bytes_per_token", "max_total_tokens", "max_running_requests"):

@@ -11,11 +11,11 @@ import grpc
 import pytest
 from transformers import AutoTokenizer
 
-from qnext.cli import options as o
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
 from qnext.worker.engine import Engine
 from qnext.worker.sched.request import SamplingParams
-from tests.e2e.servers import Server, free_port
+from tests.e2e.servers import Server, serve_config
+from tests.net import free_port
 
 GREEDY = g.SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
 METRICS_PORT = free_port()
@@ -33,13 +33,14 @@ def setup(tiny_checkpoint):
 def offline(setup):
     """The offline engine with the server's (default) flags, and the HF tokenizer."""
     path, _ = setup
-    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
-    engine = Engine(o.build_config(path, **defaults))
+    engine = Engine(serve_config(path))
     tok = AutoTokenizer.from_pretrained(str(path))
 
-    def run(ids: list[int]) -> list[int]:
-        params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
-        return engine.generate([ids], params)[0].output_ids
+    def run(ids: list[int], **params) -> list[int]:
+        """Greedy output ids (the whole GenerationOutput when `params` ask for more)."""
+        sampling = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True, **params)
+        out = engine.generate([ids], sampling)[0]
+        return out if params else out.output_ids
 
     return run, tok
 
@@ -212,17 +213,15 @@ def test_prometheus_metrics_count_requests_and_follow_the_worker(setup):
           and float(re.search(r"^qnext_kv_pages_free (\S+)", scrape(), re.M).group(1)) > 0)
 
 
-def test_logprobs_match_the_offline_engine(setup):
-    path, server = setup
+def test_logprobs_match_the_offline_engine(setup, offline):
+    _, server = setup
     gen, _ = stubs(server)
     ids = [9, 8, 7, 6, 5]
     got = gen.Generate(g.GenerateRequest(
         token_ids=g.TokenIds(ids=ids), sampling=GREEDY,
         logprobs=g.LogprobOptions(enabled=True, top_logprobs=3)), timeout=60)
-    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
-    offline = Engine(o.build_config(path, **defaults)).generate([ids], SamplingParams(
-        temperature=0, max_new_tokens=12, ignore_eos=True, logprobs=True, top_logprobs=3))[0]
-    assert [lp.token_id for lp in got.logprobs] == offline.output_ids
-    assert max(abs(a.logprob - b) for a, b in zip(got.logprobs, offline.logprobs)) < 1e-5
+    want = offline[0](ids, logprobs=True, top_logprobs=3)
+    assert [lp.token_id for lp in got.logprobs] == want.output_ids
+    assert max(abs(a.logprob - b) for a, b in zip(got.logprobs, want.logprobs)) < 1e-5
     assert all(len(lp.top) == 3 and lp.top[0].logprob >= lp.top[2].logprob
                for lp in got.logprobs)

@@ -9,6 +9,7 @@ import torch
 
 from qnext.worker.config import CacheConfig, Config, LoadConfig, ModelConfig, SchedConfig
 from qnext.worker.engine import Engine
+from qnext.worker.sched.request import Request, SamplingParams
 
 
 def make_engine(path: Path, **kwargs) -> Engine:
@@ -41,6 +42,32 @@ def random_prompts(n: int, low: int, high: int, vocab: int, seed: int = 0) -> li
     return [torch.randint(0, vocab, (k,), generator=gen).tolist() for k in lengths]
 
 
+def run_with_changes(engine: Engine, prompts, params: SamplingParams,
+                     changes=()) -> dict[str, list[int]]:
+    """All prompts at once (request ids r0, r1, ...); `changes` [(after_step, kwargs)] are
+    `engine.reconfigure` calls made between steps, each while requests run. Returns every
+    request's output ids; all must finish."""
+    for i, p in enumerate(prompts):
+        engine.add(Request(f"r{i}", tuple(p), params))
+    out: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
+    finished, step, todo = set(), 0, list(changes)
+
+    def collect(outputs):
+        for o in outputs:
+            out[o.request_id] += [] if o.token_id is None else [o.token_id]
+            if o.finish_reason is not None:
+                finished.add(o.request_id)
+
+    while engine.has_work:
+        if todo and step == todo[0][0]:
+            assert engine.scheduler.running, "the change should happen under load"
+            collect(engine.reconfigure(**todo.pop(0)[1])[1])
+        collect(engine.step())
+        step += 1
+    assert not todo and finished == set(out)
+    return out
+
+
 def assert_pools_at_baseline(engine: Engine) -> None:
     """No sequence holds a page or a slot, and the allocators are consistent: the prefix
     cache holds no lock, and flushing it returns every page and slot."""
@@ -52,7 +79,8 @@ def assert_pools_at_baseline(engine: Engine) -> None:
     assert tree.get("protected_pages", 0) == 0 and tree.get("protected_slots", 0) == 0
     assert pages.num_free + tree.get("num_cached_pages", 0) == pages.num_total
     assert slots.num_free + tree.get("num_cached_slots", 0) == slots.num_total
-    assert engine.flush_cache()
+    assert not engine.has_work
+    engine.flush_cache()
     assert pages.num_free == pages.num_total, "KV pages leaked"
     assert slots.num_free == slots.num_total, "state slots leaked"
     assert not engine.scheduler.seqs and not engine.scheduler.running

@@ -140,7 +140,9 @@ def test_stats_report_the_cache(path):
     assert stats["cached_tokens"] == 45 and stats["hit_rate"] == pytest.approx(45 / 127)
     assert stats["num_cached_pages"] > 0 and stats["num_cached_slots"] > 0
     assert stats["protected_pages"] == stats["protected_slots"] == 0
-    assert engine.flush_cache() and engine.stats()["prefix_cache"]["num_cached_pages"] == 0
+    assert not engine.has_work
+    assert engine.flush_cache() == (stats["num_cached_pages"], stats["num_cached_slots"])
+    assert engine.stats()["prefix_cache"]["num_cached_pages"] == 0
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])

@@ -9,44 +9,27 @@ import pytest
 from qnext.worker.engine.loop import NormalLoop, OverlapLoop
 from qnext.worker.engine.reconfigure import ReconfigureConflict
 from qnext.worker.sched.request import Request, SamplingParams
-from tests.engine.helpers import assert_pools_at_baseline, make_engine, random_prompts
+from tests.engine.helpers import (
+    assert_pools_at_baseline,
+    make_engine,
+    random_prompts,
+    run_with_changes,
+)
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=30, ignore_eos=True)
-
-
-def run(engine, prompts, changes=()) -> dict[str, list[int]]:
-    """All prompts at once; `changes` [(after_step, kwargs)] are applied between steps."""
-    for i, p in enumerate(prompts):
-        engine.add(Request(f"r{i}", tuple(p), GREEDY))
-    out: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
-    finished, step, todo = set(), 0, list(changes)
-
-    def collect(outputs):
-        for o in outputs:
-            out[o.request_id] += [] if o.token_id is None else [o.token_id]
-            if o.finish_reason is not None:
-                finished.add(o.request_id)
-
-    while engine.has_work:
-        if todo and step == todo[0][0]:
-            assert engine.scheduler.running, "the change should happen under load"
-            collect(engine.reconfigure(**todo.pop(0)[1])[1])
-        collect(engine.step())
-        step += 1
-    assert not todo and finished == set(out)
-    return out
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])
 def test_changes_under_load_keep_greedy_outputs(tiny_checkpoint, overlap):
     path = tiny_checkpoint("tiny")
     prompts = random_prompts(8, 20, 90, 384, seed=40)
-    want = run(make_engine(path, overlap=overlap, radix="no_buffer"), prompts)
+    want = run_with_changes(make_engine(path, overlap=overlap, radix="no_buffer"), prompts,
+                            GREEDY)
     engine = make_engine(path, overlap=overlap, radix="no_buffer")
     before = engine.memory
     changes = [(6, dict(ratio=0.5)), (14, dict(strategy="extra_buffer")),
                (22, dict(num_slots=20)), (30, dict(strategy="off"))]
-    assert run(engine, prompts, changes) == want
+    assert run_with_changes(engine, prompts, GREEDY, changes) == want
     assert engine.strategy == "off" and engine.memory.num_state_slots == 21
     assert engine.memory.state_pool_bytes != before.state_pool_bytes
     assert isinstance(engine.loop, OverlapLoop if overlap else NormalLoop)

@@ -11,10 +11,16 @@ import pytest
 from qnext.worker.config import ParallelConfig
 from qnext.worker.engine import Engine
 from qnext.worker.layers.parallel import reset_tp_info
-from qnext.worker.sched.request import Request, SamplingParams
-from tests.engine.helpers import assert_pools_at_baseline, engine_config, random_prompts
+from qnext.worker.sched.request import SamplingParams
+from tests.engine.helpers import (
+    assert_pools_at_baseline,
+    engine_config,
+    random_prompts,
+    run_with_changes,
+)
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True)
+RESPLIT = [(5, dict(num_slots=30))]  # a runtime re-split after five steps, on every rank
 
 
 def _engine(path, tp: int, overlap: bool, device: str = "cpu") -> Engine:
@@ -29,32 +35,17 @@ def tp2_vs_tp1(path, overlap: bool, device: str = "cpu") -> tuple[dict, dict]:
     """Greedy outputs of TP=1, then of TP=2 (one engine at a time in this process)."""
     shared = random_prompts(1, 30, 31, 384, seed=3)[0]
     prompts = [shared + p for p in random_prompts(6, 1, 40, 384, seed=4)]
-    want = _run(_engine(path, 1, overlap, device), prompts)
+    want = run_with_changes(_engine(path, 1, overlap, device), prompts, GREEDY, RESPLIT)
     reset_tp_info()  # this process was rank 0 of 1; now it leads a group of 2
     engine = _engine(path, 2, overlap, device)
     try:
-        got = _run(engine, prompts)
+        got = run_with_changes(engine, prompts, GREEDY, RESPLIT)
         assert engine.memory.num_state_slots == 31
         assert engine.stats()["num_preemptions"] > 0, "the pool was meant to force preemption"
         assert_pools_at_baseline(engine)
     finally:
         engine.close()
     return got, want
-
-
-def _run(engine: Engine, prompts) -> dict[str, list[int]]:
-    out = {f"r{i}": [] for i in range(len(prompts))}
-    for i, p in enumerate(prompts):
-        engine.add(Request(f"r{i}", tuple(p), GREEDY))
-    step = 0
-    while engine.has_work:
-        if step == 5:
-            for o in engine.reconfigure(num_slots=30)[1]:
-                out[o.request_id] += [] if o.token_id is None else [o.token_id]
-        for o in engine.step():
-            out[o.request_id] += [] if o.token_id is None else [o.token_id]
-        step += 1
-    return out
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])

@@ -12,6 +12,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 from qnext.kernels import causal_conv1d_update_ref  # noqa: E402
+from tests.unit.kernels.helpers import rel_err  # noqa: E402
 
 
 @pytest.mark.parametrize("B,C,K", [(1, 8192, 4), (33, 2048, 4), (5, 100, 3)])
@@ -35,11 +36,7 @@ def test_conv_decode_matches_reference(B, C, K, dtype, tol, snapshot):
     ref_states, before = states.clone(), states.clone()
     want = causal_conv1d_update_ref(x, w, conv_states=ref_states, state_indices=slots)
     got = conv_decode(x, w, conv_states=states, state_indices=slots, snapshot_slots=snaps)
-
-    def rel(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-    assert not torch.isnan(got).any() and rel(got, want) <= tol
+    assert not torch.isnan(got).any() and rel_err(got, want) <= tol
     assert torch.equal(states[slots], ref_states[slots])  # a shift plus a copy: exact
     untouched = torch.ones(states.shape[0], dtype=torch.bool, device="cuda")
     untouched[slots] = False

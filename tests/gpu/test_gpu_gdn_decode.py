@@ -12,6 +12,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 from qnext.kernels import fused_recurrent_gated_delta_rule_ref, gdn_gating_ref  # noqa: E402
+from tests.unit.kernels.helpers import rel_err  # noqa: E402
 
 
 def _inputs(B, hk, hv, dk, dv, dtype, state_dtype, slots, seed):
@@ -47,12 +48,8 @@ def test_decode_kernel_matches_reference(B, hk, hv, dk, dv, dtype, state_dtype, 
     states_before = states.clone()
     got = gdn_decode(**x, ssm_states=states, state_indices=slots, snapshot_slots=snaps)
     assert not torch.isnan(got).any()
-
-    def rel(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-    assert rel(got, want) <= tol
-    assert rel(states[slots], ref_states[slots]) <= tol
+    assert rel_err(got, want) <= tol
+    assert rel_err(states[slots], ref_states[slots]) <= tol
     untouched = torch.ones(states.shape[0], dtype=torch.bool, device="cuda")
     untouched[slots] = False
     if snapshot:

@@ -11,13 +11,10 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 from qnext.kernels import gated_rms_norm_ref, rms_norm_ref  # noqa: E402
+from tests.unit.kernels.helpers import rel_err  # noqa: E402
 
 SHAPES = [(1, 2048), (7, 2048), (513, 128), (7, 100)]
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)]
-
-
-def rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _rand(shape, dtype, seed):
@@ -39,7 +36,7 @@ def test_add_rms_norm(rows, dim, dtype, tol, with_residual):
         assert torch.equal(s, want_s)
     else:
         y, want_y = add_rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6)
-    assert not torch.isnan(y).any() and rel(y, want_y) <= tol
+    assert not torch.isnan(y).any() and rel_err(y, want_y) <= tol
 
 
 @pytest.mark.parametrize("rows,dim", SHAPES)
@@ -50,7 +47,7 @@ def test_gated_rms_norm(rows, dim, dtype, tol):
     x, z = _rand((rows, dim), dtype, 4), _rand((rows, dim), dtype, 5)
     w = 1.0 + _rand((dim,), dtype, 6) * 0.1
     y = gated_rms_norm(x, z, w, 1e-6)
-    assert not torch.isnan(y).any() and rel(y, gated_rms_norm_ref(x, z, w, 1e-6)) <= tol
+    assert not torch.isnan(y).any() and rel_err(y, gated_rms_norm_ref(x, z, w, 1e-6)) <= tol
 
 
 def test_launchers_reject_bad_inputs():

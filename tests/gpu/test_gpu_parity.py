@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.models.harness import Harness, hf_logits, hf_model, make_config, random_prompt
+from tests.unit.kernels.helpers import rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -55,16 +56,12 @@ def test_fp32_parity_on_gpu(setup):
         assert err < 1e-4, f"step {step}: fp32 max-abs error {err:.2e}"
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 def test_bf16_parity_on_gpu(setup):
     path, hf, _ = setup
     harness = Harness(make_config(path, dtype="bfloat16", device="cuda", page_size=16))
     ours, prompts = _workload(harness, hf.config.vocab_size)
     hf_bf16 = _reference(hf_model(path, dtype=torch.bfloat16, device="cuda"), prompts)
     for step, (a, b, c) in enumerate(zip(ours, _reference(hf, prompts), hf_bf16)):
-        rel, hf_rel = _rel(a, b), _rel(c, b)
+        rel, hf_rel = rel_err(a, b), rel_err(c, b)
         print(f"bf16 step {step}: qnext {rel:.3e}  transformers-bf16 {hf_rel:.3e}")
         assert rel <= max(2e-2, 2 * hf_rel), f"step {step}: bf16 relative error {rel:.3e}"

@@ -12,20 +12,13 @@ prefill, <= 3.5e-6 on decode; docs/validation.md). A sharding bug shows up as O(
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from qnext.worker.layers.parallel import init_distributed, reset_tp_info
 from tests.models.harness import Harness, make_config, random_prompt
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.net import free_port
 
 
 def _workload(harness: Harness, vocab: int) -> list[torch.Tensor]:
@@ -59,7 +52,7 @@ def tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str, device: str = "cpu") 
     """Max-abs logits difference per step between a 2-process TP run and a TP=1 run."""
     result_file = str(tmp_path / f"tp2_{dtype}.pt")
     mp.spawn(_rank_main, nprocs=2, join=True,
-             args=(2, _free_port(), str(path), page_size, dtype, device, result_file))
+             args=(2, free_port(), str(path), page_size, dtype, device, result_file))
     cfg = make_config(path, dtype=dtype, page_size=page_size,
                       device="cuda:0" if device == "cuda" else device)
     expected = [t.cpu() for t in _workload(Harness(cfg), cfg.model.vocab_size)]

@@ -5,7 +5,6 @@ fixed answers (and a failing phase)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import urllib.error
 import urllib.request
 
@@ -16,6 +15,7 @@ from structlog.testing import capture_logs
 
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2
 from qnext_grpc.metrics import Metrics, finish_outcome, poll_once, poll_worker
+from tests.net import free_port
 
 STATS = admin_pb2.Stats(num_running=3, num_waiting=7, generation_throughput=456.5,
                         prefix_cache=admin_pb2.PrefixCacheStats(hit_rate=0.625))
@@ -31,12 +31,6 @@ def lines(metrics: Metrics) -> set[str]:
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 pytestmark = pytest.mark.usefixtures("default_structlog")

@@ -204,13 +204,10 @@ class Engine:
                          "free": free}
         return out
 
-    def flush_cache(self) -> bool:
-        """Drop every cached prefix (pages and states back to the pools). Only when idle —
-        running sequences lock their prefixes; returns False (nothing done) otherwise."""
-        if self.has_work:
-            return False
-        self.scheduler.cache.flush()
-        return True
+    def flush_cache(self) -> tuple[int, int]:
+        """Drop every cached prefix no running request uses (running requests lock theirs;
+        all of them when idle); returns the pages and state slots freed."""
+        return self.scheduler.cache.flush()
 
     # -- offline --------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]],

@@ -90,7 +90,7 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
     init_distributed(rank, size, address, cfg.load.device)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
     executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
-    launched: dict[int, Launched] = {}
+    last: Launched | None = None  # the overlap loop's `previous` is always the last launch
     while True:
         box = [None]
         dist.broadcast_object_list(box, src=0, group=group)
@@ -103,8 +103,9 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
             executor.install_pools(rank_config(args[0], rank), args[1])
         elif kind == "launch":
             plan, previous = args
-            launched = {plan.step_id: executor.launch(plan, launched.get(previous)),
-                        **({previous: launched[previous]} if previous in launched else {})}
+            if previous is not None:
+                assert last is not None and last.plan.step_id == previous, "plans out of step"
+            last = executor.launch(plan, last if previous is not None else None)
     dist.destroy_process_group()
 
 

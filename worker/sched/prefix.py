@@ -226,11 +226,17 @@ class PrefixCache:
             **(tree._asdict() if tree else {}),
         }
 
-    def flush(self) -> None:
-        """Evict every unlocked cached prefix (all of them when no sequence runs)."""
-        if self.tree is not None:
-            self._returned(self.tree.evict_pages(self.tree.stats().num_cached_pages))
-            self._returned(self.tree.evict_slots(self.tree.stats().num_cached_slots))
+    def flush(self) -> tuple[int, int]:
+        """Evict every unlocked cached prefix (all of them when no sequence runs); returns
+        the pages and slots freed."""
+        if self.tree is None:
+            return 0, 0
+        pages = self.tree.evict_pages(self.tree.stats().num_cached_pages)
+        slots = self.tree.evict_slots(self.tree.stats().num_cached_slots)
+        for out in (pages, slots):
+            self._returned(out)
+        return (len(pages.page_ids) + len(slots.page_ids),
+                len(pages.state_slots) + len(slots.state_slots))
 
     def check_integrity(self) -> None:
         if self.tree is not None:

@@ -13,6 +13,11 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, in float32."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def cu(lengths: list[int]) -> torch.Tensor:
     return torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
 
