@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.launch import check_device
+
 
 @triton.jit
 def _conv_decode_kernel(x_ptr, w_ptr, state_ptr, slot_ptr, snap_ptr, y_ptr,
@@ -67,6 +69,7 @@ def conv_decode(x: torch.Tensor, weight: torch.Tensor, *, conv_states: torch.Ten
     if state_indices.shape != (B,) or (snapshot_slots is not None
                                        and snapshot_slots.shape != (B,)):
         raise ValueError("state_indices (and snapshot_slots) must be [B]")
+    check_device("conv_decode", x, weight, conv_states, state_indices)
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"unsupported activation {activation!r}")
     y = torch.empty((B, C), dtype=x.dtype, device=x.device)

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.launch import check_device
+
 
 @triton.jit
 def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, state_ptr,
@@ -111,5 +113,4 @@ def _check(q, k, v, a, b, A_log, dt_bias, states, indices, snaps) -> None:
             raise ValueError(f"{name} must be contiguous in its last dim")
     if indices.shape != (B,) or (snaps is not None and snaps.shape != (B,)):
         raise ValueError("state_indices (and snapshot_slots) must be [B]")
-    if not all(t.is_cuda for t in (q, k, v, a, b, states, indices)):
-        raise ValueError("gdn_decode runs on CUDA tensors")
+    check_device("gdn_decode", q, k, v, a, b, states, indices)

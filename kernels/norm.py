@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.launch import check_device
+
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, eps,
@@ -90,8 +92,9 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
 
 
 def _check_rows(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None) -> None:
-    if not x.is_cuda or not x.is_contiguous():
-        raise ValueError("x must be a contiguous CUDA tensor")
+    check_device("the RMSNorm kernels", x, weight)
+    if not x.is_contiguous():
+        raise ValueError("x must be contiguous")
     if weight.shape != (x.shape[-1],):
         raise ValueError(f"weight {tuple(weight.shape)} must be [{x.shape[-1]}]")
     if other is not None and (other.shape != x.shape or not other.is_contiguous()):

@@ -8,24 +8,25 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+from tests.gpu.kernel_env import DEVICE, KERNEL_MARKS  # noqa: E402
+
+pytestmark = KERNEL_MARKS
 
 from qnext.kernels import fused_recurrent_gated_delta_rule_ref, gdn_gating_ref  # noqa: E402
 from tests.unit.kernels.helpers import rel_err  # noqa: E402
 
 
 def _inputs(B, hk, hv, dk, dv, dtype, state_dtype, slots, seed):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
 
     def r(*shape, dt=dtype):
-        return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).to(dt)
+        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.float32).to(dt)
 
     x = dict(q=r(B, hk, dk), k=r(B, hk, dk), v=r(B, hv, dv), a=r(B, hv), b=r(B, hv),
-             A_log=torch.log(torch.rand(hv, generator=gen, device="cuda") * 0.9 + 0.1),
+             A_log=torch.log(torch.rand(hv, generator=gen, device=DEVICE) * 0.9 + 0.1),
              dt_bias=r(hv, dt=torch.float32))
     states = r(slots, hv, dk, dv, dt=state_dtype) * 0.5
-    index = torch.randperm(slots - 1, generator=gen, device="cuda")[:2 * B] + 1
+    index = torch.randperm(slots - 1, generator=gen, device=DEVICE)[:2 * B] + 1
     return x, states, index[:B], index[B:]
 
 
@@ -39,7 +40,7 @@ def test_decode_kernel_matches_reference(B, hk, hv, dk, dv, dtype, state_dtype, 
     from qnext.kernels.gdn_decode import gdn_decode
 
     x, states, slots, spare = _inputs(B, hk, hv, dk, dv, dtype, state_dtype, 2 * B + 3, B)
-    snaps = torch.where(torch.arange(B, device="cuda") % 2 == 0, spare, -1) if snapshot \
+    snaps = torch.where(torch.arange(B, device=DEVICE) % 2 == 0, spare, -1) if snapshot \
         else None
     ref_states = states.clone()
     g, beta = gdn_gating_ref(x["A_log"], x["a"], x["b"], x["dt_bias"])
@@ -50,7 +51,7 @@ def test_decode_kernel_matches_reference(B, hk, hv, dk, dv, dtype, state_dtype, 
     assert not torch.isnan(got).any()
     assert rel_err(got, want) <= tol
     assert rel_err(states[slots], ref_states[slots]) <= tol
-    untouched = torch.ones(states.shape[0], dtype=torch.bool, device="cuda")
+    untouched = torch.ones(states.shape[0], dtype=torch.bool, device=DEVICE)
     untouched[slots] = False
     if snapshot:
         taken = snaps[snaps >= 0]

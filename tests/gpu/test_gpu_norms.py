@@ -7,8 +7,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+from tests.gpu.kernel_env import DEVICE, KERNEL_MARKS  # noqa: E402
+
+pytestmark = KERNEL_MARKS
 
 from qnext.kernels import gated_rms_norm_ref, rms_norm_ref  # noqa: E402
 from tests.unit.kernels.helpers import rel_err  # noqa: E402
@@ -18,8 +19,8 @@ DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)]
 
 
 def _rand(shape, dtype, seed):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, generator=gen, device="cuda").to(dtype)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    return torch.randn(*shape, generator=gen, device=DEVICE).to(dtype)
 
 
 @pytest.mark.parametrize("rows,dim", SHAPES)
@@ -55,6 +56,6 @@ def test_launchers_reject_bad_inputs():
 
     x = _rand((4, 64), torch.float32, 0)
     with pytest.raises(ValueError, match="weight"):
-        add_rms_norm(x, torch.ones(32, device="cuda"), 1e-6)
+        add_rms_norm(x, torch.ones(32, device=DEVICE), 1e-6)
     with pytest.raises(ValueError, match="contiguous"):
-        gated_rms_norm(x.t(), x.t(), torch.ones(4, device="cuda"), 1e-6)
+        gated_rms_norm(x.t(), x.t(), torch.ones(4, device=DEVICE), 1e-6)
