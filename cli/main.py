@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from qnext.cli import bench as _bench  # noqa: F401  (registers bench)
 from qnext.cli import chat as _chat  # noqa: F401  (registers chat)
 from qnext.cli import options as o
 from qnext.cli import serve as _serve  # noqa: F401  (registers serve / worker)
