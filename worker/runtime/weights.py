@@ -1,5 +1,5 @@
 """Weight loading: stream tensors out of a Hugging Face safetensors checkpoint (single file or
-sharded with model.safetensors.index.json), map names through the model's declared rules and let
+sharded with model.safetensors.index.json; shards read in parallel), map names through the model's declared rules and let
 each parameter's `weight_loader` copy this rank's shard. `--load-format dummy` instead fills
 every parameter with seeded random values directly on the target device.
 """
@@ -7,18 +7,20 @@ every parameter with seeded random values directly on the target device.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from qnext.worker.runtime.shards import CheckpointError, read_shards
 
-class CheckpointError(ValueError):
-    """The checkpoint does not match the model; the message names the tensor."""
+__all__ = ["CheckpointError", "checkpoint_files", "init_dummy_weights", "iter_checkpoint",
+           "load_weights"]
+READ_WORKERS = min(8, os.cpu_count() or 1)  # shards read at once
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:
@@ -39,17 +41,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     return files
 
 
-def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) one tensor at a time, so a shard is never fully materialised."""
-    for file in checkpoint_files(path):
-        try:
-            with safe_open(str(file), framework="pt") as reader:
-                for name in reader.keys():
-                    yield name, reader.get_tensor(name)
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read {file.name}: {exc}") from exc
+def iter_checkpoint(path: str | Path, workers: int = READ_WORKERS,
+                    progress: bool | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) one tensor at a time (a shard is never fully materialised),
+    reading up to `workers` shards in parallel (`runtime/shards.py`)."""
+    return read_shards(checkpoint_files(path), workers, progress)
 
 
 class WeightMapper:
