@@ -58,6 +58,9 @@ def generate(
                              None if seed == -1 else seed)
     try:
         cfg = o.build_config(path, **engine_flags)
+        if cfg.parallel.node_rank > 0:
+            fail("generate runs on node 0; start the other nodes with `qnext worker "
+                 "--node-rank N`")
         results = run_generate(cfg, prompt, chat, sampling)
     except ValueError as exc:  # ConfigError, MemoryPlanError, RequestRejected, CheckpointError
         fail(str(exc))

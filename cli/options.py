@@ -51,6 +51,10 @@ DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="Weight and activation 
 Device = Annotated[str, typer.Option(help="cpu or cuda[:N].")]
 LoadFormatOpt = Annotated[LoadFormat, typer.Option(help="dummy: random weights, no files read.")]
 Tp = Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")]
+Nnodes = Annotated[int, typer.Option(help="Machines the TP ranks are spread over.")]
+NodeRank = Annotated[int, typer.Option(help="This machine's index (0 runs the engine).")]
+DistInitAddr = Annotated[Optional[str], typer.Option(
+    help="host:port of node 0 where the TP ranks meet (needed with --nnodes > 1).")]
 PageSize = Annotated[int, typer.Option(help="Tokens per KV page.")]
 MemFraction = Annotated[float, typer.Option(help="Share of device memory for weights + pools.")]
 MaxRunning = Annotated[Optional[int], typer.Option(help="Cap on concurrently running requests.")]
@@ -75,7 +79,8 @@ TrackInterval = Annotated[int, typer.Option(
 # (name, type, default) of every engine flag, in --help order; `with_engine_flags` adds them
 ENGINE_FLAGS = (
     ("dtype", DtypeOpt, Dtype.float32), ("device", Device, "cpu"),
-    ("load_format", LoadFormatOpt, LoadFormat.auto), ("tp", Tp, 1), ("page_size", PageSize, 1),
+    ("load_format", LoadFormatOpt, LoadFormat.auto), ("tp", Tp, 1), ("nnodes", Nnodes, 1),
+    ("node_rank", NodeRank, 0), ("dist_init_addr", DistInitAddr, None), ("page_size", PageSize, 1),
     ("mem_fraction_static", MemFraction, 0.88), ("max_running_requests", MaxRunning, None),
     ("max_total_tokens", MaxTotalTokens, None), ("chunked_prefill_size", ChunkedPrefill, 8192),
     ("max_prefill_tokens", MaxPrefill, 16384), ("mamba_ssm_dtype", SsmDtypeOpt, SsmDtype.float32),
@@ -132,12 +137,15 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                    max_mamba_cache_size: int | None, disable_overlap_schedule: bool,
                    random_seed: int, context_length: int | None, cpu_memory_mb: int,
                    mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
-                   disable_radix_cache: bool = False, mamba_track_interval: int = 256) -> dict:
+                   disable_radix_cache: bool = False, mamba_track_interval: int = 256,
+                   nnodes: int = 1, node_rank: int = 0,
+                   dist_init_addr: str | None = None) -> dict:
     """Every Config section but the model's (so flags can be checked without a checkpoint)."""
     return dict(
         load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
                         load_format=load_format.value, seed=random_seed),
-        parallel=ParallelConfig(tp_size=tp),
+        parallel=ParallelConfig(tp_size=tp, nnodes=nnodes, node_rank=node_rank,
+                                dist_init_addr=dist_init_addr),
         cache=CacheConfig(page_size=page_size, mamba_ssm_dtype=mamba_ssm_dtype.value,
                           mem_fraction_static=mem_fraction_static,
                           mamba_full_memory_ratio=mamba_full_memory_ratio,

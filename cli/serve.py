@@ -44,6 +44,10 @@ def worker(
     path = resolve_model_path(model_path)
     try:
         cfg = o.build_config(path, **engine_flags)
+        if cfg.parallel.node_rank > 0:  # no engine here: this node's TP ranks only
+            from qnext.worker.engine.tp import run_node
+
+            raise typer.Exit(code=run_node(cfg))
         from qnext.worker.engine import Engine
 
         engine = Engine(cfg)
@@ -85,6 +89,11 @@ def serve(
     except ValueError as exc:  # a bad flag fails here, before anything starts
         fail(str(exc))
     _check_tls(tls_cert, tls_key, tls_client_ca)
+    if engine_flags["node_rank"] > 0:  # no front end on the other nodes: their ranks only
+        worker_args = ["--log-level", log_level, *o.flags_to_args(engine_flags)]
+        worker_args += ["--model-path", str(model_path)] if model_path else []
+        os.execv(sys.executable, [sys.executable, "-m", "qnext.cli.main", "worker",
+                                  *worker_args])
     token = admin_token or _make_token()
     child, address, sock_dir = None, attach, None
     if attach is None:

@@ -181,14 +181,40 @@ class LoadConfig:
 
 @dataclass(frozen=True, slots=True)
 class ParallelConfig:
-    """Tensor parallelism: `tp_size` processes, one per device (gloo on CPU, NCCL on GPU)."""
+    """Tensor parallelism: `tp_size` processes, one per device (gloo on CPU, NCCL on GPU),
+    spread evenly over `nnodes` machines; node `node_rank` runs global ranks
+    [node_rank * tp / nnodes, (node_rank + 1) * tp / nnodes). `dist_init_addr` (host:port of
+    node 0) is where the ranks meet; None on one node: a free local port."""
 
     tp_size: int = 1
-    dist_init_addr: str = "127.0.0.1:29517"
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None
 
     def __post_init__(self) -> None:
         if self.tp_size < 1:
             raise ConfigError(f"--tp must be >= 1, got {self.tp_size}")
+        if self.nnodes < 1 or self.tp_size % self.nnodes:
+            raise ConfigError(f"--nnodes {self.nnodes} must be >= 1 and divide --tp "
+                              f"{self.tp_size}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"--node-rank {self.node_rank} must be in [0, {self.nnodes})")
+        if self.nnodes > 1 and self.dist_init_addr is None:
+            raise ConfigError("--dist-init-addr (host:port of node 0) is needed with --nnodes > 1")
+        if self.dist_init_addr is not None:
+            host, _, port = self.dist_init_addr.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"--dist-init-addr {self.dist_init_addr!r} must be host:port")
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tp_size // self.nnodes
+
+    @property
+    def local_ranks(self) -> range:
+        """The global ranks this node runs."""
+        per = self.ranks_per_node
+        return range(self.node_rank * per, (self.node_rank + 1) * per)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
 """Tensor parallelism in the engine: one process per rank, rank 0 drives.
 
-Rank 0 (the engine's process) spawns ranks 1..tp-1. Every rank builds its shard of the model
+Rank 0 (the engine's process) spawns the other ranks of its node; on more nodes
+(`--nnodes`), `run_node` on each other node spawns that node's ranks, which meet rank 0 at
+`--dist-init-addr`. Every rank builds its shard of the model
 and its pools; rank 0's scheduler plans each step and broadcasts the plan (plain ints) over a
 gloo group; every rank runs the same forward (the layers' collectives pair up) and samples the
 same tokens (identical logits, counter-based randomness), so the overlap loop's on-device
@@ -32,10 +34,27 @@ FOREVER = datetime.timedelta(days=365)  # followers idle between requests withou
 
 
 def rank_config(cfg: Config, rank: int) -> Config:
-    """A rank's view of the config: cuda devices are one per rank."""
+    """A rank's view of the config: cuda devices are one per rank of a node."""
     if not cfg.load.device.startswith("cuda"):
         return cfg
-    return replace(cfg, load=replace(cfg.load, device=f"cuda:{rank}"))
+    local = rank % cfg.parallel.ranks_per_node
+    return replace(cfg, load=replace(cfg.load, device=f"cuda:{local}"))
+
+
+def _init_address(cfg: Config) -> str:
+    addr = cfg.parallel.dist_init_addr
+    return f"tcp://{addr}" if addr else f"tcp://127.0.0.1:{_free_port()}"
+
+
+def _spawn(cfg: Config, ranks, address: str) -> list:
+    """Start follower processes for `ranks`; they exit with this process."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=follower_main, daemon=True,
+                         args=(rank, cfg.parallel.tp_size, address, cfg, os.getpid()))
+             for rank in ranks]
+    for proc in procs:
+        proc.start()
+    return procs
 
 
 class TPExecutor(PlanExecutor):
@@ -70,21 +89,31 @@ class TPExecutor(PlanExecutor):
 
 
 def start_tp(cfg: Config) -> TPExecutor:
-    """Spawn the followers, join the group as rank 0, build rank 0's runner."""
-    size = cfg.parallel.tp_size
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=follower_main, args=(rank, size, address, cfg, os.getpid()),
-                         daemon=True) for rank in range(1, size)]
-    for proc in procs:
-        proc.start()
-    init_distributed(0, size, address, cfg.load.device)
+    """Spawn this node's followers, join the group as rank 0, build rank 0's runner."""
+    if cfg.parallel.node_rank != 0:
+        raise ValueError("the engine runs on node 0; other nodes call run_node")
+    address = _init_address(cfg)
+    procs = _spawn(cfg, cfg.parallel.local_ranks[1:], address)
+    init_distributed(0, cfg.parallel.tp_size, address, rank_config(cfg, 0).load.device)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
     return TPExecutor(ModelRunner(rank_config(cfg, 0)), group, procs)
 
 
+def run_node(cfg: Config) -> int:
+    """A node other than 0: run its ranks until rank 0 stops them; 0 when all exited cleanly."""
+    if cfg.parallel.node_rank == 0:
+        raise ValueError("node 0 runs the engine, not run_node")
+    procs = _spawn(cfg, cfg.parallel.local_ranks, _init_address(cfg))
+    for proc in procs:
+        proc.join()
+    return max(abs(proc.exitcode or 0) for proc in procs)
+
+
 def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) -> None:
     """Ranks 1..tp-1: follow rank 0's commands until "stop"."""
+    from qnext.worker.log import configure_like_parent
+
+    configure_like_parent()  # stderr, at the parent's level
     _exit_with_parent(parent)
     cfg = rank_config(cfg, rank)
     init_distributed(rank, size, address, cfg.load.device)

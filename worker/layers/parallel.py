@@ -87,7 +87,8 @@ def init_distributed(rank: int, size: int, init_method: str, device: str) -> TPI
     if size == 1:
         return set_tp_info(0, 1)
     if device.startswith("cuda"):
-        local = torch.device("cuda", rank % torch.cuda.device_count())
+        local = torch.device(device) if ":" in device else torch.device(
+            "cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=size,
                                 device_id=local)
