@@ -65,6 +65,8 @@ SsmDtypeOpt = Annotated[SsmDtype, typer.Option(help="Dtype of the recurrent (SSM
 MambaRatio = Annotated[float, typer.Option(help="State : KV memory ratio r (states get r/(1+r)).")]
 MaxMamba = Annotated[Optional[int], typer.Option(help="Fixed number of state slots.")]
 NoOverlap = Annotated[bool, typer.Option(help="Use the normal loop instead of the overlap loop.")]
+NoGraph = Annotated[bool, typer.Option(help="Run decode steps eagerly (no CUDA graphs).")]
+GraphMaxBs = Annotated[int, typer.Option(help="Largest decode batch captured in a CUDA graph.")]
 RandomSeed = Annotated[int, typer.Option(help="Seed for requests that bring none.")]
 ContextLength = Annotated[Optional[int], typer.Option(help="Max tokens per request (prompt incl.).")]
 CpuMemory = Annotated[int, typer.Option(help="On CPU: MiB that stand in for device memory.")]
@@ -85,7 +87,8 @@ ENGINE_FLAGS = (
     ("max_total_tokens", MaxTotalTokens, None), ("chunked_prefill_size", ChunkedPrefill, 8192),
     ("max_prefill_tokens", MaxPrefill, 16384), ("mamba_ssm_dtype", SsmDtypeOpt, SsmDtype.float32),
     ("mamba_full_memory_ratio", MambaRatio, 0.9), ("max_mamba_cache_size", MaxMamba, None),
-    ("disable_overlap_schedule", NoOverlap, False), ("random_seed", RandomSeed, 0),
+    ("disable_overlap_schedule", NoOverlap, False), ("disable_cuda_graph", NoGraph, False),
+    ("cuda_graph_max_bs", GraphMaxBs, 256), ("random_seed", RandomSeed, 0),
     ("context_length", ContextLength, None), ("cpu_memory_mb", CpuMemory, 256),
     ("mamba_scheduler_strategy", RadixStrategyOpt, RadixStrategy.auto),
     ("disable_radix_cache", DisableRadix, False), ("mamba_track_interval", TrackInterval, 256),
@@ -138,8 +141,8 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                    random_seed: int, context_length: int | None, cpu_memory_mb: int,
                    mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
                    disable_radix_cache: bool = False, mamba_track_interval: int = 256,
-                   nnodes: int = 1, node_rank: int = 0,
-                   dist_init_addr: str | None = None) -> dict:
+                   nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
+                   disable_cuda_graph: bool = False, cuda_graph_max_bs: int = 256) -> dict:
     """Every Config section but the model's (so flags can be checked without a checkpoint)."""
     return dict(
         load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
@@ -160,4 +163,5 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                           else chunked_prefill_size,
                           max_prefill_tokens=max_prefill_tokens, context_length=context_length,
                           disable_overlap_schedule=disable_overlap_schedule,
-                          random_seed=random_seed))
+                          random_seed=random_seed, disable_cuda_graph=disable_cuda_graph,
+                          cuda_graph_max_bs=cuda_graph_max_bs))

@@ -297,9 +297,12 @@ class SchedConfig:
     context_length: int | None = None
     disable_overlap_schedule: bool = False
     random_seed: int = 0
+    disable_cuda_graph: bool = False  # decode steps replay CUDA graphs on GPUs unless set
+    cuda_graph_max_bs: int = 256  # largest captured decode batch; larger batches run eagerly
 
     def __post_init__(self) -> None:
         for flag, value in (("--max-running-requests", self.max_running_requests),
+                            ("--cuda-graph-max-bs", self.cuda_graph_max_bs),
                             ("--chunked-prefill-size", self.chunked_prefill_size),
                             ("--context-length", self.context_length)):
             if value is not None and value < 1:

@@ -1,24 +1,29 @@
 """Per-rank model runner: builds the model (on the meta device, then materialised on the target
 device and loaded), owns the KV and state pools, and runs one forward over a list of
-`SeqChunk`s. Memory planning and CUDA graphs arrive with the engine / GPU issues.
+`SeqChunk`s. On CUDA, decode steps replay captured graphs (`runtime/cuda_graph.py`), made
+each time pools are (re)allocated.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+import structlog
 import torch
 from torch import nn
 
 from qnext.worker.config import Config
 from qnext.worker.layers.linear import kv_head_range
 from qnext.worker.layers.parallel import get_tp_info
+from qnext.worker.forward import ForwardBatch
 from qnext.worker.models.registry import model_class
+from qnext.worker.runtime.cuda_graph import DecodeGraphs
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
 from qnext.worker.runtime.kv_pool import KVPool
 from qnext.worker.runtime.state_pool import StatePool
 from qnext.worker.runtime.weights import init_dummy_weights, iter_checkpoint, load_weights
 
+log = structlog.get_logger(__name__)
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
 
@@ -104,11 +109,35 @@ class ModelRunner:
         self.model = build_model(cfg)
         self.kv_pool: KVPool | None = None
         self.state_pool: StatePool | None = None
+        self.graphs: DecodeGraphs | None = None
         if num_pages is not None and num_slots is not None:
             self.allocate_pools(num_pages, num_slots)
 
     def allocate_pools(self, num_pages: int, num_slots: int) -> None:
+        self.graphs = None  # captured over the old pools
         self.kv_pool, self.state_pool = make_pools(self.cfg, num_pages, num_slots)
+        if self.device.type == "cuda" and not self.cfg.sched.disable_cuda_graph:
+            try:
+                self.graphs = self.make_graphs()
+            except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
+                log.error("cuda_graph.capture_failed", error=str(exc).splitlines()[0],
+                          hint="decode runs eagerly; --disable-cuda-graph silences this")
+
+    def make_graphs(self, eager: bool = False) -> DecodeGraphs:
+        """Decode graphs over the current pools (`eager`: the same buffers, no capture)."""
+        sched, page = self.cfg.sched, self.kv_pool.page_size
+        context = sched.context_length or self.cfg.model.max_position_embeddings
+        max_bs = min(sched.cuda_graph_max_bs, sched.max_running_requests or 1 << 30,
+                     self.state_pool.num_slots)
+        max_pages = min(-(-context // page), self.kv_pool.num_pages)
+        return DecodeGraphs(self.model, self.kv_pool, self.state_pool, self.device, max_bs,
+                            max_pages, eager=eager)
+
+    def run_model(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward of a built batch: a graph replay when one fits, else eager."""
+        if self.graphs is not None and self.graphs.can_run(batch):
+            return self.graphs.run(batch)
+        return self.model(batch)
 
     @torch.inference_mode()
     def forward(self, chunks: list[SeqChunk],

@@ -72,7 +72,7 @@ class PlanExecutor:
         batch = build_forward_batch(chunks, self.runner.kv_pool, self.runner.state_pool,
                                     self.runner.device)
         self._feed_future_tokens(plan.work, batch.input_ids, batch.cu_seqlens, previous)
-        logits, _ = self.runner.model(batch)
+        logits, _ = self.runner.run_model(batch)
         rows = [i for i, w in enumerate(plan.work) if w.sample is not None]
         seq_ids = [plan.work[i].seq_id for i in rows]
         if not rows:
