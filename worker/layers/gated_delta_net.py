@@ -5,8 +5,8 @@ the de-interleaved [q | k | v] goes through a causal depthwise conv1d + SiLU who
 pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule; gates are
 beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
 a rank's conv and recurrent state hold only its heads.
-On CUDA a decode step uses the Triton kernels `kernels/conv_decode.py` and
-`kernels/gdn_decode.py` (gates fused).
+On CUDA the Triton kernels run: conv (`kernels/conv_decode.py`, `kernels/conv_prefill.py`)
+and the delta rule (`kernels/gdn_decode.py`, `kernels/gdn_prefill.py`), gates fused.
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
@@ -89,6 +89,14 @@ class GatedDeltaNet(nn.Module):
             return causal_conv1d_update_ref(mixed, self.conv1d.weight, conv_states=conv_states,
                                             state_indices=batch.state_slots,
                                             snapshot_slots=batch.snapshot_slots)
+        if use_triton(mixed):  # offsets were checked when the batch was built
+            from qnext.kernels.conv_prefill import conv_prefill
+
+            return conv_prefill(
+                mixed, self.conv1d.weight, cu_seqlens=batch.cu_seqlens,
+                conv_states=conv_states, state_indices=batch.state_slots,
+                has_initial_state=batch.has_initial_state, snapshot_slots=batch.snapshot_slots,
+                snapshot_offsets=batch.snapshot_offsets, check_snapshots=False)
         return causal_conv1d_varlen_ref(
             mixed, self.conv1d.weight, cu_seqlens=batch.cu_seqlens, conv_states=conv_states,
             state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,

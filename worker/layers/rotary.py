@@ -1,5 +1,6 @@
 """Partial NeoX rotary embedding: only the first `rotary_dim` dims of each head rotate.
-Legend: T = tokens, H = heads, D = head dim."""
+On CUDA the Triton kernel `kernels/rope.py` rotates q and k in place; the torch references
+elsewhere (`layers/backend.py`). Legend: T = tokens, H = heads, D = head dim."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from qnext.kernels import apply_rope_ref, rope_cos_sin_ref
+from qnext.worker.layers.backend import use_triton
 
 
 class RotaryEmbedding(nn.Module):
@@ -17,6 +19,11 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor,
                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, Hq, D], k [T, Hkv, D] -> rotated copies."""
+        """q [T, Hq, D], k [T, Hkv, D] -> rotated q, k. NOTE: on CUDA they are rotated in
+        place (the attention layer passes its fresh q / k norm outputs); use the results."""
+        if use_triton(q):
+            from qnext.kernels.rope import apply_rope
+
+            return apply_rope(q, k, positions, rotary_dim=self.rotary_dim, theta=self.theta)
         cos, sin = rope_cos_sin_ref(positions, self.rotary_dim, self.theta, q.dtype)
         return apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)

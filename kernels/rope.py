@@ -1,0 +1,114 @@
+"""Triton kernel: partial NeoX (rotate-half) rotary embedding of q and k, in place.
+
+Per block of tokens: the angles pos * inv_freq in float32 (inv_freq made once per
+(rotary_dim, theta, device) by the reference's own torch ops, so the angles are bit-identical
+to it), reduced modulo 2*pi in float64 so cos / sin stay accurate for positions up to 2^24,
+then rounded to q's dtype like the reference's cos / sin tables. Every head of q and of k
+rotates its first R dims, [x1, x2] -> [x1*c - x2*s, x2*c + x1*s]; dims R.. are not touched.
+
+Reference: `rope_cos_sin_ref` + `apply_rope_ref` (kernels/rope_ref.py). Arithmetic in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from qnext.kernels.launch import check_device
+
+# 2*pi = _TWO_PI_HI + _TWO_PI_LO, both exact in float32 (turns * HI is exact in float64)
+_TWO_PI_HI = tl.constexpr(torch.tensor(2 * math.pi, dtype=torch.float32).item())
+_TWO_PI_LO = tl.constexpr(torch.tensor(2 * math.pi - _TWO_PI_HI.value,
+                                       dtype=torch.float32).item())
+_INV_TWO_PI = tl.constexpr(1 / (2 * math.pi))
+
+
+@triton.jit
+def _cos_sin(pos_ptr, inv_ptr, t, mask_t, R2, BF: tl.constexpr, ROUND: tl.constexpr):
+    """cos, sin [BT, BF] of the angles pos[t] * inv_freq, rounded to the ROUND dtype."""
+    offs_f = tl.arange(0, BF)
+    pos = tl.load(pos_ptr + t, mask=mask_t, other=0).to(tl.float32)
+    inv = tl.load(inv_ptr + offs_f, mask=offs_f < R2, other=0.0)
+    angle = (pos[:, None] * inv[None, :]).to(tl.float64)  # the product rounds in float32
+    turns = tl.floor(angle * _INV_TWO_PI + 0.5)
+    r = ((angle - turns * _TWO_PI_HI) - turns * _TWO_PI_LO).to(tl.float32)  # |r| <~ pi
+    return (tl.cos(r).to(ROUND).to(tl.float32), tl.sin(r).to(ROUND).to(tl.float32))
+
+
+@triton.jit
+def _rotate(x_ptr, s_t, s_h, H, t, mask_t, c, s, R2, BH: tl.constexpr, BF: tl.constexpr):
+    """x[t, h, :R] for every head h < H rotated in place; c, s [BT, BF]."""
+    offs_h = tl.arange(0, BH)
+    offs_f = tl.arange(0, BF)
+    first = (x_ptr + t[:, None, None] * s_t + offs_h[None, :, None] * s_h
+             + offs_f[None, None, :])
+    mask = (mask_t[:, None, None] & (offs_h < H)[None, :, None]
+            & (offs_f < R2)[None, None, :])
+    x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(first + R2, mask=mask, other=0.0).to(tl.float32)
+    c3, s3 = c[:, None, :], s[:, None, :]
+    tl.store(first, (x1 * c3 - x2 * s3).to(x_ptr.dtype.element_ty), mask=mask)
+    tl.store(first + R2, (x2 * c3 + x1 * s3).to(x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, pos_ptr, inv_ptr, T, HQ, HK, R2, s_qt, s_qh, s_kt, s_kh,
+                 BT: tl.constexpr, BHQ: tl.constexpr, BHK: tl.constexpr, BF: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    mask_t = t < T
+    c, s = _cos_sin(pos_ptr, inv_ptr, t, mask_t, R2, BF, q_ptr.dtype.element_ty)
+    _rotate(q_ptr, s_qt, s_qh, HQ, t, mask_t, c, s, R2, BHQ, BF)
+    _rotate(k_ptr, s_kt, s_kh, HK, t, mask_t, c, s, R2, BHK, BF)
+
+
+@functools.lru_cache(maxsize=16)
+def _inv_freq(rotary_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """[R/2] float32 inverse frequencies, by the same ops as `rope_cos_sin_ref`."""
+    exponents = torch.arange(0, rotary_dim, 2, device=device, dtype=torch.float32) / rotary_dim
+    return 1.0 / theta**exponents
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, *, rotary_dim: int,
+               theta: float, block_t: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] IN PLACE and return them.
+
+    q, k float, any token / head strides (q may be the [q | gate] view of the projection),
+    last dim contiguous; positions [T] integer (exact up to 2^24); rotary_dim even, <= D.
+    Matches `apply_rope_ref(x, *rope_cos_sin_ref(positions, rotary_dim, theta, q.dtype))`
+    for both: cos / sin are rounded to q's dtype. The first call per (rotary_dim, theta,
+    device) builds a cached inv_freq tensor (make it before any CUDA-graph capture).
+    """
+    _check(q, k, positions, rotary_dim)
+    T, HQ, _ = q.shape
+    HK = k.shape[1]
+    if T == 0:
+        return q, k
+    BHQ, BHK = triton.next_power_of_2(HQ), triton.next_power_of_2(HK)
+    BF = triton.next_power_of_2(rotary_dim // 2)
+    bt = block_t or max(1, min(16, 2048 // (BHQ * BF)))
+    inv = _inv_freq(rotary_dim, float(theta), q.device)
+    _rope_kernel[(triton.cdiv(T, bt),)](
+        q, k, positions, inv, T, HQ, HK, rotary_dim // 2, q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), BT=bt, BHQ=BHQ, BHK=BHK, BF=BF)
+    return q, k
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rotary_dim: int) -> None:
+    """ValueError unless the shapes, dtypes, strides and device fit `apply_rope`."""
+    if q.dim() != 3 or k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} must be [T, H, D] with the "
+                         "same T and D")
+    if q.stride(2) != 1 or k.stride(2) != 1:
+        raise ValueError("q and k must be contiguous in their last dim")
+    if not (q.is_floating_point() and k.is_floating_point()):
+        raise ValueError("q and k must be float tensors")
+    if positions.shape != (q.shape[0],) or positions.is_floating_point():
+        raise ValueError(f"positions {tuple(positions.shape)} must be an integer [{q.shape[0]}]")
+    if rotary_dim % 2 or not 2 <= rotary_dim <= q.shape[2]:
+        raise ValueError(f"rotary_dim {rotary_dim} must be even, 2 <= rotary_dim <= "
+                         f"{q.shape[2]}")
+    check_device("apply_rope", q, k, positions)

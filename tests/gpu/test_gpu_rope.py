@@ -1,0 +1,87 @@
+"""The Triton partial-RoPE kernel against its torch reference: fresh random inputs, odd token
+counts, rotary_dim < D (the model's 64 of 256) and == D, a half width that is not a power of
+two, positions up to 1M (theta 1e7 and 1e4), q as the strided [q | gate] view of the
+projection, fp32 and bf16; the dims past rotary_dim and the gate half stay bit-identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from tests.gpu.kernel_env import DEVICE, KERNEL_MARKS, ON_GPU, generator  # noqa: E402
+
+pytestmark = KERNEL_MARKS
+
+from qnext.kernels import apply_rope_ref, rope_cos_sin_ref  # noqa: E402
+from tests.unit.kernels.helpers import rel_err  # noqa: E402
+
+CASES = [  # T, Hq, Hkv, D, rotary_dim, theta, max position
+    (1, 16, 2, 256, 64, 1e7, 100),
+    (7, 4, 2, 64, 64, 1e4, 5000),
+    (33, 3, 1, 96, 48, 1e7, 1_000_000),
+    (5, 16, 2, 256, 64, 1e7, 1_000_000),
+]
+if ON_GPU:
+    CASES += [(8191, 16, 2, 256, 64, 1e7, 1_000_000), (257, 8, 1, 256, 256, 1e4, 40_000)]
+DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)]
+
+
+@pytest.mark.parametrize("T,Hq,Hkv,D,R,theta,max_pos", CASES)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_rope_matches_reference(T, Hq, Hkv, D, R, theta, max_pos, dtype, tol):
+    from qnext.kernels.rope import apply_rope
+
+    gen = generator(T * 7 + D)
+    proj = torch.randn(T, Hq, 2 * D, generator=gen, device=DEVICE).to(dtype)
+    q, gate = proj.chunk(2, dim=-1)  # q: head stride 2D, like the attention layer's view
+    k = torch.randn(T, Hkv, D, generator=gen, device=DEVICE).to(dtype)
+    positions = torch.randint(0, max_pos, (T,), generator=gen, device=DEVICE)
+    positions[0] = max_pos - 1
+    cos, sin = rope_cos_sin_ref(positions, R, theta, dtype)
+    want_q, want_k = apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)
+    before_proj, before_k = proj.clone(), k.clone()
+    got_q, got_k = apply_rope(q, k, positions, rotary_dim=R, theta=theta)
+    assert got_q.data_ptr() == q.data_ptr() and got_k.data_ptr() == k.data_ptr()
+    for got, want in ((got_q, want_q), (got_k, want_k)):
+        assert not torch.isnan(got).any() and rel_err(got[..., :R], want[..., :R]) <= tol
+    assert torch.equal(q[..., R:], before_proj[..., R:D])
+    assert torch.equal(gate, before_proj[..., D:])
+    assert torch.equal(k[..., R:], before_k[..., R:])
+
+
+def test_rope_int32_positions_and_empty_batch():
+    from qnext.kernels.rope import apply_rope
+
+    gen = generator(11)
+    q = torch.randn(3, 2, 32, generator=gen, device=DEVICE)
+    k = torch.randn(3, 1, 32, generator=gen, device=DEVICE)
+    positions = torch.tensor([0, 17, 123_456], device=DEVICE, dtype=torch.int32)
+    cos, sin = rope_cos_sin_ref(positions, 16, 1e6, q.dtype)
+    want = apply_rope_ref(q, cos, sin)
+    apply_rope(q, k, positions, rotary_dim=16, theta=1e6)
+    assert rel_err(q, want) <= 1e-5
+    empty = torch.empty(0, 2, 32, device=DEVICE)
+    apply_rope(empty, empty[:, :1], positions[:0], rotary_dim=16, theta=1e6)
+
+
+def test_rope_rejects_bad_arguments():
+    from qnext.kernels.rope import apply_rope
+
+    q = torch.randn(4, 2, 32, device=DEVICE)
+    k = torch.randn(4, 1, 32, device=DEVICE)
+    pos = torch.arange(4, device=DEVICE)
+    bad = [
+        dict(k=torch.randn(3, 1, 32, device=DEVICE)),  # T differs
+        dict(k=torch.randn(4, 1, 16, device=DEVICE)),  # D differs
+        dict(q=q.transpose(1, 2).contiguous().transpose(1, 2)),  # last dim strided
+        dict(positions=pos[:3]),
+        dict(positions=pos.float()),
+        dict(rotary_dim=15),
+        dict(rotary_dim=64),
+        dict(q=q[0]),
+    ]
+    for change in bad:
+        args = dict(q=q, k=k, positions=pos, rotary_dim=16, theta=1e4) | change
+        with pytest.raises(ValueError):
+            apply_rope(args.pop("q"), args.pop("k"), args.pop("positions"), **args)
