@@ -2,7 +2,10 @@
 expert scaled by sigmoid(shared_expert_gate(x))) and the dense SwiGLU MLP.
 
 TP splits every expert along its intermediate dim (w13 column-, w2 row-parallel); the router is
-replicated; routed and shared partial sums are added locally and reduced once.
+replicated; routed and shared partial sums are added locally and reduced once. On CUDA the
+routing and the routed experts run the Triton kernels (`kernels/moe_route.py`, `kernels/moe.py`),
+elsewhere the torch references (`layers/backend.py`); the shared expert stays a dense MLP
+(docs/perf/moe.md says why).
 Legend: T = tokens, H = hidden, E = experts, I = local intermediate size, k = experts per token.
 """
 
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnext.kernels import fused_moe_ref, moe_route_ref
+from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import (
     ColumnParallelLinear,
     ReplicatedLinear,
@@ -61,6 +65,10 @@ class FusedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
+        if use_triton(x):
+            from qnext.kernels.moe import fused_moe
+
+            return fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)
         return fused_moe_ref(x, self.w13, self.w2, topk_weights, topk_ids)
 
 
@@ -77,8 +85,15 @@ class SparseMoE(nn.Module):
                               if shared_intermediate_size else None)
         self.shared_expert_gate = ReplicatedLinear(hidden_size, 1) if self.shared_expert else None
 
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if use_triton(x):
+            from qnext.kernels.moe_route import moe_route
+
+            return moe_route(self.gate(x), self.top_k, self.norm_topk_prob)
+        return moe_route_ref(self.gate(x), self.top_k, self.norm_topk_prob)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        topk_weights, topk_ids = moe_route_ref(self.gate(x), self.top_k, self.norm_topk_prob)
+        topk_weights, topk_ids = self.route(x)
         out = self.experts(x, topk_weights, topk_ids)  # [T, H] partial over ranks
         if self.shared_expert is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)

@@ -1,0 +1,195 @@
+"""Benchmark (not a test): the Triton fused MoE (`kernels/moe.py`, routing in
+`kernels/moe_route.py`) vs the torch reference `fused_moe_ref` (the anchor), Qwen3-Next-80B-A3B
+shapes (H = 2048, E = 512, top-10, bf16), one rank at TP1 (I = 512) and TP4 (I = 128), one GPU.
+Prints markdown tables.
+
+Floor: the weight bytes of the distinct experts the routing touches (3·H·I·2 B each) over the
+HBM bandwidth measured in the same run by a 1 GiB device-to-device copy. qnext runs eagerly
+(`triton.testing.do_bench`, median, Python launches included) and from a CUDA graph (median of
+graph replays with L2 flushed before each — a captured decode step); the reference syncs with
+the host (torch.unique) so it runs eagerly only. Also: the shared expert as a dense torch MLP vs
+as an 11th fused expert, the routing kernel, and (--sweep) alternative tile configs.
+
+    python scripts/bench_moe.py [--sweep [SECONDS]]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+from qnext.kernels import fused_moe_ref, moe_route_ref
+from qnext.kernels.moe import MoeConfig, default_config, fused_moe
+from qnext.kernels.moe_route import moe_route
+
+H, E, TOPK = 2048, 512, 10
+TOKENS = (1, 4, 16, 64, 256, 2048)
+
+
+def _bandwidth() -> float:
+    """Bytes/s of a 1 GiB device-to-device copy (read + write)."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    return 2 * a.numel() / (triton.testing.do_bench(lambda: b.copy_(a), rep=200) * 1e-3)
+
+
+def _graph_us(fn, reps: int = 40) -> float:
+    """Median µs of replays of fn captured in a CUDA graph, L2 flushed before each."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def _eager_us(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=60) * 1e3
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _weights(I: int, experts: int, seed: int):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w13 = torch.randn(experts, 2 * I, H, generator=gen, device="cuda", dtype=torch.bfloat16)
+    w2 = torch.randn(experts, H, I, generator=gen, device="cuda", dtype=torch.bfloat16)
+    return w13.mul_(H**-0.5), w2.mul_(I**-0.5)
+
+
+def _tokens(T: int, seed: int):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(T, H, generator=gen, device="cuda", dtype=torch.bfloat16)
+    logits = torch.randn(T, E, generator=gen, device="cuda")
+    return x, *moe_route(logits, TOPK, True)
+
+
+def main_table(bw: float, weights: dict) -> None:
+    print("| TP | I | T | experts touched | floor µs | qnext graph µs | qnext eager µs "
+          "| ref µs | graph / floor | ref / qnext eager | rel. diff vs ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for tp, I in ((1, 512), (4, 128)):
+        w13, w2 = (w[:E] for w in weights[I])
+        for T in TOKENS:
+            x, tw, ids = _tokens(T, T)
+            touched = ids.unique().numel()
+            floor = touched * 3 * H * I * 2 / bw * 1e6
+            ours = lambda: fused_moe(x, w13, w2, tw, ids)  # noqa: E731
+            ref = lambda: fused_moe_ref(x, w13, w2, tw, ids)  # noqa: E731
+            diff = _rel(ours(), ref())
+            g, e, r = _graph_us(ours), _eager_us(ours), _eager_us(ref)
+            print(f"| {tp} | {I} | {T} | {touched} | {floor:.1f} | {g:.1f} | {e:.1f} | {r:.0f} | "
+                  f"{g / floor:.2f} | {r / e:.0f} | {diff:.1e} |", flush=True)
+
+
+def shared_table(weights: dict) -> None:
+    """The shared expert (intermediate = I here, as in Qwen3-Next) as the layer runs it (dense
+    torch MLP + sigmoid gate) vs as expert E of the fused call with weight sigmoid(gate(x))."""
+    print("\n| TP | T | routed top-10 graph µs | routed + dense shared graph µs "
+          "| fused top-11 graph µs |")
+    print("|---|---|---|---|---|")
+    for tp, I in ((1, 512), (4, 128)):
+        w13, w2 = weights[I]
+        wg, wu, wd = w13[E, :I], w13[E, I:], w2[E]
+        gate = torch.randn(1, H, device="cuda", dtype=torch.bfloat16) * H**-0.5
+        for T in (1, 16, 64, 256):
+            x, tw, ids = _tokens(T, T)
+
+            def dense():
+                out = fused_moe(x, w13[:E], w2[:E], tw, ids)
+                mlp = F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+                return out + torch.sigmoid(F.linear(x, gate)) * mlp
+
+            def fused():
+                s = torch.sigmoid(F.linear(x, gate).float())
+                return fused_moe(x, w13, w2, torch.cat([tw, s], 1),
+                                 torch.cat([ids, torch.full_like(ids[:, :1], E)], 1))
+
+            diff = _rel(fused(), dense())
+            assert diff < 2e-2, diff
+            routed = _graph_us(lambda: fused_moe(x, w13[:E], w2[:E], tw, ids))
+            print(f"| {tp} | {T} | {routed:.1f} | {_graph_us(dense):.1f} | "
+                  f"{_graph_us(fused):.1f} |", flush=True)
+
+
+def route_table() -> None:
+    print("\n| T | moe_route graph µs | moe_route eager µs | moe_route_ref eager µs "
+          "| tokens routed differently (bf16 ties) |")
+    print("|---|---|---|---|---|")
+    for T in (1, 64, 2048):
+        logits = torch.randn(T, E, device="cuda", dtype=torch.bfloat16)
+        ours = lambda: moe_route(logits, TOPK, True)  # noqa: E731
+        ref = lambda: moe_route_ref(logits, TOPK, True)  # noqa: E731
+        differ = (ours()[1] != ref()[1]).any(dim=1).sum().item()
+        print(f"| {T} | {_graph_us(ours):.1f} | {_eager_us(ours):.1f} | {_eager_us(ref):.1f} | "
+              f"{differ} |", flush=True)
+
+
+SWEEP = {"decode": [dict(block_n1=16), dict(block_n1=32), dict(block_k1=64), dict(block_k1=256),
+                    dict(block_n1=16, block_k1=256), dict(block_n2=32), dict(block_n2=128),
+                    dict(num_stages=3), dict(num_stages=5), dict(num_warps=8)],
+         "prefill": [dict(block_m=128), dict(block_n1=128), dict(num_warps=4),
+                     dict(num_stages=4), dict(block_m=32)]}
+
+
+def _sweep_deadline(start: float) -> float | None:
+    """`--sweep [SECONDS]`: sweep until SECONDS after the start (no limit without SECONDS)."""
+    if "--sweep" not in sys.argv:
+        return None
+    rest = sys.argv[sys.argv.index("--sweep") + 1:]
+    return start + float(rest[0]) if rest else float("inf")
+
+
+def sweep(weights: dict, deadline: float) -> None:
+    print("\n| TP | T | config (changes from the default) | graph µs | rel. diff vs ref |")
+    print("|---|---|---|---|---|")
+    for tp, I in ((4, 128), (1, 512)):
+        w13, w2 = (w[:E] for w in weights[I])
+        for T in (1, 16, 64, 2048):
+            x, tw, ids = _tokens(T, T)
+            want = fused_moe_ref(x, w13, w2, tw, ids)
+            base = default_config(T * TOPK, E, 2)
+            kind = "prefill" if base.block_m > 16 else "decode"
+            for change in [{}] + SWEEP[kind]:
+                if time.time() > deadline:
+                    return
+                cfg = MoeConfig(**{**base.__dict__, **change})
+                fn = lambda: fused_moe(x, w13, w2, tw, ids, cfg)  # noqa: E731
+                diff = _rel(fn(), want)
+                print(f"| {tp} | {T} | {change or base} | {_graph_us(fn):.1f} | {diff:.1e} |",
+                      flush=True)
+
+
+def main() -> None:
+    start = time.time()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
+          f"{triton.__version__}")
+    bw = _bandwidth()
+    print(f"HBM bandwidth (1 GiB device-to-device copy): {bw / 1e12:.2f} TB/s\n")
+    weights = {I: _weights(I, E + 1, I) for I in (512, 128)}  # expert E: the shared expert
+    main_table(bw, weights)
+    shared_table(weights)
+    deadline = _sweep_deadline(start)
+    if deadline is not None:
+        sweep(weights, deadline)
+    route_table()
+
+
+if __name__ == "__main__":
+    main()

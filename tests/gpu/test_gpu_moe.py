@@ -1,0 +1,144 @@
+"""The Triton MoE kernels against their torch references: routing (softmax top-k) vs
+`moe_route_ref`, the sort/align layout checked row by row, and `fused_moe` vs `fused_moe_ref` —
+fresh random inputs, freed memory poisoned with NaN first (the launchers allocate with
+torch.empty), odd H / I / E, T = 1 .. 300, dropped ids (expert parallelism), both tile configs;
+Qwen3-Next shapes and bf16 on the GPU only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from tests.gpu.kernel_env import DEVICE, KERNEL_MARKS, ON_GPU, generator  # noqa: E402
+
+pytestmark = KERNEL_MARKS
+
+from qnext.kernels import fused_moe_ref, moe_route_ref  # noqa: E402
+from tests.unit.kernels.helpers import rel_err  # noqa: E402
+
+DTYPES = [(torch.float32, 1e-3)] + ([(torch.bfloat16, 1e-2)] if ON_GPU else [])
+PREFILL = dict(block_m=64, block_n1=64, block_k1=64, block_n2=128, block_k2=64, num_warps=8,
+               num_stages=3)
+SMALL_K = dict(block_m=16, block_n1=16, block_k1=32, block_n2=32, block_k2=16)
+
+
+def _poison() -> None:
+    """Fill-and-free NaN blocks in both allocator pools, so torch.empty hands back NaN bytes."""
+    big = torch.full((1 << 22,), float("nan"), device=DEVICE)
+    small = [torch.full((1 << 16,), float("nan"), device=DEVICE) for _ in range(16)]
+    del big, small
+
+
+def _ids(gen, T, k, E, dropped=0.0):
+    """Distinct experts per token (random top-k); a fraction replaced by ids outside [0, E)."""
+    ids = torch.rand(T, E, generator=gen, device=DEVICE).argsort(dim=1)[:, :k]
+    drop = torch.rand(T, k, generator=gen, device=DEVICE) < dropped
+    other = torch.randint(-3, 3, (T, k), generator=gen, device=DEVICE)
+    return torch.where(drop, torch.where(other < 0, other, E + other), ids)
+
+
+@pytest.mark.parametrize("T,E,k", [(1, 7, 3), (5, 16, 4), (33, 8, 2), (300, 64, 10)]
+                         + ([(64, 512, 10), (2048, 512, 10)] if ON_GPU else []))
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if ON_GPU else []))
+def test_route_matches_reference(T, E, k, renormalize, dtype):
+    from qnext.kernels.moe_route import moe_route
+
+    # distinct logits, exact in bf16 (steps of 8/E within [-4, 4)): no ties to order differently
+    order = torch.rand(T, E, generator=generator(T + E), device=DEVICE).argsort(dim=1)
+    logits = ((order - E // 2) * (8 / E)).to(dtype)
+    want_w, want_ids = moe_route_ref(logits, k, renormalize)
+    _poison()
+    got_w, got_ids = moe_route(logits, k, renormalize)
+    assert not torch.isnan(got_w).any()
+    assert torch.equal(got_ids, want_ids)
+    assert rel_err(got_w, want_w) <= 1e-5
+
+
+@pytest.mark.parametrize("T,E,k,block_m,chunk", [
+    (1, 7, 3, 16, 1024), (5, 16, 4, 16, 16), (33, 8, 2, 64, 16), (300, 64, 10, 16, 256),
+    (300, 5, 3, 32, 1024)])
+def test_align_layout(T, E, k, block_m, chunk):
+    from qnext.kernels.moe_route import moe_align
+
+    ids = _ids(generator(T * k), T, k, E, dropped=0.2)
+    _poison()
+    sorted_ids, block_expert, num_padded = moe_align(ids, E, block_m, chunk=chunk)
+    flat, n, used = ids.flatten().cpu(), T * k, int(num_padded.item())
+    counts = torch.bincount(flat[(flat >= 0) & (flat < E)], minlength=E)
+    assert used == int(((counts + block_m - 1) // block_m * block_m).sum())
+    rows = sorted_ids[:used].cpu().view(-1, block_m)
+    experts = block_expert.cpu()
+    assert torch.all(experts[used // block_m:] == -1)
+    for e in range(E):
+        mine = rows[experts[:used // block_m] == e].flatten()
+        real = mine[mine < n]
+        assert torch.equal(real, torch.nonzero(flat == e).flatten().to(real.dtype))
+        assert torch.all(mine[len(real):] == n)
+
+
+def _moe_inputs(T, H, E, k, I, dtype, seed, dropped=0.0):
+    gen = generator(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, device=DEVICE) * scale).to(dtype)
+
+    x, w13, w2 = r(T, H), r(E, 2 * I, H, scale=H**-0.5), r(E, H, I, scale=I**-0.5)
+    weights = torch.rand(T, k, generator=gen, device=DEVICE) + 0.1
+    return x, w13, w2, weights, _ids(gen, T, k, E, dropped)
+
+
+SMALL = [(1, 96, 7, 3, 40), (5, 96, 7, 3, 40), (33, 64, 8, 2, 32), (300, 48, 16, 4, 24)]
+QWEN = [(1, 2048, 512, 10, 512), (64, 2048, 512, 10, 128), (256, 2048, 512, 10, 512),
+        (2048, 2048, 512, 10, 128)]
+# the small shapes with each tile config in the dtype of the run (the interpreter: fp32 only;
+# the GPU: bf16, and small_k left to the interpreter to save compile time); the GPU adds the
+# Qwen3-Next shapes (TP1 I = 512, TP4 I = 128), default tiles, fp32 and bf16
+MAIN = DTYPES[-1]
+TILES = ("default", "prefill") if ON_GPU else ("default", "prefill", "small_k")
+CASES = [(*s, *MAIN, t) for s in SMALL for t in TILES] \
+    + ([(*s, torch.float32, 1e-3, "default") for s in QWEN[:2]]
+       + [(*s, *MAIN, "default") for s in QWEN] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("T,H,E,k,I,dtype,tol,tiles", CASES)
+def test_fused_moe_matches_reference(T, H, E, k, I, dtype, tol, tiles):
+    from qnext.kernels.moe import MoeConfig, fused_moe
+
+    config = {"default": None, "prefill": MoeConfig(**PREFILL),
+              "small_k": MoeConfig(**SMALL_K)}[tiles]
+    x, w13, w2, weights, ids = _moe_inputs(T, H, E, k, I, dtype, T * 7 + H, dropped=0.1)
+    want = fused_moe_ref(x, w13, w2, weights, ids)
+    _poison()
+    got = fused_moe(x, w13, w2, weights, ids, config)
+    assert got.dtype == x.dtype and not torch.isnan(got).any()
+    assert rel_err(got, want) <= tol
+
+
+def test_all_ids_dropped_gives_zeros():
+    from qnext.kernels.moe import fused_moe
+
+    x, w13, w2, weights, ids = _moe_inputs(4, 40, 5, 2, 24, torch.float32, 3)
+    _poison()
+    got = fused_moe(x, w13, w2, weights, torch.full_like(ids, 5))
+    assert torch.equal(got, torch.zeros_like(got))
+
+
+def test_launchers_reject_bad_shapes():
+    from qnext.kernels.moe import fused_moe
+    from qnext.kernels.moe_route import moe_align, moe_route
+
+    x, w13, w2, weights, ids = _moe_inputs(3, 32, 4, 2, 16, torch.float32, 1)
+    with pytest.raises(ValueError, match="w2"):
+        fused_moe(x, w13, w2[:, :, :8], weights, ids)
+    with pytest.raises(ValueError, match="w13"):
+        fused_moe(x, w13[:, :31], w2, weights, ids)
+    with pytest.raises(ValueError, match="topk"):
+        fused_moe(x, w13, w2, weights[:2], ids)
+    with pytest.raises(ValueError, match="x must"):
+        fused_moe(x.t(), w13, w2, weights, ids)
+    with pytest.raises(ValueError, match="top_k"):
+        moe_route(torch.randn(3, 4, device=DEVICE), 5, True)
+    with pytest.raises(ValueError, match="block_m"):
+        moe_align(ids, 4, 24)
