@@ -3,6 +3,8 @@
 q_proj emits per head [q (D) | gate (D)]; q and k get a per-head zero-centred RMSNorm and partial
 RoPE; attention is causal with GQA; the output is multiplied by sigmoid(gate) before o_proj.
 Heads are split across ranks (KV heads replicated when tp > num_kv_heads).
+On CUDA the attention itself is the Triton kernel `kernels/attention.py` (prefill or split-K
+decode, chosen from `ForwardBatch.is_decode` without a device sync).
 Legend: T = new tokens, Hq / Hkv = local query / KV heads, D = head dim.
 """
 
@@ -13,6 +15,7 @@ from torch import nn
 
 from qnext.kernels import paged_attention_ref, store_kv_ref
 from qnext.worker.forward import ForwardBatch
+from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import ColumnParallelLinear, KVHeadLinear, RowParallelLinear
 from qnext.worker.layers.norm import RMSNorm
 from qnext.worker.layers.rotary import RotaryEmbedding
@@ -41,9 +44,17 @@ class GatedAttention(nn.Module):
         q, k = self.rotary(batch.positions, q, k)
         k_cache, v_cache = batch.kv_cache.kv(self.kv_layer)
         store_kv_ref(k_cache, v_cache, batch.kv_locs, k, v)
-        out = paged_attention_ref(
-            q, k_cache, v_cache, cu_seqlens=batch.cu_seqlens, seq_lens=batch.seq_lens,
-            page_table=batch.page_table, page_size=batch.kv_cache.page_size,
-            scale=self.head_dim ** -0.5)
+        out = self._attend(q, k_cache, v_cache, batch)
         out = out.reshape(num_tokens, -1) * torch.sigmoid(gate.reshape(num_tokens, -1))
         return self.o_proj(out)
+
+    def _attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                batch: ForwardBatch) -> torch.Tensor:
+        args = dict(cu_seqlens=batch.cu_seqlens, seq_lens=batch.seq_lens,
+                    page_table=batch.page_table, page_size=batch.kv_cache.page_size,
+                    scale=self.head_dim ** -0.5)
+        if use_triton(q):
+            from qnext.kernels.attention import paged_attention
+
+            return paged_attention(q, k_cache, v_cache, is_decode=batch.is_decode, **args)
+        return paged_attention_ref(q, k_cache, v_cache, **args)

@@ -1,0 +1,120 @@
+"""Triton kernel: varlen causal paged attention with a cached prefix (the prefill path).
+
+One program takes BT consecutive new tokens of one sequence and all G = Hq / Hkv query heads
+of one KV head: its rows are (token, head) pairs, so every K/V block gathered through the page
+table serves the whole GQA group. Keys run in blocks of BN with a flash-attention online
+softmax: first the keys every row may see (positions below the tile's first query) without a
+mask, then the diagonal blocks with the causal mask.
+
+Programs need no host-side tile count: sequence b owns the tile slots
+[cu[b] // BT + b, cu[b + 1] // BT + b + 1), which always hold ceil(new_b / BT) tiles, so the
+grid is T // BT + B programs per KV head and each finds its sequence by binary search.
+
+Reference: `paged_attention_ref` (kernels/attention_ref.py); float32 accumulation.
+Legend: T = new tokens, B = sequences, G = query heads per KV head (GP: padded to a power of 2),
+D = head dim (DP: padded), P = page size.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from qnext.kernels.attention_tile import NO_MAX, kv_rows, load_rows, pow2, softmax_step
+
+
+@triton.jit
+def _find_seq(cu_ptr, pid, B, n_iter, BT: tl.constexpr):
+    """The sequence whose tile slots hold program `pid`: the last b in [0, B) whose first
+    slot cu[b] // BT + b is <= pid (binary search, n_iter >= bit length of B)."""
+    lo = pid * 0
+    hi = lo + B - 1
+    for _ in range(n_iter):
+        mid = (lo + hi + 1) // 2
+        start = tl.load(cu_ptr + mid).to(tl.int32) // BT + mid
+        lo = tl.where(start <= pid, mid, lo)
+        hi = tl.where(start <= pid, hi, mid - 1)
+    return lo
+
+
+@triton.jit(do_not_specialize=["B", "n_iter", "s_pt", "P"])
+def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, seq_lens_ptr, pt_ptr, B, n_iter,
+                    s_qt, s_qh, s_kn, s_kh, s_ot, s_oh, s_pt, P, qk_scale,
+                    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                    BT: tl.constexpr, BN: tl.constexpr):
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)  # the last, longest tiles first
+    i_kv = tl.program_id(1).to(tl.int64)
+    b = _find_seq(cu_ptr, pid, B, n_iter, BT)
+    q0 = tl.load(cu_ptr + b).to(tl.int32)
+    n_new = tl.load(cu_ptr + b + 1).to(tl.int32) - q0
+    prefix = tl.load(seq_lens_ptr + b).to(tl.int32) - n_new
+    m0 = (pid - (q0 // BT + b)) * BT
+    if m0 >= n_new:
+        return
+
+    offs_r = tl.arange(0, BT * GP)
+    tok = m0 + offs_r // GP
+    head = i_kv * G + offs_r % GP
+    row_ok = (tok < n_new) & (offs_r % GP < G)
+    offs_d = tl.arange(0, DP)
+    row_off = (q0 + tok).to(tl.int64)[:, None] * s_qt + head[:, None] * s_qh + offs_d[None, :]
+    io_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q = tl.load(q_ptr + row_off, mask=io_mask, other=0.0)
+
+    q_pos = prefix + tok
+    offs_n = tl.arange(0, BN)
+    pt_row = pt_ptr + b.to(tl.int64) * s_pt
+    k_head, v_head = k_ptr + i_kv * s_kh, v_ptr + i_kv * s_kh
+    acc = tl.zeros([BT * GP, DP], dtype=tl.float32)
+    m_i = tl.full([BT * GP], NO_MAX, dtype=tl.float32)
+    l_i = tl.zeros([BT * GP], dtype=tl.float32)
+
+    full_end = (prefix + m0) // BN * BN  # keys below every query of the tile
+    for n in range(0, full_end, BN):
+        pos = n + offs_n
+        rows = kv_rows(pt_row, pos, pos < full_end, P)
+        k = load_rows(k_head, rows, s_kn, offs_d, D, DP)
+        v = load_rows(v_head, rows, s_kn, offs_d, D, DP)
+        acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, None, qk_scale, False)
+    hi = prefix + tl.minimum(m0 + BT, n_new)  # one past the tile's last query position
+    for n in range(full_end, hi, BN):
+        pos = n + offs_n
+        rows = kv_rows(pt_row, pos, pos < hi, P)
+        k = load_rows(k_head, rows, s_kn, offs_d, D, DP)
+        v = load_rows(v_head, rows, s_kn, offs_d, D, DP)
+        causal = pos[None, :] <= q_pos[:, None]
+        acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, causal, qk_scale, True)
+
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    out_off = (q0 + tok).to(tl.int64)[:, None] * s_ot + head[:, None] * s_oh + offs_d[None, :]
+    tl.store(out_ptr + out_off, o.to(out_ptr.dtype.element_ty), mask=io_mask)
+
+
+@functools.cache
+def prefill_config(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, int]:
+    """Tile sizes: rows (BT tokens x GP heads) and keys per block, from the bytes of one row
+    (H100: K/V stages + the Q tile must fit 227 KB of shared memory)."""
+    row_bytes = pow2(head_dim, 16) * torch.finfo(dtype).bits // 8
+    rows, bn, warps, stages = {128: (128, 64, 4, 3), 256: (128, 64, 8, 2),
+                               512: (128, 32, 8, 2)}.get(max(row_bytes, 128), (32, 32, 4, 2))
+    gp = pow2(group)
+    return dict(BT=max(rows // gp, 1), BN=bn, num_warps=warps, num_stages=stages)
+
+
+def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+            cu_seqlens: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor,
+            page_size: int, scale: float) -> None:
+    """Writes out [T, Hq, D]; arguments as `paged_attention` (checked there)."""
+    T, HQ, D = q.shape
+    B, HKV = seq_lens.shape[0], k_cache.shape[1]
+    cfg = prefill_config(D, HQ // HKV, q.dtype)
+    grid = (T // cfg["BT"] + B, HKV)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, out, cu_seqlens, seq_lens, page_table, B, B.bit_length(),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        out.stride(0), out.stride(1), page_table.stride(0), page_size, scale * math.log2(math.e),
+        G=HQ // HKV, GP=pow2(HQ // HKV), D=D, DP=pow2(D, 16), **cfg)
