@@ -1,0 +1,175 @@
+"""Triton launcher: varlen prefill of the Gated DeltaNet (chunked gated delta rule) over the pool.
+
+Two kernels, chunks of 64 tokens ([s, s + 64) inside each sequence, the last one partial):
+  1. kernels/gdn_chunk_prep.py, parallel over (chunk, value head): the fused gates
+     (g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the
+     in-chunk gate cumsum and the WY / UT terms W, U (inverse of I + A by 16 x 16 blocks) and
+     the intra-chunk attention P, into workspaces;
+  2. kernels/gdn_chunk_scan.py, parallel over (value block, value head, sequence), sequential
+     over the chunks of the sequence: the state recurrence in float32 registers, the outputs
+     of each chunk, the final state (in place in its slot) and the optional snapshot.
+The chunk map is found on the device (each program of kernel 1 locates its chunk from
+cu_seqlens), so the launcher does not read cu_seqlens on the host; only the snapshot checks do.
+Grouped heads: value head j reads key head j // (Hv // Hk); q, k are never repeated in memory.
+
+Reference: `gdn_gating_ref` + `chunk_gated_delta_rule_ref` (kernels/gdn_ref.py). Arithmetic
+in float32; the dots take float32 operands as 3 x tf32 (or, with fast_dots, 16-bit operands)
+with float32 accumulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from qnext.kernels.gdn_chunk_prep import CHUNK, chunk_prep_kernel
+from qnext.kernels.gdn_chunk_scan import chunk_scan_kernel
+from qnext.kernels.launch import check_device, interpreting
+from qnext.kernels.varlen import snapshot_targets
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+                b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, *,
+                cu_seqlens: torch.Tensor, ssm_states: torch.Tensor, state_indices: torch.Tensor,
+                has_initial_state: torch.Tensor, snapshot_slots: torch.Tensor | None = None,
+                snapshot_offsets: torch.Tensor | None = None, scale: float | None = None,
+                use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool = False,
+                block_v: int = 32, num_warps: tuple[int, int] = (4, 4)) -> torch.Tensor:
+    """Prefill of B sequences packed in T tokens.
+
+    q, k [T, Hk, dk] (rows may be strided, last dim contiguous); v [T, Hv, dv]; q, k, v of one
+    dtype (float32, bfloat16 or float16); a, b [T, Hv] raw gate inputs; A_log, dt_bias [Hv]
+    float32. cu_seqlens [B+1] int32/int64 from 0 to T (empty sequences are skipped, their slot
+    untouched); state_indices [B] distinct slots of ssm_states [S, Hv, dk, dv] (float32 or
+    bfloat16, updated in place); has_initial_state bool [B] (False: start from zeros).
+    snapshot_slots [B] (-1: none) and snapshot_offsets [B]: the state after the first t tokens
+    of sequence b (t a multiple of 64, or its length) also goes to ssm_states[snapshot_slots[b]]
+    (slots distinct from each other and from state_indices). scale defaults to dk ** -0.5.
+    fast_dots: with 16-bit operands, dots in that dtype (faster; gives wrong results on H200
+    with triton 3.6 as of 2026-11-27, see docs/perf/gdn-prefill.md); by default every dot is
+    float32 (3 x tf32), the path verified on the GPU. block_v (value columns per program of
+    the sequential kernel) and num_warps (of the two kernels) are tuning knobs.
+    Returns o [T, Hv, dv] in v.dtype.
+    """
+    T, HK, DK = q.shape
+    HV, DV = v.shape[1], v.shape[2]
+    B = state_indices.shape[0]
+    _check(q, k, v, a, b, A_log, dt_bias, cu_seqlens, ssm_states, state_indices,
+           has_initial_state, snapshot_slots, snapshot_offsets, block_v)
+    if snapshot_slots is not None:  # reads cu_seqlens and the offsets on the host
+        snapshot_targets(cu_seqlens, snapshot_slots, snapshot_offsets, align=CHUNK)
+    out = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if T == 0 or B == 0:
+        return out
+    work = prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, B,
+                       DK**-0.5 if scale is None else scale, use_qk_l2norm, eps,
+                       q.dtype if fast_dots else torch.float32, num_warps[0])
+    scan_chunks(work, q, k, out, ssm_states, cu_seqlens, state_indices, has_initial_state,
+                snapshot_slots, snapshot_offsets, block_v, num_warps[1])
+    return out
+
+
+@dataclass
+class ChunkWork:
+    """What the parallel stage leaves for the sequential one (kernels/gdn_chunk_prep.py):
+    w [Hv, T, dk], u [Hv, T, dv], p [Hv, T, 64] in the dot dtype (the kernels' dots take
+    operands in the dtype of w); g [Hv, T], rq, rk [Hk, T] float32."""
+
+    w: torch.Tensor
+    u: torch.Tensor
+    p: torch.Tensor
+    g: torch.Tensor
+    rq: torch.Tensor
+    rk: torch.Tensor
+
+
+def prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, num_seqs: int, scale: float,
+                use_qk_l2norm: bool, eps: float, dot_dtype: torch.dtype,
+                num_warps: int = 4) -> ChunkWork:
+    """Stage 1 (inputs as gdn_prefill's, already checked): gates, norms, W, U, P per chunk;
+    dot_dtype: q.dtype or float32."""
+    (T, HK, DK), (HV, DV) = q.shape, v.shape[1:]
+    dev, dt = q.device, dot_dtype
+    work = ChunkWork(torch.empty(HV, T, DK, device=dev, dtype=dt),
+                     torch.empty(HV, T, DV, device=dev, dtype=dt),
+                     torch.empty(HV, T, CHUNK, device=dev, dtype=dt),
+                     torch.empty(HV, T, device=dev, dtype=torch.float32),
+                     torch.empty(HK, T, device=dev, dtype=torch.float32),
+                     torch.empty(HK, T, device=dev, dtype=torch.float32))
+    n_prog = T // CHUNK + num_seqs  # >= the number of chunks
+    scratch = torch.empty(n_prog * HV * 2048, device=dev, dtype=torch.float32)
+    chunk_prep_kernel[(n_prog, HV)](
+        q, k, v, a, b, A_log, dt_bias, cu_seqlens, work.w, work.u, work.p, work.g, work.rq,
+        work.rk, scratch, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), a.stride(0), b.stride(0), scale, eps,
+        HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=_pow2(DV),
+        BB=_pow2(num_seqs), L2NORM=use_qk_l2norm, PREC=_precision(dt), num_warps=num_warps)
+    return work
+
+
+def scan_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indices,
+                has_initial_state, snapshot_slots=None, snapshot_offsets=None,
+                block_v: int = 32, num_warps: int = 4) -> None:
+    """Stage 2: the state recurrence over each sequence's chunks; writes out [T, Hv, dv], the
+    final states and the snapshots."""
+    (T, HK, DK), (HV, DV) = q.shape, out.shape[1:]
+    snaps = snapshot_slots if snapshot_slots is not None else state_indices
+    snap_at = snapshot_offsets if snapshot_offsets is not None else state_indices
+    chunk_scan_kernel[(triton.cdiv(DV, block_v), HV, state_indices.shape[0])](
+        q, k, work.w, work.u, work.p, work.g, work.rq, work.rk, out, ssm_states, cu_seqlens,
+        state_indices, has_initial_state, snaps, snap_at,
+        T, q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
+        ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
+        HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v, PREC=_precision(work.w.dtype),
+        HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(), num_warps=num_warps,
+        num_stages=2 if work.w.dtype == torch.float32 else 3)  # fp32: 3 stages overflow smem
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _precision(dt: torch.dtype) -> str:
+    """fp32 dots as 3 x tf32 (about fp32 accuracy); ignored for 16-bit operands."""
+    return "tf32x3" if dt == torch.float32 else "tf32"
+
+
+def _check(q, k, v, a, b, A_log, dt_bias, cu, states, indices, has_init, snaps, snap_at,
+           block_v) -> None:
+    T, HK, DK = q.shape
+    HV, DV = v.shape[1], v.shape[2]
+    B = indices.shape[0]
+    if k.shape != q.shape or v.dim() != 3 or v.shape[0] != T:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} must be [T, Hk, dk] and v "
+                         f"{tuple(v.shape)} [T, Hv, dv]")
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one of {_DTYPES}; got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    if HV % HK or a.shape != (T, HV) or b.shape != (T, HV):
+        raise ValueError(f"Hv={HV} must be a multiple of Hk={HK}; a, b must be [T, Hv]")
+    if min(DK, DV) < 16 or block_v < 16 or block_v & (block_v - 1):
+        raise ValueError(f"dk={DK} and dv={DV} must be >= 16; block_v={block_v} a power of 2 "
+                         ">= 16")
+    if A_log.shape != (HV,) or dt_bias.shape != (HV,) or A_log.dtype != torch.float32 \
+            or dt_bias.dtype != torch.float32:
+        raise ValueError("A_log and dt_bias must be float32 [Hv]")
+    if states.shape[1:] != (HV, DK, DV) or states.stride(3) != 1 \
+            or states.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"ssm_states {tuple(states.shape)} {states.dtype} must be float32 or "
+                         f"bfloat16 [S, {HV}, {DK}, {DV}] with contiguous columns")
+    for name, t in (("q", q), ("k", k), ("v", v), ("a", a), ("b", b)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim")
+    if cu.shape != (B + 1,) or cu.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens {tuple(cu.shape)} {cu.dtype} must be int32/int64 [B+1] "
+                         f"with B={B} state_indices")
+    if has_init.shape != (B,) or has_init.dtype != torch.bool:
+        raise ValueError("has_initial_state must be bool [B]")
+    if snaps is not None and (snaps.shape != (B,) or snap_at is None
+                              or snap_at.shape != (B,)):
+        raise ValueError("snapshot_slots and snapshot_offsets must both be [B]")
+    check_device("gdn_prefill", q, k, v, a, b, A_log, dt_bias, cu, states, indices, has_init)

@@ -1,0 +1,160 @@
+"""The Triton chunked prefill of the gated delta rule against its torch reference: fresh random
+inputs, output memory poisoned with NaN and untouched slots compared before / after, sequence
+lengths around the chunk size (1, 63, 64, 65, 200) and empty ones, grouped heads (32:16, TP4's
+8:4, 6:3 odd), dk = dv = 128 and smaller, fp32 and bf16 operands and states, mixed initial
+states, snapshots at a multiple of 64 and at the sequence end, q / k / a / b as strided views.
+Under Triton's CPU interpreter the bf16 operand cases run in fp16 (its bf16 dots are wrong)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from tests.gpu.kernel_env import DEVICE, KERNEL_MARKS, ON_GPU  # noqa: E402
+
+pytestmark = KERNEL_MARKS
+
+from qnext.kernels import chunk_gated_delta_rule_ref, gdn_gating_ref  # noqa: E402
+from tests.unit.kernels.helpers import cu, rel_err  # noqa: E402
+
+# (sequence lengths, Hk, Hv, dk, dv); the interpreter (CPU) gets small heads, the GPU dk = dv
+# in {64, 128} (fewer kernel variants to compile) and a long case
+SHAPES = [([1, 63, 64, 65], 3, 6, 32, 32), ([200, 0, 17], 2, 4, 64, 64),
+          ([130, 64], 1, 2, 128, 128)]
+if ON_GPU:
+    SHAPES = [([1, 63, 64, 65], 3, 6, 64, 64), ([200, 0, 17], 4, 8, 64, 64),
+              ([130, 64], 1, 2, 128, 128), ([1, 63, 64, 65, 200, 0], 16, 32, 128, 128),
+              ([300, 0, 64, 129], 4, 8, 128, 128), ([4096, 1000], 16, 32, 128, 128)]
+DTYPES = [(torch.float32, torch.float32, 1e-3), (torch.bfloat16, torch.float32, 1e-2),
+          (torch.bfloat16, torch.bfloat16, 1e-2)]
+
+
+def _inputs(lengths, hk, hv, dk, dv, dtype, state_dtype, seed):
+    """Random operands (q, k, a, b as strided views of wider rows), a state pool with
+    2B + 2 slots, the sequences' slots and spare slots for snapshots."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    T, B = sum(lengths), len(lengths)
+
+    def r(*shape, dt=dtype):
+        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.float32).to(dt)
+
+    qk = r(T, 2 * hk * dk + 8)
+    ab = r(T, 2 * hv + 3)
+    x = dict(q=qk[:, :hk * dk].view(T, hk, dk), k=qk[:, hk * dk:2 * hk * dk].view(T, hk, dk),
+             v=r(T, hv, dv), a=ab[:, :hv], b=ab[:, hv:2 * hv],
+             A_log=torch.log(torch.rand(hv, generator=gen, device=DEVICE) * 0.9 + 0.1),
+             dt_bias=r(hv, dt=torch.float32))
+    states = r(2 * B + 2, hv, dk, dv, dt=state_dtype) * 0.5
+    index = torch.randperm(2 * B + 1, generator=gen, device=DEVICE) + 1
+    return x, states, index[:B], index[B:2 * B]
+
+
+def _snapshots(lengths, spare):
+    """Every other non-empty sequence takes a snapshot: at 64 * k (< L) when L > 64, else at L."""
+    slots, offsets = [], []
+    for b, n in enumerate(lengths):
+        take = n > 0 and b % 2 == 0
+        slots.append(int(spare[b]) if take else -1)
+        offsets.append(64 * max(1, (n - 1) // 128) if n > 64 else n)
+    as_t = lambda x: torch.tensor(x, device=DEVICE)  # noqa: E731
+    return as_t(slots), as_t(offsets)
+
+
+def _poison_allocator(numel: int) -> None:
+    """Leave NaN in memory the next allocations may reuse (outputs must be fully written)."""
+    torch.full((numel,), float("nan"), device=DEVICE)
+
+
+@pytest.mark.xfail(ON_GPU, strict=False, reason="16-bit dots give wrong results on H200, "
+                   "triton 3.6 (docs/perf/gdn-prefill.md); the printed errors name the stage")
+def test_fast_16_bit_dots_by_stage():
+    """The fast_dots path, stage by stage (runs first): the prep workspaces with bf16 dots
+    (fp16 under the interpreter) vs the same stage with fp32 dots on the same values, and the
+    bf16 scan fed with the fp32-made workspaces vs the reference."""
+    from qnext.kernels.gdn_prefill import prep_chunks, scan_chunks
+
+    lengths, dtype = [130, 64], torch.bfloat16 if ON_GPU else torch.float16
+    x, states, slots, _ = _inputs(lengths, 2, 4, 128, 128, dtype, torch.float32, 7)
+    cu_seqlens = cu(lengths).to(DEVICE)
+    x32 = {n: t.float() for n, t in x.items()}
+    stage = (cu_seqlens, len(lengths), 128**-0.5, True, 1e-6)
+    low = prep_chunks(*x.values(), *stage, dtype)
+    ref = prep_chunks(*x32.values(), *stage, torch.float32)
+    names = ("w", "u", "p", "g", "rq", "rk")
+    errors = {n: rel_err(getattr(low, n), getattr(ref, n)) for n in names}
+    for name in ("w", "u", "p"):
+        setattr(ref, name, getattr(ref, name).to(dtype))
+    has_init = torch.ones(2, dtype=torch.bool, device=DEVICE)
+    ref_states = states.clone()
+    g, beta = gdn_gating_ref(x["A_log"], x["a"], x["b"], x["dt_bias"])
+    want = chunk_gated_delta_rule_ref(x["q"], x["k"], x["v"], g, beta, cu_seqlens=cu_seqlens,
+                                      ssm_states=ref_states, state_indices=slots,
+                                      has_initial_state=has_init)
+    got = torch.empty_like(x["v"])
+    scan_chunks(ref, x["q"], x["k"], got, states, cu_seqlens, slots, has_init)
+    errors["scan"] = rel_err(got, want)
+    print("relative errors by stage:", errors)
+    assert max(errors.values()) <= 1e-2, errors
+
+
+@pytest.mark.parametrize("lengths,hk,hv,dk,dv", SHAPES)
+@pytest.mark.parametrize("dtype,state_dtype,tol", DTYPES)
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_prefill_kernel_matches_reference(lengths, hk, hv, dk, dv, dtype, state_dtype, tol,
+                                          snapshot):
+    from qnext.kernels.gdn_prefill import gdn_prefill
+
+    if dtype == torch.bfloat16 and not ON_GPU:  # the interpreter's bf16 dots are wrong:
+        dtype = torch.float16  # it checks the same low-precision path in fp16
+    B = len(lengths)
+    x, states, slots, spare = _inputs(lengths, hk, hv, dk, dv, dtype, state_dtype, sum(lengths))
+    cu_seqlens = cu(lengths).to(DEVICE)
+    has_init = torch.arange(B, device=DEVICE) % 3 != 1
+    snaps, offsets = _snapshots(lengths, spare) if snapshot else (None, None)
+    ref_states = states.clone()
+    g, beta = gdn_gating_ref(x["A_log"], x["a"], x["b"], x["dt_bias"])
+    want = chunk_gated_delta_rule_ref(
+        x["q"], x["k"], x["v"], g, beta, cu_seqlens=cu_seqlens, ssm_states=ref_states,
+        state_indices=slots, has_initial_state=has_init, snapshot_slots=snaps,
+        snapshot_offsets=offsets)
+    states_before = states.clone()
+    _poison_allocator(4 * x["v"].numel())
+    got = gdn_prefill(**x, cu_seqlens=cu_seqlens, ssm_states=states, state_indices=slots,
+                      has_initial_state=has_init, snapshot_slots=snaps,
+                      snapshot_offsets=offsets)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert not torch.isnan(got).any()
+    assert rel_err(got, want) <= tol
+    written = torch.zeros(states.shape[0], dtype=torch.bool, device=DEVICE)
+    nonempty = torch.tensor(lengths, device=DEVICE) > 0
+    written[slots[nonempty]] = True
+    if snapshot:
+        written[snaps[snaps >= 0]] = True
+    for slot in written.nonzero().flatten().tolist():
+        assert rel_err(states[slot], ref_states[slot]) <= tol, slot
+    assert torch.equal(states[~written], states_before[~written])
+
+
+def test_launcher_rejects_bad_shapes():
+    from qnext.kernels.gdn_prefill import gdn_prefill
+
+    x, states, slots, _ = _inputs([5, 3], 2, 4, 32, 32, torch.float32, torch.float32, 0)
+    kw = dict(cu_seqlens=cu([5, 3]).to(DEVICE), ssm_states=states, state_indices=slots,
+              has_initial_state=torch.ones(2, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match="multiple"):
+        gdn_prefill(**{**x, "v": x["v"][:, :3], "a": x["a"][:, :3], "b": x["b"][:, :3],
+                       "A_log": x["A_log"][:3], "dt_bias": x["dt_bias"][:3]},
+                    **{**kw, "ssm_states": states[:, :3]})
+    with pytest.raises(ValueError, match="ssm_states"):
+        gdn_prefill(**x, **{**kw, "ssm_states": states.transpose(2, 3)})
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        gdn_prefill(**x, **{**kw, "cu_seqlens": kw["cu_seqlens"][:2]})
+    with pytest.raises(ValueError, match="share"):
+        gdn_prefill(**{**x, "v": x["v"].bfloat16()}, **kw)
+    with pytest.raises(ValueError, match="contiguous"):
+        gdn_prefill(**{**x, "q": x["q"].transpose(1, 2).contiguous().transpose(1, 2)}, **kw)
+    with pytest.raises(ValueError, match="snapshot"):
+        gdn_prefill(**x, **kw, snapshot_slots=slots[:1], snapshot_offsets=slots[:1])
+    with pytest.raises(ValueError, match="multiple of 64"):
+        gdn_prefill(**x, **kw, snapshot_slots=slots, snapshot_offsets=torch.tensor([2, 3]))
