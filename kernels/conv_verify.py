@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qnext.kernels.launch import check_device
+from qnext.kernels.launch import check_device, check_verify_rows
 
 
 @triton.jit
@@ -116,11 +116,6 @@ def _check(x, weight, states, indices, inter, parents) -> None:
     if inter.shape != (B, T, C, K - 1) or inter.stride(3) != 1 or not inter.is_floating_point():
         raise ValueError(f"intermediate_states {tuple(inter.shape)} must be a float "
                          f"[{B}, {T}, {C}, {K - 1}] contiguous in its last dim")
-    if indices.shape != (B,) or indices.is_floating_point():
-        raise ValueError(f"state_indices {tuple(indices.shape)} must be integer [{B}]")
-    if parents is not None and (parents.shape != (B, T) or parents.stride(1) != 1
-                                or parents.is_floating_point()):
-        raise ValueError(f"parents {tuple(parents.shape)} must be integer [{B}, {T}] with "
-                         "contiguous rows")
+    check_verify_rows(indices, parents, B, T)
     check_device("conv_verify", x, weight, states, indices, inter,
                  *(() if parents is None else (parents,)))

@@ -56,7 +56,6 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     Returns o [T, Hv, dv] in v.dtype.
     """
     T, HK, DK = q.shape
-    HV, DV = v.shape[1], v.shape[2]
     B = state_indices.shape[0]
     _check(q, k, v, a, b, A_log, dt_bias, cu_seqlens, ssm_states, state_indices,
            has_initial_state, snapshot_slots, snapshot_offsets, block_v)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qnext.kernels.launch import check_device
+from qnext.kernels.launch import check_device, check_verify_rows
 
 
 @triton.jit
@@ -148,11 +148,6 @@ def _check(q, k, v, a, b, A_log, dt_bias, states, indices, inter, parents) -> No
     for name, t in (("q", q), ("k", k), ("v", v), ("a", a)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
-    if indices.shape != (B,) or indices.is_floating_point():
-        raise ValueError(f"state_indices {tuple(indices.shape)} must be integer [{B}]")
-    if parents is not None and (parents.shape != (B, T) or parents.stride(1) != 1
-                                or parents.is_floating_point()):
-        raise ValueError(f"parents {tuple(parents.shape)} must be integer [{B}, {T}] with "
-                         "contiguous rows")
+    check_verify_rows(indices, parents, B, T)
     check_device("gdn_verify", q, k, v, a, b, A_log, dt_bias, states, indices, inter,
                  *(() if parents is None else (parents,)))

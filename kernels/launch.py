@@ -1,8 +1,8 @@
-"""Launcher helpers shared by the Triton kernels: where a kernel may run.
+"""Launcher helpers shared by the Triton kernels: where a kernel may run, shared input checks.
 
 Kernels run on CUDA tensors; under Triton's interpreter (`TRITON_INTERPRET=1`, CPU only, slow)
 they also accept CPU tensors, which lets the kernel tests run on a machine without a GPU.
-Imports only torch.
+Imports only torch (and os).
 """
 
 from __future__ import annotations
@@ -24,3 +24,15 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
         ok = all(t.device.type == "cpu" for t in tensors)
     if not ok:
         raise ValueError(f"{name} runs on CUDA tensors (CPU only under TRITON_INTERPRET=1)")
+
+
+def check_verify_rows(indices: torch.Tensor, parents: torch.Tensor | None, B: int,
+                      T: int) -> None:
+    """Verify kernels: state_indices integer [B]; parents (optional) integer [B, T] with
+    contiguous rows (ValueError otherwise)."""
+    if indices.shape != (B,) or indices.is_floating_point():
+        raise ValueError(f"state_indices {tuple(indices.shape)} must be integer [{B}]")
+    if parents is not None and (parents.shape != (B, T) or parents.stride(1) != 1
+                                or parents.is_floating_point()):
+        raise ValueError(f"parents {tuple(parents.shape)} must be integer [{B}, {T}] with "
+                         "contiguous rows")

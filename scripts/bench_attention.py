@@ -26,6 +26,7 @@ import triton.testing
 from torch.nn.attention.bias import causal_lower_right
 
 from qnext.kernels.attention import paged_attention
+from bench_common import copy_gbps, rel_diff
 
 D = 256
 HEADS = {"TP1": (16, 2), "TP4": (4, 1)}
@@ -36,22 +37,12 @@ def _time_us(fn) -> float:
     return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median") * 1e3
 
 
-def _hbm_gbps() -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / (_time_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def _timed_pair(ours, anchor, anchor_view) -> tuple[float, str, str, str]:
     """(qnext µs, anchor µs, anchor / qnext, relative difference); '—' where the anchor
     fails (an SDPA backend that rejects the shape)."""
     us = _time_us(ours)
     try:
-        diff = _rel(ours(), anchor_view(anchor()))
+        diff = rel_diff(ours(), anchor_view(anchor()))
         anchor_us = _time_us(anchor)
     except RuntimeError as err:
         print(f"<!-- anchor failed: {str(err).splitlines()[0]} -->")
@@ -129,7 +120,7 @@ def _prefill_row(num_seqs: int, new: int, prefix: int, tp: str) -> str:
 
 
 def main() -> None:
-    gbps = _hbm_gbps()
+    gbps = copy_gbps()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}; HBM copy bandwidth {gbps:.0f} GB/s\n")
     print("| B | context | heads | page | K/V MB | floor µs | qnext µs | SDPA µs | SDPA / qnext "

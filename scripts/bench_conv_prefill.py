@@ -23,15 +23,9 @@ import triton.testing
 
 from qnext.kernels import causal_conv1d_varlen_ref
 from qnext.kernels.conv_prefill import conv_prefill
+from bench_common import copy_gbps, rel_diff
 
 DT = torch.bfloat16
-
-
-def _copy_gbps() -> float:
-    src = torch.empty(1 << 29, device="cuda", dtype=DT)  # 1 GiB
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=200)
-    return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
 def _case(T: int, C: int, seq_len: int):
@@ -65,18 +59,14 @@ def _fla(args, states):
                                  cu_seqlens_cpu=cu_cpu)
 
 
-def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def _fla_cols(args, states, got, our_states, us: float) -> str:
     """FLA µs | FLA / qnext | rel. diff vs FLA (final states included); dashes if skipped."""
     if "--no-fla" in sys.argv:
         return "— | — | —"
     fla = _fla(args, states)
     fla_y, fla_final = fla()
-    diff = max(_diff(got, fla_y[0]),
-               _diff(our_states[args["state_indices"]], fla_final[..., 1:]))
+    diff = max(rel_diff(got, fla_y[0]),
+               rel_diff(our_states[args["state_indices"]], fla_final[..., 1:]))
     fla_us = triton.testing.do_bench(fla, warmup=25, rep=200) * 1e3
     return f"{fla_us:.1f} | {fla_us / us:.2f} | {diff:.1e}"
 
@@ -87,7 +77,7 @@ def _row(T: int, C: int, seq_len: int, gbps: float) -> None:
     ref_states, our_states = states.clone(), states.clone()
     want = causal_conv1d_varlen_ref(**args, conv_states=ref_states)
     got = conv_prefill(**args, conv_states=our_states)
-    diff_ref = max(_diff(got, want), _diff(our_states, ref_states))
+    diff_ref = max(rel_diff(got, want), rel_diff(our_states, ref_states))
     fla_init = states.clone()  # the anchor starts from the same states as the two above
     ours = lambda: conv_prefill(**args, conv_states=states)  # noqa: E731
     ref = lambda: causal_conv1d_varlen_ref(**args, conv_states=ref_states)  # noqa: E731
@@ -116,7 +106,7 @@ def _sweep(gbps: float) -> None:
 def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}")
-    gbps = _copy_gbps()
+    gbps = copy_gbps()
     print(f"HBM copy bandwidth (1 GiB device copy, same run): {gbps:.0f} GB/s\n")
     print("| channels | tokens | seqs | qnext µs | floor µs | floor / qnext | FLA µs | "
           "FLA / qnext | rel. diff vs FLA | torch ref µs | rel. diff vs ref |")

@@ -26,6 +26,7 @@ import triton.testing
 
 from qnext.kernels import chunk_gated_delta_rule_ref, gdn_gating_ref
 from qnext.kernels.gdn_prefill import gdn_prefill
+from bench_common import rel_diff
 
 D, HBM_BYTES_S, BF16_FLOPS_S = 128, 3.35e12, 989e12  # H100 SXM peaks
 ANCHOR_TIMEOUT_S = 240
@@ -79,10 +80,6 @@ def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
 
 
-def _rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def _reference(x, kw):
     states = kw["ssm_states"].clone()
     g, beta = gdn_gating_ref(x["A_log"], x["a"], x["b"], x["dt_bias"])
@@ -100,9 +97,9 @@ def _anchor(hv: int, lengths: list[int]) -> dict:
     for fused in (False, True):
         fla = _fla(x, kw, fused)
         out = fla()[0][0]
-        res["diff"].append(_rel(ours, out))
+        res["diff"].append(rel_diff(ours, out))
         if want is not None and not fused:
-            res["ref"] += [_rel(out, want), _rel(ours, want)]
+            res["ref"] += [rel_diff(out, want), rel_diff(ours, want)]
         res["us"].append(_time(fla))
     return res
 

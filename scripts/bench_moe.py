@@ -26,16 +26,10 @@ import triton.testing
 from qnext.kernels import fused_moe_ref, moe_route_ref
 from qnext.kernels.moe import MoeConfig, default_config, fused_moe
 from qnext.kernels.moe_route import moe_route
+from bench_common import copy_gbps, rel_diff
 
 H, E, TOPK = 2048, 512, 10
 TOKENS = (1, 4, 16, 64, 256, 2048)
-
-
-def _bandwidth() -> float:
-    """Bytes/s of a 1 GiB device-to-device copy (read + write)."""
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    return 2 * a.numel() / (triton.testing.do_bench(lambda: b.copy_(a), rep=200) * 1e-3)
 
 
 def _graph_us(fn, reps: int = 40) -> float:
@@ -60,10 +54,6 @@ def _graph_us(fn, reps: int = 40) -> float:
 
 def _eager_us(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=60) * 1e3
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _weights(I: int, experts: int, seed: int):
@@ -92,7 +82,7 @@ def main_table(bw: float, weights: dict) -> None:
             floor = touched * 3 * H * I * 2 / bw * 1e6
             ours = lambda: fused_moe(x, w13, w2, tw, ids)  # noqa: E731
             ref = lambda: fused_moe_ref(x, w13, w2, tw, ids)  # noqa: E731
-            diff = _rel(ours(), ref())
+            diff = rel_diff(ours(), ref())
             g, e, r = _graph_us(ours), _eager_us(ours), _eager_us(ref)
             print(f"| {tp} | {I} | {T} | {touched} | {floor:.1f} | {g:.1f} | {e:.1f} | {r:.0f} | "
                   f"{g / floor:.2f} | {r / e:.0f} | {diff:.1e} |", flush=True)
@@ -121,7 +111,7 @@ def shared_table(weights: dict) -> None:
                 return fused_moe(x, w13, w2, torch.cat([tw, s], 1),
                                  torch.cat([ids, torch.full_like(ids[:, :1], E)], 1))
 
-            diff = _rel(fused(), dense())
+            diff = rel_diff(fused(), dense())
             assert diff < 2e-2, diff
             routed = _graph_us(lambda: fused_moe(x, w13[:E], w2[:E], tw, ids))
             print(f"| {tp} | {T} | {routed:.1f} | {_graph_us(dense):.1f} | "
@@ -171,7 +161,7 @@ def sweep(weights: dict, deadline: float) -> None:
                     return
                 cfg = MoeConfig(**{**base.__dict__, **change})
                 fn = lambda: fused_moe(x, w13, w2, tw, ids, cfg)  # noqa: E731
-                diff = _rel(fn(), want)
+                diff = rel_diff(fn(), want)
                 print(f"| {tp} | {T} | {change or base} | {_graph_us(fn):.1f} | {diff:.1e} |",
                       flush=True)
 
@@ -180,7 +170,7 @@ def main() -> None:
     start = time.time()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}")
-    bw = _bandwidth()
+    bw = 1e9 * copy_gbps()
     print(f"HBM bandwidth (1 GiB device-to-device copy): {bw / 1e12:.2f} TB/s\n")
     weights = {I: _weights(I, E + 1, I) for I in (512, 128)}  # expert E: the shared expert
     main_table(bw, weights)

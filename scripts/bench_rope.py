@@ -17,24 +17,14 @@ import triton.testing
 
 from qnext.kernels import apply_rope_ref, rope_cos_sin_ref
 from qnext.kernels.rope import apply_rope
+from bench_common import copy_gbps, rel_diff
 
 HQ, HKV, D, R, THETA, DT = 16, 2, 256, 64, 1e7, torch.bfloat16
-
-
-def _copy_gbps() -> float:
-    src = torch.empty(1 << 29, device="cuda", dtype=DT)  # 1 GiB
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=200)
-    return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
 def _ref(q, k, positions):
     cos, sin = rope_cos_sin_ref(positions, R, THETA, q.dtype)
     return apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)
-
-
-def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _row(T: int, strided_q: bool, gbps: float) -> None:
@@ -45,7 +35,7 @@ def _row(T: int, strided_q: bool, gbps: float) -> None:
     positions = torch.randint(0, 1 << 18, (T,), generator=gen, device="cuda")
     want_q, want_k = _ref(q, k, positions)
     got_q, got_k = apply_rope(q.clone(), k.clone(), positions, rotary_dim=R, theta=THETA)
-    diff = max(_diff(got_q, want_q), _diff(got_k, want_k))
+    diff = max(rel_diff(got_q, want_q), rel_diff(got_k, want_k))
     # in place: repeated calls keep rotating the same tensors (values stay bounded)
     ours = lambda: apply_rope(q, k, positions, rotary_dim=R, theta=THETA)  # noqa: E731
     us = triton.testing.do_bench(ours, warmup=50, rep=300) * 1e3
@@ -59,7 +49,7 @@ def _row(T: int, strided_q: bool, gbps: float) -> None:
 def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}")
-    gbps = _copy_gbps()
+    gbps = copy_gbps()
     print(f"HBM copy bandwidth (1 GiB device copy, same run): {gbps:.0f} GB/s\n")
     print("| tokens | q layout | qnext µs | floor µs | floor / qnext | torch ref µs | "
           "ref / qnext | rel. diff vs ref |")

@@ -23,6 +23,7 @@ from qnext.kernels.conv_decode import conv_decode
 from qnext.kernels.conv_verify import conv_verify
 from qnext.kernels.gdn_decode import gdn_decode
 from qnext.kernels.gdn_verify import gdn_verify
+from bench_common import copy_gbps, rel_diff
 
 T = 4
 D = 128
@@ -36,17 +37,6 @@ def _us(fn) -> float:
 def _graph_us(fn) -> float:
     """Median µs per call replayed from a CUDA graph: no launch cost, L2 not flushed."""
     return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def hbm_gbps() -> float:
-    """Bandwidth of a 1 GiB device-to-device copy (read + write), GB/s."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / (_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
 
 
 def _gdn_case(B: int, hv: int):
@@ -91,7 +81,7 @@ def gdn_row(B: int, hv: int, gbps: float) -> str:
     scratch = pool.clone()
     decode = _decode_steps(x, scratch, slots)
     want = torch.stack(decode(), dim=1)
-    diff_dec = max(_rel(o, want), _rel(inter[:, -1], scratch[slots]))
+    diff_dec = max(rel_diff(o, want), rel_diff(inter[:, -1], scratch[slots]))
     state_bytes = B * hv * D * D * 4
     floor = (1 + T) * state_bytes / (gbps * 1e9) * 1e6
     cells = [f"{floor:.1f}", f"{_us(verify):.1f}", f"{_graph_us(verify):.1f}",
@@ -99,7 +89,7 @@ def gdn_row(B: int, hv: int, gbps: float) -> str:
     if hv == 32:
         fla = _fla_chain(x, pool[slots])
         fo, fstate = fla()
-        diff = max(_rel(o, fo), _rel(inter[:, -1], fstate))
+        diff = max(rel_diff(o, fo), rel_diff(inter[:, -1], fstate))
         cells += [f"{_us(fla):.1f}", f"{diff:.1e}"]
     else:
         cells += ["—", "—"]
@@ -119,13 +109,13 @@ def conv_row(B: int, C: int) -> str:
     xs = [x[:, t] for t in range(T)]
     decode = lambda: [conv_decode(xt, w, conv_states=scratch, state_indices=slots)  # noqa
                       for xt in xs]
-    diff = _rel(verify(), torch.stack(decode(), dim=1))
+    diff = rel_diff(verify(), torch.stack(decode(), dim=1))
     return (f"| {B} | {C} | {T} | {_us(verify):.1f} | {_graph_us(verify):.1f} | "
             f"{_us(decode):.1f} | {_graph_us(decode):.1f} | {diff:.1e} |")
 
 
 def main() -> None:
-    gbps = hbm_gbps()
+    gbps = copy_gbps()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}; 1 GiB device copy: {gbps:.0f} GB/s\n")
     print("| B | Hv:Hk | T | floor µs | verify µs | verify µs (graph) | decode ×T µs | "

@@ -1,0 +1,120 @@
+"""Benchmark (not a test): qnext's engine vs transformers' `generate` per decode step, on the
+same random weights of a reduced-depth, full-width Qwen3-Next-80B-A3B (default 4 layers: three
+Gated DeltaNet + one gated attention, 512 experts top-10), batch 1, bf16, one GPU.
+
+Per-step time = (time for 1 + N new tokens - time for 1 new token) / N, the median of
+`--repeats` runs, so prefill and warm-up cancel out. qnext runs its serving engine (scheduler,
+CUDA graphs unless --disable-cuda-graph); transformers runs `generate(do_sample=False)` with
+its own Qwen3-Next (torch fallbacks unless a kernel package is importable — keep FLA off the
+path for this comparison, say which in the report).
+
+    python scripts/bench_vs_hf.py [--layers 4] [--new-tokens 32] [--prompt-len 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def write_checkpoint(layers: int, out: Path) -> Path:
+    from qnext.worker.tiny import write_tiny_checkpoint
+    from qnext.worker.tiny.presets import preset_config
+
+    hf = preset_config("80b-a3b")
+    hf["num_hidden_layers"] = layers
+    hf["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+                         for i in range(layers)]
+    return write_tiny_checkpoint(out, hf, dtype="bfloat16", num_shards=4, with_mtp=False)
+
+
+def _median_step(run, new_tokens: int, repeats: int) -> float:
+    """Median seconds per decode step of `run(n)` (which generates n tokens)."""
+    run(2)  # warm-up (compiles, captures)
+    steps = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run(1)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        run(1 + new_tokens)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        steps.append(((t2 - t1) - (t1 - t0)) / new_tokens)
+    return statistics.median(steps)
+
+
+def time_hf(path: Path, prompt: list[int], new_tokens: int, repeats: int) -> float:
+    from transformers import Qwen3NextForCausalLM
+
+    model = Qwen3NextForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).cuda().eval()
+    ids = torch.tensor([prompt], device="cuda")
+
+    def run(n: int) -> None:
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                           min_new_tokens=n, do_sample=False)
+
+    return _median_step(run, new_tokens, repeats)
+
+
+def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
+               graphs: bool) -> float:
+    from qnext.cli import options as o
+    from qnext.worker.engine import Engine
+    from qnext.worker.sched.request import SamplingParams
+
+    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
+    cfg = o.build_config(path, **{**defaults, "device": "cuda",
+                                  "dtype": o.Dtype.bfloat16, "max_running_requests": 8,
+                                  "disable_cuda_graph": not graphs})
+    cfg = replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True))
+    engine = Engine(cfg)
+
+    def run(n: int) -> None:
+        engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=n,
+                                                 ignore_eos=True))
+
+    step = _median_step(run, new_tokens, repeats)
+    engine.close()
+    torch.cuda.empty_cache()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 150000, (args.prompt_len,), generator=gen).tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        path = write_checkpoint(args.layers, Path(tmp))
+        print(f"checkpoint written in {time.perf_counter() - t0:.0f} s")
+        results = {"qnext (CUDA graphs)": time_qnext(path, prompt, args.new_tokens,
+                                                     args.repeats, graphs=True),
+                   "qnext (eager)": time_qnext(path, prompt, args.new_tokens, args.repeats,
+                                               graphs=False),
+                   "transformers generate": time_hf(path, prompt, args.new_tokens,
+                                                    args.repeats)}
+    base = results["transformers generate"]
+    print(f"\n{args.layers} layers, batch 1, prompt {args.prompt_len}, {args.new_tokens} steps")
+    print("| engine | ms per decode step | speed-up vs transformers |")
+    print("|---|---|---|")
+    for name, step in results.items():
+        print(f"| {name} | {step * 1e3:.2f} | {base / step:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()
