@@ -58,6 +58,8 @@ DistInitAddr = Annotated[Optional[str], typer.Option(
 PageSize = Annotated[int, typer.Option(help="Tokens per KV page.")]
 MemFraction = Annotated[float, typer.Option(help="Share of device memory for weights + pools.")]
 MaxRunning = Annotated[Optional[int], typer.Option(help="Cap on concurrently running requests.")]
+MaxQueued = Annotated[Optional[int], typer.Option(
+    help="Cap on waiting requests; new ones beyond it get RESOURCE_EXHAUSTED.")]
 MaxTotalTokens = Annotated[Optional[int], typer.Option(help="Cap on KV-pool tokens.")]
 ChunkedPrefill = Annotated[int, typer.Option(help="Longest prefill chunk; -1 disables chunking.")]
 MaxPrefill = Annotated[int, typer.Option(help="Prefill tokens per step, all requests together.")]
@@ -84,6 +86,7 @@ ENGINE_FLAGS = (
     ("load_format", LoadFormatOpt, LoadFormat.auto), ("tp", Tp, 1), ("nnodes", Nnodes, 1),
     ("node_rank", NodeRank, 0), ("dist_init_addr", DistInitAddr, None), ("page_size", PageSize, 1),
     ("mem_fraction_static", MemFraction, 0.88), ("max_running_requests", MaxRunning, None),
+    ("max_queued_requests", MaxQueued, None),
     ("max_total_tokens", MaxTotalTokens, None), ("chunked_prefill_size", ChunkedPrefill, 8192),
     ("max_prefill_tokens", MaxPrefill, 16384), ("mamba_ssm_dtype", SsmDtypeOpt, SsmDtype.float32),
     ("mamba_full_memory_ratio", MambaRatio, 0.9), ("max_mamba_cache_size", MaxMamba, None),
@@ -142,7 +145,8 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                    mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
                    disable_radix_cache: bool = False, mamba_track_interval: int = 256,
                    nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
-                   disable_cuda_graph: bool = False, cuda_graph_max_bs: int = 256) -> dict:
+                   disable_cuda_graph: bool = False, cuda_graph_max_bs: int = 256,
+                   max_queued_requests: int | None = None) -> dict:
     """Every Config section but the model's (so flags can be checked without a checkpoint)."""
     return dict(
         load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
@@ -159,6 +163,7 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                           disable_radix_cache=disable_radix_cache,
                           mamba_track_interval=mamba_track_interval),
         sched=SchedConfig(max_running_requests=max_running_requests,
+                          max_queued_requests=max_queued_requests,
                           chunked_prefill_size=None if chunked_prefill_size == -1
                           else chunked_prefill_size,
                           max_prefill_tokens=max_prefill_tokens, context_length=context_length,

@@ -19,7 +19,7 @@ import asyncio
 import grpc
 import structlog
 
-from qnext.worker.sched.request import RequestRejected
+from qnext.worker.sched.request import QueueFull, RequestRejected
 from qnext_grpc.bridge import BridgeClosed, Draining
 from qnext_grpc.handlers import rewrap
 
@@ -32,10 +32,6 @@ class Unsupported(RuntimeError):
 
 class Conflict(RuntimeError):
     """The operation is impossible in the current state."""
-
-
-class QueueFull(RuntimeError):
-    """The waiting queue is at its bound."""
 
 
 class WorkerUnavailable(RuntimeError):

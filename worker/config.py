@@ -292,6 +292,7 @@ class SchedConfig:
     """Batching limits. `chunked_prefill_size=None` prefills whole prompts in one chunk."""
 
     max_running_requests: int | None = None
+    max_queued_requests: int | None = None  # new requests beyond it: RESOURCE_EXHAUSTED
     chunked_prefill_size: int | None = 8192
     max_prefill_tokens: int = 16384
     context_length: int | None = None
@@ -302,6 +303,7 @@ class SchedConfig:
 
     def __post_init__(self) -> None:
         for flag, value in (("--max-running-requests", self.max_running_requests),
+                            ("--max-queued-requests", self.max_queued_requests),
                             ("--cuda-graph-max-bs", self.cuda_graph_max_bs),
                             ("--chunked-prefill-size", self.chunked_prefill_size),
                             ("--context-length", self.context_length)):

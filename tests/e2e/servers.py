@@ -9,10 +9,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from qnext.v1 import admin_pb2
 
 from tests.net import free_port
 
@@ -106,3 +110,18 @@ class Worker:
         self.proc.kill()
         self.proc.wait(timeout=30)
         self.log.unlink(missing_ok=True)
+
+
+def until(condition, timeout: float = 20.0) -> None:
+    """Poll `condition()` (an RPC) until true; fail after `timeout` seconds."""
+    deadline, pause = time.monotonic() + timeout, threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        pause.wait(0.05)
+
+
+def idle(admin, auth) -> bool:
+    mem = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=auth)
+    stats = admin.GetStats(admin_pb2.GetStatsRequest(), metadata=auth)
+    return (mem.pages.used == 0 and mem.state_slots.used == 0 and stats.num_running == 0
+            and stats.num_waiting == 0)

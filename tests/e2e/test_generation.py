@@ -4,17 +4,14 @@ cancellation and deadlines free pages and slots; bad input is INVALID_ARGUMENT."
 
 from __future__ import annotations
 
-import threading
-import time
-
 import grpc
 import pytest
 from transformers import AutoTokenizer
 
-from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
+from qnext.v1 import admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
 from qnext.worker.engine import Engine
 from qnext.worker.sched.request import SamplingParams
-from tests.e2e.servers import Server, serve_config
+from tests.e2e.servers import Server, idle, serve_config, until
 from tests.net import free_port
 
 GREEDY = g.SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
@@ -48,21 +45,6 @@ def offline(setup):
 def stubs(server):
     return (generation_pb2_grpc.GenerationStub(server.data),
             admin_pb2_grpc.AdminStub(server.control))
-
-
-def until(condition, timeout: float = 20.0) -> None:
-    """Poll `condition()` (an RPC) until true; fail after `timeout` seconds."""
-    deadline, pause = time.monotonic() + timeout, threading.Event()
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        pause.wait(0.05)
-
-
-def idle(admin, auth) -> bool:
-    mem = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=auth)
-    stats = admin.GetStats(admin_pb2.GetStatsRequest(), metadata=auth)
-    return (mem.pages.used == 0 and mem.state_slots.used == 0 and stats.num_running == 0
-            and stats.num_waiting == 0)
 
 
 @pytest.mark.parametrize("kind", ["text", "chat", "ids"])

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from qnext.worker.engine import Engine
-from qnext.worker.sched.request import FinishReason, Request, RequestRejected, SamplingParams
+from qnext.worker.sched.request import (
+    FinishReason,
+    QueueFull,
+    Request,
+    RequestRejected,
+    SamplingParams,
+)
 from tests.engine.helpers import (
     assert_pools_at_baseline,
     engine_config,
@@ -157,6 +163,21 @@ def test_bad_requests_are_rejected(path, prompt, params, field):
     with pytest.raises(RequestRejected, match="duplicate"):
         engine.add(Request("ok", (1, 2)))
     assert _run_until_done(engine, ["ok"])["ok"][1] is FinishReason.LENGTH
+    assert_pools_at_baseline(engine)
+
+
+def test_waiting_queue_is_bounded(path):
+    cfg = engine_config(path)
+    engine = Engine(replace(cfg, sched=replace(cfg.sched, max_queued_requests=2)))
+    params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+    engine.add(Request("a", (1, 2), params))
+    engine.add(Request("b", (3, 4), params))
+    with pytest.raises(QueueFull, match="--max-queued-requests"):
+        engine.add(Request("c", (5, 6), params))
+    done = _run_until_done(engine, ["a", "b"])
+    assert [len(done[r][0]) for r in "ab"] == [3, 3]
+    engine.add(Request("c", (5, 6), params))  # room again: the rejected id was never queued
+    assert _run_until_done(engine, ["c"])["c"][1] is FinishReason.LENGTH
     assert_pools_at_baseline(engine)
 
 

@@ -21,6 +21,7 @@ from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
 from qnext.worker.sched.memory import MemoryPlan, slots_per_request
 from qnext.worker.sched.request import (
     FinishReason,
+    QueueFull,
     Request,
     RequestRejected,
     SamplingParams,
@@ -121,8 +122,12 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------------
     def add(self, request: Request) -> None:
-        """Queue a request; RequestRejected (naming the field) if it can never run."""
+        """Queue a request; RequestRejected (naming the field) if it can never run, QueueFull
+        when --max-queued-requests requests already wait (preempted ones included)."""
         self._validate(request)
+        bound = self.cfg.sched.max_queued_requests
+        if bound is not None and len(self.scheduler.waiting) >= bound:
+            raise QueueFull(f"{bound} requests are already waiting (--max-queued-requests)")
         n = next(self._arrivals)
         seed = request.sampling.seed
         seq = Sequence(seq_id=n, request=request,

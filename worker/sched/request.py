@@ -15,6 +15,10 @@ class RequestRejected(ValueError):
     """A request the engine will not run; the message names the offending field."""
 
 
+class QueueFull(RuntimeError):
+    """The waiting queue is at its bound (--max-queued-requests): try again later."""
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Per-request sampling. temperature 0 means greedy; `top_k=None` means no top-k cut."""
