@@ -27,10 +27,23 @@ def kv_locs_ref(page_table_row: Tensor, start: int, end: int, page_size: int) ->
     return pages * page_size + pos % page_size
 
 
-def _attend_one(q: Tensor, k: Tensor, v: Tensor, prefix: int, scale: float) -> Tensor:
+def tree_visibility(parents: Tensor) -> Tensor:
+    """parents [n] (parents[t] in [-1, t)) -> bool [n, n]: token t sees token i when i is t or
+    one of its ancestors (a draft tree's attention mask among its new tokens)."""
+    n = parents.shape[0]
+    seen = torch.eye(n, dtype=torch.bool, device=parents.device)
+    for t, p in enumerate(parents.tolist()):
+        if p >= 0:
+            seen[t] |= seen[p]
+    return seen
+
+
+def _attend_one(q: Tensor, k: Tensor, v: Tensor, prefix: int, scale: float,
+                parents: Tensor | None = None) -> Tensor:
     """Causal GQA attention for one sequence in float32.
 
     q [n, Hq, D] new tokens at positions prefix..prefix+n-1; k, v [L, Hkv, D], L = prefix + n.
+    parents [n] (a draft tree): new token t sees the prefix and its ancestors only.
     """
     n, hq = q.shape[0], q.shape[1]
     rep = hq // k.shape[1]
@@ -39,7 +52,10 @@ def _attend_one(q: Tensor, k: Tensor, v: Tensor, prefix: int, scale: float) -> T
     scores = torch.einsum("qhd,khd->hqk", acc(q), kf) * scale  # [Hq, n, L]
     q_pos = torch.arange(n, device=q.device)[:, None] + prefix
     k_pos = torch.arange(k.shape[0], device=q.device)[None, :]
-    scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
+    hidden = k_pos > q_pos  # [n, L]
+    if parents is not None:
+        hidden[:, prefix:] = ~tree_visibility(parents)
+    scores = scores.masked_fill(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return torch.einsum("hqk,khd->qhd", probs, vf)  # [n, Hq, D]
 
@@ -54,10 +70,13 @@ def paged_attention_ref(
     page_table: Tensor,
     page_size: int,
     scale: float,
+    tree_parents: Tensor | None = None,
 ) -> Tensor:
     """q [T, Hq, D] new tokens (cu_seqlens [B+1] over q); seq_lens [B] include the new tokens;
     page_table [B, max_pages]. Query head h uses kv head h // (Hq // Hkv). Returns [T, Hq, D]
     in q.dtype. The new tokens' K/V must already be stored in the cache.
+    tree_parents [B, n] (speculative verify of draft trees, n new tokens per sequence): a new
+    token sees the prefix and its own ancestors instead of every earlier token.
     """
     out = torch.zeros(q.shape, dtype=acc_dtype(q), device=q.device)
     bounds = cu_seqlens.tolist()
@@ -67,5 +86,6 @@ def paged_attention_ref(
             continue
         locs = kv_locs_ref(page_table[b], 0, total, page_size)  # [L]
         prefix = total - (e - s)
-        out[s:e] = _attend_one(q[s:e], k_cache[locs], v_cache[locs], prefix, scale)
+        parents = None if tree_parents is None else tree_parents[b]
+        out[s:e] = _attend_one(q[s:e], k_cache[locs], v_cache[locs], prefix, scale, parents)
     return out.to(q.dtype)

@@ -8,6 +8,8 @@ their own layer index (`kv_layer` / `state_layer`), never by walking modules.
 A sequence may also ask for a snapshot: its recurrent state part-way through its new tokens,
 copied into an extra state slot (prefix-cache tracking, SGLang's "extra_buffer"). Snapshot
 slots are distinct from every working slot of the batch and from each other.
+A verify batch (speculative decoding) carries n draft tokens per sequence: attention sees the
+prefix and the draft's own ancestors, recurrent layers keep every draft step's state apart.
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ class StateCache(Protocol):
         ...
 
 
+class SpecStates(Protocol):
+    """Speculative verify: per-draft-step recurrent states of the GDN layers, row b for the
+    batch's sequence b ([R, n, ...] per layer, n draft tokens); the pool stays untouched."""
+
+    def conv(self, state_layer: int) -> torch.Tensor:
+        """[R, n, C, K-1]: the last K-1 pre-conv inputs after each draft step."""
+        ...
+
+    def ssm(self, state_layer: int) -> torch.Tensor:
+        """[R, n, Hv, dk, dv]: the delta-rule state after each draft step."""
+        ...
+
+
 @dataclass(frozen=True)
 class ForwardBatch:
     """Inputs of one forward; built by `runtime.inputs`, read by layers."""
@@ -57,6 +72,14 @@ class ForwardBatch:
     # both None when no sequence of the batch asks for a snapshot
     snapshot_slots: torch.Tensor | None = None  # [B] int64: snapshot slot, -1 for none
     snapshot_offsets: torch.Tensor | None = None  # [B] int64: new tokens in the snapshot, 0 if none
+    # speculative verify: every sequence's new tokens are its n draft tokens (chain, or a tree
+    # when spec_parents [B, n] is set); recurrent layers write spec_states, not the pool
+    spec_states: SpecStates | None = None
+    spec_parents: torch.Tensor | None = None
+
+    @property
+    def is_verify(self) -> bool:
+        return self.spec_states is not None
 
     @property
     def num_tokens(self) -> int:

@@ -53,6 +53,9 @@ class GatedAttention(nn.Module):
         args = dict(cu_seqlens=batch.cu_seqlens, seq_lens=batch.seq_lens,
                     page_table=batch.page_table, page_size=batch.kv_cache.page_size,
                     scale=self.head_dim ** -0.5)
+        if batch.spec_parents is not None:  # draft trees: the reference's ancestor mask
+            return paged_attention_ref(q, k_cache, v_cache, tree_parents=batch.spec_parents,
+                                       **args)
         if use_triton(q):
             from qnext.kernels.attention import paged_attention
 

@@ -6,7 +6,8 @@ pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule
 beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
 a rank's conv and recurrent state hold only its heads.
 On CUDA the Triton kernels run: conv (`kernels/conv_decode.py`, `kernels/conv_prefill.py`)
-and the delta rule (`kernels/gdn_decode.py`, `kernels/gdn_prefill.py`), gates fused.
+and the decode delta rule (`kernels/gdn_decode.py`), gates fused; speculative verify in
+`layers/gdn_verify.py`.
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
@@ -24,6 +25,7 @@ from qnext.kernels import (
 )
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.layers.backend import use_triton
+from qnext.worker.layers.gdn_verify import verify_conv, verify_delta_rule
 from qnext.worker.layers.linear import (
     ColumnParallelLinear,
     RowParallelLinear,
@@ -116,12 +118,14 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         num_tokens = x.shape[0]
         mixed, z, b, a = self._split_projections(x)
-        mixed = self._conv(mixed, batch)
+        mixed = verify_conv(self, mixed, batch) if batch.is_verify else self._conv(mixed, batch)
         q, k, v = mixed.split([self.hk * self.dk, self.hk * self.dk, self.hv * self.dv], dim=-1)
         q = q.reshape(num_tokens, self.hk, self.dk)
         k = k.reshape(num_tokens, self.hk, self.dk)
         v = v.reshape(num_tokens, self.hv, self.dv)
-        if batch.is_decode and use_triton(x):  # gates fused in the kernel
+        if batch.is_verify:  # every draft step's state kept apart, the pool untouched
+            out = verify_delta_rule(self, q, k, v, a, b, batch)
+        elif batch.is_decode and use_triton(x):  # gates fused in the kernel
             from qnext.kernels.gdn_decode import gdn_decode
 
             out = gdn_decode(q, k, v, a.contiguous(), b.contiguous(), self.A_log,

@@ -4,16 +4,17 @@ A `SeqChunk` is what the scheduler decides for one sequence in one step: its new
 (a prefill chunk or one decode token), how many of its tokens are already in the caches, its
 state slot and its KV pages (covering at least prefix + new tokens), and optionally a snapshot
 slot that receives the recurrent state part-way through the new tokens (prefix-cache tracking).
+`build_verify_batch` makes the speculative verify forward of draft chains or trees.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 
 import torch
 
-from qnext.worker.forward import ForwardBatch, KVCache, StateCache
+from qnext.worker.forward import ForwardBatch, KVCache, SpecStates, StateCache
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,33 @@ def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: 
         snapshot_slots=None if snapshots is None else tensor(snapshots[0]),
         snapshot_offsets=None if snapshots is None else tensor(snapshots[1]),
     )
+
+
+def draft_depths(parents: list[int]) -> list[int]:
+    """Depth of each draft token in its tree (root 0); parents[t] in [-1, t)."""
+    depths: list[int] = []
+    for t, p in enumerate(parents):
+        if not -1 <= p < t:
+            raise ValueError(f"draft parent {p} of token {t} must lie in [-1, {t})")
+        depths.append(0 if p < 0 else depths[p] + 1)
+    return depths
+
+
+def build_verify_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: StateCache,
+                       spec_states: SpecStates, device: torch.device | str,
+                       parents: list[list[int]] | None = None) -> ForwardBatch:
+    """A speculative verify forward: each chunk's new tokens are its n draft tokens (the same
+    n for every sequence), K/V stored at the n positions after the prefix, RoPE positions by
+    depth in the draft (a chain's depth is its index); logits for every draft token.
+    parents [B][n] make the drafts trees (None: chains)."""
+    n = len(chunks[0].token_ids)
+    if any(len(c.token_ids) != n or c.snapshot_slot is not None for c in chunks):
+        raise ValueError("a verify batch has the same number of draft tokens per sequence "
+                         "and no snapshots")
+    batch = build_forward_batch(chunks, kv_cache, state_cache, device, all_logits=True)
+    trees = parents if parents is not None else [list(range(-1, n - 1))] * len(chunks)
+    positions = [c.prefix_len + d for c, tree in zip(chunks, trees) for d in draft_depths(tree)]
+    return replace(batch, positions=torch.tensor(positions, dtype=torch.int64, device=device),
+                   is_decode=False, spec_states=spec_states,
+                   spec_parents=None if parents is None else torch.tensor(
+                       parents, dtype=torch.int64, device=device))

@@ -25,7 +25,8 @@ from tests.unit.kernels.helpers import TOL, cu, maxdiff
 
 
 def test_all_exports_resolve():
-    assert len(K.__all__) == 16
+    assert len(K.__all__) == len(set(K.__all__)) == 18
+    assert K.__all__ == sorted(K.__all__)
     for name in K.__all__:
         assert callable(getattr(K, name)), name
 

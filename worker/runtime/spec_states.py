@@ -1,0 +1,40 @@
+"""Per-draft-step recurrent states of speculative verify, and their commit into the pool.
+
+A verify forward runs n draft tokens per sequence without touching the state pool: each GDN
+layer writes the conv window and the delta-rule state after every draft step into these
+buffers, row b for the batch's sequence b. Once acceptance is known, `commit` copies each
+sequence's accepted step into its slot — the rollback of rejected steps is simply not copying
+them. Memory: rows × n × (conv + ssm state of every GDN layer), i.e. n times a state slot per
+running request (the memory plan must reserve it; issue 8).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qnext.worker.runtime.state_pool import StatePool
+
+
+class SpecStateBuffers:
+    """[layers, rows, n, ...] conv and ssm buffers shaped like the pool's slots."""
+
+    def __init__(self, pool: StatePool, rows: int, num_draft: int) -> None:
+        conv, ssm = pool.conv_states, pool.ssm_states  # [layers, S, ...]
+        self.num_draft = num_draft
+        self.conv_all = torch.zeros((conv.shape[0], rows, num_draft, *conv.shape[2:]),
+                                    dtype=conv.dtype, device=conv.device)
+        self.ssm_all = torch.zeros((ssm.shape[0], rows, num_draft, *ssm.shape[2:]),
+                                   dtype=ssm.dtype, device=ssm.device)
+
+    def conv(self, state_layer: int) -> torch.Tensor:
+        return self.conv_all[state_layer]
+
+    def ssm(self, state_layer: int) -> torch.Tensor:
+        return self.ssm_all[state_layer]
+
+    def commit(self, pool: StatePool, slots: torch.Tensor, steps: torch.Tensor) -> None:
+        """pool slot slots[b] <- the state after draft step steps[b] of row b, every layer.
+        slots, steps int64 [B] on the pool's device; rows are 0..B-1."""
+        rows = torch.arange(slots.shape[0], device=slots.device)
+        pool.conv_states[:, slots] = self.conv_all[:, rows, steps]
+        pool.ssm_states[:, slots] = self.ssm_all[:, rows, steps]
