@@ -19,7 +19,9 @@ from qnext.worker.config import (
     ModelConfig,
     ParallelConfig,
     SchedConfig,
+    SpecConfig,
 )
+from qnext.worker.errors import ConfigError
 
 
 class Dtype(str, Enum):
@@ -31,6 +33,11 @@ class Dtype(str, Enum):
 class SsmDtype(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
+
+
+class SpecAlgorithm(str, Enum):
+    NEXTN = "NEXTN"
+    EAGLE = "EAGLE"
 
 
 class RadixStrategy(str, Enum):
@@ -69,6 +76,13 @@ MaxMamba = Annotated[Optional[int], typer.Option(help="Fixed number of state slo
 NoOverlap = Annotated[bool, typer.Option(help="Use the normal loop instead of the overlap loop.")]
 NoGraph = Annotated[bool, typer.Option(help="Run decode steps eagerly (no CUDA graphs).")]
 GraphMaxBs = Annotated[int, typer.Option(help="Largest decode batch captured in a CUDA graph.")]
+SpecAlgo = Annotated[Optional[SpecAlgorithm], typer.Option(
+    help="Speculative decoding: NEXTN (the checkpoint's MTP head) or EAGLE (a draft model).")]
+SpecDraft = Annotated[Optional[str], typer.Option(help="EAGLE: the draft checkpoint.")]
+SpecSteps = Annotated[Optional[int], typer.Option(help="Draft forward steps (default 3).")]
+SpecTopk = Annotated[Optional[int], typer.Option(help="Branching per draft step (default 1).")]
+SpecTokens = Annotated[Optional[int], typer.Option(
+    help="Tokens verified per step, root included (topk 1: steps + 1).")]
 RandomSeed = Annotated[int, typer.Option(help="Seed for requests that bring none.")]
 ContextLength = Annotated[Optional[int], typer.Option(help="Max tokens per request (prompt incl.).")]
 CpuMemory = Annotated[int, typer.Option(help="On CPU: MiB that stand in for device memory.")]
@@ -94,6 +108,9 @@ ENGINE_FLAGS = (
     ("cuda_graph_max_bs", GraphMaxBs, 256), ("random_seed", RandomSeed, 0),
     ("context_length", ContextLength, None), ("cpu_memory_mb", CpuMemory, 256),
     ("mamba_scheduler_strategy", RadixStrategyOpt, RadixStrategy.auto),
+    ("speculative_algorithm", SpecAlgo, None), ("speculative_draft_model_path", SpecDraft, None),
+    ("speculative_num_steps", SpecSteps, None), ("speculative_eagle_topk", SpecTopk, None),
+    ("speculative_num_draft_tokens", SpecTokens, None),
     ("disable_radix_cache", DisableRadix, False), ("mamba_track_interval", TrackInterval, 256),
 )
 
@@ -146,9 +163,10 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                    disable_radix_cache: bool = False, mamba_track_interval: int = 256,
                    nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
                    disable_cuda_graph: bool = False, cuda_graph_max_bs: int = 256,
-                   max_queued_requests: int | None = None) -> dict:
+                   max_queued_requests: int | None = None, **spec_flags) -> dict:
     """Every Config section but the model's (so flags can be checked without a checkpoint)."""
     return dict(
+        spec=_spec_section(**spec_flags),
         load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
                         load_format=load_format.value, seed=random_seed),
         parallel=ParallelConfig(tp_size=tp, nnodes=nnodes, node_rank=node_rank,
@@ -170,3 +188,18 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                           disable_overlap_schedule=disable_overlap_schedule,
                           random_seed=random_seed, disable_cuda_graph=disable_cuda_graph,
                           cuda_graph_max_bs=cuda_graph_max_bs))
+
+
+def _spec_section(speculative_algorithm: SpecAlgorithm | None = None,
+                  speculative_draft_model_path: str | None = None,
+                  speculative_num_steps: int | None = None,
+                  speculative_eagle_topk: int | None = None,
+                  speculative_num_draft_tokens: int | None = None) -> SpecConfig:
+    """The checked SpecConfig; the engine cannot run drafts yet, so a set algorithm fails."""
+    spec = SpecConfig(None if speculative_algorithm is None else speculative_algorithm.value,
+                      speculative_draft_model_path, speculative_num_steps,
+                      speculative_eagle_topk, speculative_num_draft_tokens)
+    if spec.enabled:  # TODO(#8): drafting and the verify loop in the engine
+        raise ConfigError("--speculative-algorithm: speculative decoding is not available "
+                          "yet (the verify forward exists; drafting does not)")
+    return spec

@@ -1,5 +1,6 @@
 """Frozen configuration: `ModelConfig.from_hf` normalises a Qwen3-Next config.json; `Config` is the
-root object with one section per concern. Imports nothing from qnext and no torch (a leaf module).
+root object with one section per concern (speculative decoding in `worker/spec_config.py`).
+Imports no torch; from qnext only the other config leaves.
 
 Every HF oddity (`rope_parameters` vs `rope_theta`, `full_attention_interval` vs `layer_types`,
 eos as int or list) is resolved here, so model code never calls `getattr(hf, ..., default)`.
@@ -12,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qnext.worker.errors import ConfigError
+from qnext.worker.spec_config import SpecConfig
+
+__all__ = ["CacheConfig", "Config", "ConfigError", "LoadConfig", "ModelConfig",
+           "ParallelConfig", "SchedConfig", "SpecConfig"]
 LINEAR = "linear_attention"
 FULL = "full_attention"
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64: numerics checks only
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field or flag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,3 +324,12 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
+    spec: SpecConfig = field(default_factory=SpecConfig)
+
+    def __post_init__(self) -> None:
+        cache, spec = self.cache, self.spec
+        if spec.enabled and cache.mamba_scheduler_strategy == "extra_buffer" \
+                and spec.draft_tokens > cache.mamba_track_interval:
+            raise ConfigError(f"--speculative-num-draft-tokens {spec.draft_tokens} must not "
+                              f"exceed --mamba-track-interval {cache.mamba_track_interval} "
+                              "with extra_buffer")
