@@ -1,17 +1,16 @@
 """Protobuf <-> engine values: sampling parameters, finish reasons, log-probabilities, memory.
-Pure data mapping; no torch. Invalid values raise `RequestRejected` naming the field (the
-gRPC layer turns it into INVALID_ARGUMENT)."""
+Pure data mapping; no torch. Values are not judged here: the engine's `RequestRejected`
+names an invalid field (the gRPC layer turns it into INVALID_ARGUMENT)."""
 
 from __future__ import annotations
 
 from qnext.v1 import admin_pb2, generation_pb2 as gen
-from qnext.worker.sched.request import FinishReason, Request, RequestRejected, SamplingParams
+from qnext.worker.sched.request import FinishReason, Request, SamplingParams
 
 _FINISH = {FinishReason.STOP: gen.FINISH_REASON_STOP,
            FinishReason.LENGTH: gen.FINISH_REASON_LENGTH,
            FinishReason.ABORT: gen.FINISH_REASON_ABORT}
 _DEFAULTS = SamplingParams()
-MAX_SEED = 2**63 - 1
 
 
 def _get(pb, name: str, default):
@@ -19,24 +18,22 @@ def _get(pb, name: str, default):
 
 
 def sampling_from_pb(pb: gen.SamplingParams, logprobs: gen.LogprobOptions) -> SamplingParams:
-    """Absent optional fields take the engine defaults (proto3 zero is not "unset")."""
+    """Absent optional fields take the engine defaults (proto3 zero is not "unset"). Values
+    are mapped as they are: `SamplingParams.validate` (in `Engine.add`) judges them, so an
+    explicit top_k=0 or a seed above 2^63 - 1 is rejected there, naming the field."""
     d = _DEFAULTS
-    seed = _get(pb, "seed", None)
-    if seed is not None and seed > MAX_SEED:
-        raise RequestRejected(f"invalid sampling field seed={seed} (at most {MAX_SEED})")
-    top_k = _get(pb, "top_k", None)
-    if top_k == 0:
-        raise RequestRejected("invalid sampling field top_k=0 (>= 1, or leave it unset)")
     return SamplingParams(
         temperature=_get(pb, "temperature", d.temperature),
-        top_k=top_k, top_p=_get(pb, "top_p", d.top_p), min_p=_get(pb, "min_p", d.min_p),
+        top_k=_get(pb, "top_k", None), top_p=_get(pb, "top_p", d.top_p),
+        min_p=_get(pb, "min_p", d.min_p),
         repetition_penalty=_get(pb, "repetition_penalty", d.repetition_penalty),
         frequency_penalty=_get(pb, "frequency_penalty", d.frequency_penalty),
         presence_penalty=_get(pb, "presence_penalty", d.presence_penalty),
         max_new_tokens=_get(pb, "max_new_tokens", d.max_new_tokens),
         min_new_tokens=_get(pb, "min_new_tokens", d.min_new_tokens),
         stop_token_ids=tuple(pb.stop_token_ids), ignore_eos=_get(pb, "ignore_eos", False),
-        seed=seed, logprobs=logprobs.enabled, top_logprobs=logprobs.top_logprobs)
+        seed=_get(pb, "seed", None), logprobs=logprobs.enabled,
+        top_logprobs=logprobs.top_logprobs)
 
 
 def request_from_pb(pb) -> Request:

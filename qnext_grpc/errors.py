@@ -7,7 +7,11 @@ and server-streaming handler of a grpc.aio server.
     QueueFull                                                -> RESOURCE_EXHAUSTED
     Draining, BridgeClosed, WorkerUnavailable                -> UNAVAILABLE
     an error status from the worker                          -> the same status
+    a request that does not parse (bad bytes, bad UTF-8)     -> INVALID_ARGUMENT
     anything else                                            -> INTERNAL (logged with traceback)
+
+Details are cut to MAX_DETAILS characters: an echoed huge value must not turn the answer into
+RESOURCE_EXHAUSTED (gRPC's metadata limit).
 
 Cancellation (the client went away) propagates untouched.
 """
@@ -18,12 +22,30 @@ import asyncio
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from qnext.worker.sched.request import QueueFull, RequestRejected
 from qnext_grpc.bridge import BridgeClosed, Draining
 from qnext_grpc.handlers import rewrap
 
 log = structlog.get_logger()
+MAX_DETAILS = 500
+
+
+class Undecodable:
+    """What the deserializer hands the handler instead of a request that does not parse."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(parse):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc) or "malformed message")
+    return deserialize
 
 
 class Unsupported(RuntimeError):
@@ -59,11 +81,20 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     code, message = status_of(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.error("rpc_failed", method=method, exc_info=exc)
+    if len(message) > MAX_DETAILS:
+        message = message[:MAX_DETAILS] + "..."
     await context.abort(code, message)
+
+
+async def _reject_undecodable(context, request) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"request: cannot parse ({request.reason[:200]})")
 
 
 def _wrap_unary(fn, method: str):
     async def handler(request, context):
+        await _reject_undecodable(context, request)
         try:
             return await fn(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -75,6 +106,7 @@ def _wrap_unary(fn, method: str):
 
 def _wrap_stream(fn, method: str):
     async def handler(request, context):
+        await _reject_undecodable(context, request)
         try:
             async for item in fn(request, context):
                 yield item
@@ -92,4 +124,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = details.method
         return rewrap(handler, lambda fn: _wrap_unary(fn, method),
-                      lambda fn: _wrap_stream(fn, method))
+                      lambda fn: _wrap_stream(fn, method), deserializer=_tolerant)

@@ -1,14 +1,17 @@
 """`GenerationService`: the data plane (`qnext.v1.Generation`). Turns text, chat or ids into a
 tokenized worker request, relays the worker's token stream as text deltas (stop strings,
 reasoning split, usage, timing), and aborts the worker request when the client goes away or a
-stop string ends the text early. Torch-free."""
+stop string ends the text early. Long prompts are tokenized off the event loop, so a huge
+text does not stall other calls. Torch-free."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import structlog
 
 from qnext.v1 import generation_pb2 as gen, generation_pb2_grpc, worker_pb2
@@ -17,6 +20,10 @@ from qnext_grpc.output import Delta, OutputAssembler
 from qnext_grpc.text import TextError, TextTokenizer
 from qnext_grpc.worker_client import WorkerClient
 
+#: prompts of at most this many characters are tokenized on the event loop, longer ones on a
+#: thread (`TextTokenizer.encode` releases the GIL)
+INLINE_PROMPT_CHARS = 4096
+
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
     def __init__(self, worker: WorkerClient, tokenizer: TextTokenizer,
@@ -24,7 +31,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         self.worker, self.tokenizer, self.metrics = worker, tokenizer, metrics
 
     async def Generate(self, request, context):
-        call = self._call(request, "Generate")
+        call = await self._call(request, "Generate")
         complete = None
         async for item in call.run(request):
             if isinstance(item, gen.Complete):
@@ -35,7 +42,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             token_ids=asm.token_ids, logprobs=call.logprobs, complete=complete)
 
     async def Stream(self, request, context):
-        call = self._call(request, "Stream")
+        call = await self._call(request, "Stream")
         async for item in call.run(request):
             if isinstance(item, gen.Complete):
                 yield gen.StreamResponse(request_id=call.rid, complete=item)
@@ -45,12 +52,17 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                     logprobs=item.logprobs, usage=call.usage()))
 
     async def Abort(self, request, context):
-        return await self.worker.stub.Abort(request)
+        """Each id once, so none is both aborted and not found."""
+        ids = list(dict.fromkeys(request.request_ids))
+        return await self.worker.stub.Abort(gen.AbortRequest(request_ids=ids))
 
-    def _call(self, request, method: str) -> _Call:
+    async def _call(self, request, method: str) -> _Call:
         sampling = request.sampling
         skip = sampling.skip_special_tokens if sampling.HasField("skip_special_tokens") else True
-        prompt = self._prompt_ids(request)
+        if _prompt_chars(request) > INLINE_PROMPT_CHARS:
+            prompt = await asyncio.to_thread(self._prompt_ids, request)
+        else:
+            prompt = self._prompt_ids(request)
         asm = OutputAssembler(self.tokenizer, prompt, list(sampling.stop), skip,
                               request.separate_reasoning)
         rid = (request.request_id or structlog.contextvars.get_contextvars().get("request_id")
@@ -62,6 +74,8 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         if kind is None:
             raise TextError("input: set one of text, token_ids or chat")
         if kind == "token_ids":
+            if not request.token_ids.ids:
+                raise TextError("input: token_ids is empty")
             return list(request.token_ids.ids)
         if kind == "text":
             text = request.text
@@ -73,6 +87,16 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         if not text:
             raise TextError("input: the prompt is empty")
         return self.tokenizer.encode(text)
+
+
+def _prompt_chars(request) -> int:
+    """Characters of a text or chat prompt (0 for token ids)."""
+    kind = request.WhichOneof("input")
+    if kind == "text":
+        return len(request.text)
+    if kind == "chat":
+        return sum(len(m.content) + len(m.role) for m in request.chat.messages)
+    return 0
 
 
 class _Call:
@@ -106,6 +130,7 @@ class _Call:
                     break
                 if self.asm.matched_stop is not None:  # the text is complete: stop the worker
                     reason = gen.FINISH_REASON_STOP
+                    await self._end_early(call)
                     break
         finally:
             call.cancel()  # a no-op once finished; otherwise the worker aborts the request
@@ -113,6 +138,16 @@ class _Call:
         done = self._complete(request, reason, cached, queue_ms)
         self._observe(done)
         yield done
+
+    async def _end_early(self, call) -> None:
+        """Abort the worker's request and wait for its last event (its tokens are dropped):
+        once the client hears back, the request id is free again and the pages released."""
+        try:
+            await self.worker.stub.Abort(gen.AbortRequest(request_ids=[self.rid]))
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError:
+            pass  # the worker went away: the text is complete all the same
 
     def _observe(self, done: gen.Complete) -> None:
         if self.metrics is None:

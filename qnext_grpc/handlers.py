@@ -13,12 +13,15 @@ Wrap = Callable[[Callable], Callable]
 
 
 def rewrap(handler: grpc.RpcMethodHandler, unary: Wrap, stream: Wrap,
-           writer: Wrap | None = None) -> grpc.RpcMethodHandler:
+           writer: Wrap | None = None,
+           deserializer: Wrap | None = None) -> grpc.RpcMethodHandler:
     """`unary` wraps a coroutine unary-unary handler, `stream` an async-generator
     unary-stream one; `writer`, if given, a coroutine unary-stream handler (one that answers
-    with `context.write`, like health Watch). Anything else is returned unchanged."""
-    kw = dict(request_deserializer=handler.request_deserializer,
-              response_serializer=handler.response_serializer)
+    with `context.write`, like health Watch); `deserializer`, if given, the request
+    deserializer of the wrapped handlers. Anything else is returned unchanged."""
+    parse = handler.request_deserializer
+    kw = dict(request_deserializer=parse if deserializer is None or parse is None
+              else deserializer(parse), response_serializer=handler.response_serializer)
     if inspect.iscoroutinefunction(handler.unary_unary):
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
     if inspect.isasyncgenfunction(handler.unary_stream):

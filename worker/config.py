@@ -245,8 +245,8 @@ class CacheConfig:
         if not 0 < self.mem_fraction_static <= 1:
             raise ConfigError(f"--mem-fraction-static must be in (0, 1], got "
                               f"{self.mem_fraction_static}")
-        if not self.mamba_full_memory_ratio > 0:
-            raise ConfigError(f"--mamba-full-memory-ratio must be > 0, got "
+        if not 0 < self.mamba_full_memory_ratio < float("inf"):
+            raise ConfigError(f"--mamba-full-memory-ratio must be a finite number > 0, got "
                               f"{self.mamba_full_memory_ratio}")
         for flag, value in (("--max-mamba-cache-size", self.max_mamba_cache_size),
                             ("--max-total-tokens", self.max_total_tokens)):

@@ -35,11 +35,17 @@ def _validate_message(index: int, message: object) -> dict[str, Any]:
     if not isinstance(role, str):
         raise TextError(f"message {index}: missing or non-string role")
     if role not in ROLES:
-        raise TextError(f"message {index}: unknown role {role!r} (expected one of "
+        raise TextError(f"message {index}: unknown role {_short(role)} (expected one of "
                         f"{', '.join(sorted(ROLES))})")
     if not isinstance(content, str):
         raise TextError(f"message {index}: missing or non-string content")
     return dict(message)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """repr(text), cut to `limit` characters: errors travel in gRPC trailers (8 KiB)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 class ChatTemplate:

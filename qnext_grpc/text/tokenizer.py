@@ -42,8 +42,10 @@ class TextTokenizer:
         return cls(tokenizer, template, _eos_token_ids(root, tokenizer, special.get("eos_token")))
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no special tokens added (special-token text still matches)."""
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`, no special tokens added (special-token text still matches).
+        Through `encode_batch`, which (unlike `encode`) releases the GIL while it works: a long
+        text tokenized on a thread leaves the event loop free."""
+        return self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`; ids outside the vocabulary are skipped."""

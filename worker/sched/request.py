@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
+MAX_SEED = 2**63 - 1  # the largest seed (larger uint64 seeds from the API are refused)
+MAX_TOP_LOGPROBS = 20
+
 
 class RequestRejected(ValueError):
     """A request the engine will not run; the message names the offending field."""
@@ -43,26 +46,44 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
     def validate(self, vocab_size: int) -> None:
-        """Raise RequestRejected naming the first invalid field."""
-        checks = (
-            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0),
-            ("top_k", self.top_k is None or self.top_k >= 1),
-            ("top_p", math.isfinite(self.top_p) and 0 < self.top_p <= 1),
-            ("min_p", math.isfinite(self.min_p) and 0 <= self.min_p <= 1),
-            ("repetition_penalty", math.isfinite(self.repetition_penalty)
-             and self.repetition_penalty > 0),
-            ("frequency_penalty", math.isfinite(self.frequency_penalty)
-             and -2 <= self.frequency_penalty <= 2),
-            ("presence_penalty", math.isfinite(self.presence_penalty)
-             and -2 <= self.presence_penalty <= 2),
-            ("max_new_tokens", self.max_new_tokens >= 1),
-            ("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens),
-            ("stop_token_ids", all(0 <= t < vocab_size for t in self.stop_token_ids)),
-            ("top_logprobs", 0 <= self.top_logprobs <= 20),
-        )
-        for name, ok in checks:
+        """Raise RequestRejected naming the first invalid field and its allowed range (the
+        message never echoes more than a short prefix of the value)."""
+        for name, ok, rule in self._checks():
             if not ok:
-                raise RequestRejected(f"invalid sampling field {name}={getattr(self, name)!r}")
+                raise RequestRejected(f"invalid sampling field {name}="
+                                      f"{_short(getattr(self, name))} (must be {rule})")
+        bad = next((t for t in self.stop_token_ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise RequestRejected(f"invalid sampling field stop_token_ids: {_short(bad)} is "
+                                  f"outside the vocabulary [0, {vocab_size})")
+
+    def _checks(self) -> tuple[tuple[str, bool, str], ...]:
+        """(field, valid, allowed values) per range-checked field; NaN and inf are invalid."""
+        def within(value: float, low: float, high: float) -> bool:
+            return math.isfinite(value) and low <= value <= high
+
+        return (
+            ("temperature", within(self.temperature, 0, math.inf), ">= 0"),
+            ("top_k", self.top_k is None or self.top_k >= 1, ">= 1, or unset"),
+            ("top_p", within(self.top_p, 0, 1) and self.top_p > 0, "in (0, 1]"),
+            ("min_p", within(self.min_p, 0, 1), "in [0, 1]"),
+            ("repetition_penalty", within(self.repetition_penalty, 0, math.inf)
+             and self.repetition_penalty > 0, "> 0"),
+            ("frequency_penalty", within(self.frequency_penalty, -2, 2), "in [-2, 2]"),
+            ("presence_penalty", within(self.presence_penalty, -2, 2), "in [-2, 2]"),
+            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+            ("min_new_tokens", 0 <= self.min_new_tokens <= self.max_new_tokens,
+             "in [0, max_new_tokens]"),
+            ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+            ("top_logprobs", 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+             f"in [0, {MAX_TOP_LOGPROBS}]"),
+        )
+
+
+def _short(value: object, limit: int = 64) -> str:
+    """repr(value), cut to `limit` characters: error messages travel in gRPC trailers."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
