@@ -4,6 +4,11 @@ worker process; the front end learns the checkpoint path from the worker.
 
 Admin token: `--admin-token` or QNEXT_ADMIN_TOKEN; without one a random token is written to
 ~/.cache/qnext/admin-token (mode 0600) and its path, never the token, is logged.
+
+Signals of `qnext serve`: SIGTERM drains (health NOT_SERVING, new calls UNAVAILABLE, running
+ones get --graceful-shutdown-timeout seconds), then stops the worker and exits 0; a second
+SIGTERM, or SIGINT (Ctrl-C, which reaches the worker too), stops at once. A spawned worker
+that dies is restarted (qnext_grpc.supervisor); `qnext worker` stops at once on either signal.
 """
 
 from __future__ import annotations
@@ -13,11 +18,10 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NamedTuple, Optional
 
 import typer
 
@@ -78,6 +82,12 @@ def serve(
     tls_key: Annotated[Optional[Path], typer.Option(help="PEM private key of --tls-cert.")] = None,
     tls_client_ca: Annotated[Optional[Path], typer.Option(
         help="PEM CA: require client certificates it signed (mTLS).")] = None,
+    worker_max_restarts: Annotated[int, typer.Option(
+        help="Restarts in a row of a spawned worker that died before the front end exits "
+             "(-1: no limit; the count resets once a worker has served 60 s).")] = 5,
+    graceful_shutdown_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM: seconds running calls get to finish before they are cancelled.")]
+    = 30.0,
     *, engine_flags: dict,
 ) -> None:
     """Serve over gRPC: Generation on --port, Admin on --admin-port (token-protected)."""
@@ -89,39 +99,57 @@ def serve(
     except ValueError as exc:  # a bad flag fails here, before anything starts
         fail(str(exc))
     _check_tls(tls_cert, tls_key, tls_client_ca)
+    _check_shutdown(worker_max_restarts, graceful_shutdown_timeout)
     if engine_flags["node_rank"] > 0:  # no front end on the other nodes: their ranks only
-        worker_args = ["--log-level", log_level, *o.flags_to_args(engine_flags)]
-        worker_args += ["--model-path", str(model_path)] if model_path else []
-        os.execv(sys.executable, [sys.executable, "-m", "qnext.cli.main", "worker",
-                                  *worker_args])
+        os.execv(sys.executable, _worker_argv(log_level, model_path, engine_flags))
     token = admin_token or _make_token()
-    child, address, sock_dir = None, attach, None
-    if attach is None:
-        sock_dir = tempfile.mkdtemp(prefix="qnext-")
-        address = f"unix:{sock_dir}/worker.sock"
-        args = ["--listen", address, "--log-level", log_level, "--exit-with-parent",
-                *o.flags_to_args(engine_flags)]
-        args += ["--model-path", str(model_path)] if model_path else []
-        child = subprocess.Popen([sys.executable, "-m", "qnext.cli.main", "worker", *args])
-    from qnext_grpc.server import FrontendConfig, serve_frontend
+    from qnext_grpc.server import FrontendConfig
 
-    cfg = FrontendConfig(worker_address=address, model_path=str(model_path or ""), host=host,
-                         port=port, admin_host=admin_host, admin_port=admin_port,
-                         admin_token=token, metrics_port=metrics_port,
-                         tls_cert=_str(tls_cert), tls_key=_str(tls_key),
-                         tls_client_ca=_str(tls_client_ca))
+    sock_dir = None if attach else tempfile.mkdtemp(prefix="qnext-")
+    cfg = FrontendConfig(worker_address=attach or f"unix:{sock_dir}/worker.sock",
+                         model_path=str(model_path or ""), host=host, port=port,
+                         admin_host=admin_host, admin_port=admin_port, admin_token=token,
+                         metrics_port=metrics_port, tls_cert=_str(tls_cert),
+                         tls_key=_str(tls_key), tls_client_ca=_str(tls_client_ca),
+                         shutdown_grace=graceful_shutdown_timeout)
+    worker_argv = None if attach else _worker_argv(
+        log_level, model_path, engine_flags, "--listen", cfg.worker_address, "--exit-with-parent")
     try:
-        _run(serve_frontend(cfg), child=child)
-    except (OSError, TimeoutError) as exc:
-        fail(str(exc))
+        _serve(cfg, worker_argv, worker_max_restarts)
     finally:
-        if child is not None and child.poll() is None:
-            child.terminate()
-            child.wait(timeout=30)
         if sock_dir is not None:
             shutil.rmtree(sock_dir, ignore_errors=True)
-    if child is not None and child.returncode not in (0, -signal.SIGTERM):
-        fail(f"the worker exited with code {child.returncode}")
+
+
+def _worker_argv(log_level: str, model_path: Path | None, engine_flags: dict,
+                 *extra: str) -> list[str]:
+    """The command line of `qnext worker` with serve's engine flags."""
+    args = ["--log-level", log_level, *o.flags_to_args(engine_flags), *extra]
+    args += ["--model-path", str(model_path)] if model_path else []
+    return [sys.executable, "-m", "qnext.cli.main", "worker", *args]
+
+
+def _serve(cfg, worker_argv: list[str] | None, max_restarts: int) -> None:
+    """The front end alone (attached) or beside its supervised worker; SIGTERM drains."""
+    from qnext_grpc.server import serve_frontend
+    from qnext_grpc.supervisor import Supervisor, WorkerFailed, serve_supervised
+
+    phases = Phases(asyncio.Event(), asyncio.Event())
+    try:
+        if worker_argv is None:
+            _run(serve_frontend(cfg, *phases), phases=phases)
+        else:
+            supervisor = Supervisor(worker_argv, cfg.worker_address, max_restarts, phases.stop)
+            _run(serve_supervised(cfg, supervisor, *phases), phases=phases)
+    except (OSError, TimeoutError, WorkerFailed) as exc:
+        fail(str(exc))
+
+
+def _check_shutdown(max_restarts: int, grace: float) -> None:
+    if max_restarts < -1:
+        fail(f"--worker-max-restarts must be >= -1 (-1: no limit), got {max_restarts}")
+    if grace < 0:
+        fail(f"--graceful-shutdown-timeout must be >= 0, got {grace}")
 
 
 def _check_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
@@ -149,15 +177,23 @@ def _make_token() -> str:
     return token
 
 
-def _run(coro, parent: int | None = None, child: subprocess.Popen | None = None) -> None:
-    """Run `coro` until it ends, SIGTERM / SIGINT arrive, the parent process is gone, or the
-    child (the spawned worker) exits."""
+class Phases(NamedTuple):
+    """A front end's events: `started` (it listens) and `stop` (SIGTERM: drain, then return)."""
+
+    started: asyncio.Event
+    stop: asyncio.Event
+
+
+def _run(coro, parent: int | None = None, phases: Phases | None = None) -> None:
+    """Run `coro` until it ends or the parent process is gone. SIGINT cancels it. SIGTERM
+    sets `phases.stop` once `phases.started` is; before that, on a second SIGTERM, or
+    without `phases`, it cancels."""
     async def main() -> None:
         task = asyncio.create_task(coro)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        watch = asyncio.create_task(_watch(task, parent, child))
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, _on_sigterm, task, phases)
+        watch = asyncio.create_task(_watch(task, parent))
         try:
             await task
         except asyncio.CancelledError:
@@ -168,10 +204,16 @@ def _run(coro, parent: int | None = None, child: subprocess.Popen | None = None)
     asyncio.run(main())
 
 
-async def _watch(task: asyncio.Task, parent: int | None, child) -> None:
-    while not task.done():
-        if (parent is not None and os.getppid() != parent) or \
-                (child is not None and child.poll() is not None):
+def _on_sigterm(task: asyncio.Task, phases: Phases | None) -> None:
+    if phases is None or phases.stop.is_set() or not phases.started.is_set():
+        task.cancel()
+    else:
+        phases.stop.set()
+
+
+async def _watch(task: asyncio.Task, parent: int | None) -> None:
+    while parent is not None and not task.done():
+        if os.getppid() != parent:
             task.cancel()
             return
         await asyncio.sleep(0.5)  # process liveness has no event to wait on

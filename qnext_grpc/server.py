@@ -1,7 +1,9 @@
 """The front end: the data-plane server (Generation + health + reflection) and the separate
 control-plane server (Admin, token-protected, + health + reflection), both grpc.aio, in front
 of one worker daemon. Health is NOT_SERVING until the worker serves, and whenever it is
-unreachable. With a certificate both ports speak TLS (mTLS with a client CA). Torch-free."""
+unreachable. With a certificate both ports speak TLS (mTLS with a client CA). Asked to stop,
+it drains: health NOT_SERVING, new Generation calls refused (UNAVAILABLE), running ones given a
+grace period, then cancelled. Torch-free."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
 from qnext_grpc.errors import ErrorInterceptor
 from qnext_grpc.generation import GenerationService
+from qnext_grpc.admission import Admission
 from qnext_grpc.logging import RequestLogInterceptor, configure_server_logging
 from qnext_grpc.metrics import Metrics, poll_worker
 from qnext_grpc.text import TextTokenizer
@@ -43,6 +46,7 @@ class FrontendConfig:
     tls_cert: str | None = None  # PEM files: with cert + key both ports speak TLS only
     tls_key: str | None = None
     tls_client_ca: str | None = None  # also require client certificates signed by this CA
+    shutdown_grace: float = 30.0  # on `stop`: seconds running calls get to finish
 
 
 def _credentials(cfg: FrontendConfig) -> grpc.ServerCredentials | None:
@@ -107,51 +111,86 @@ def _server(interceptors, address: str, creds: grpc.ServerCredentials | None) ->
     return server
 
 
-async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = None) -> None:
-    """Serve until cancelled."""
+async def serve_frontend(cfg: FrontendConfig, started: asyncio.Event | None = None,
+                         stop: asyncio.Event | None = None) -> None:
+    """Serve until cancelled (then stop at once) or until `stop` is set: then drain (health
+    NOT_SERVING, new Generation calls refused with UNAVAILABLE, running ones given
+    `cfg.shutdown_grace` seconds to finish, the rest cancelled) and return."""
     worker = WorkerClient(cfg.worker_address)
-    await worker.wait_ready(cfg.worker_timeout)
-    model_path = cfg.model_path or (await worker.admin.GetServerInfo(
-        admin_pb2.GetServerInfoRequest())).model_path
-    tokenizer = TextTokenizer.from_dir(model_path)
-    creds = _credentials(cfg)
-    data = _server([RequestLogInterceptor(), ErrorInterceptor()], f"{cfg.host}:{cfg.port}",
-                   creds)
-    control = _server([TokenAuth(cfg.admin_token), RequestLogInterceptor(), ErrorInterceptor()],
-                      f"{cfg.admin_host}:{cfg.admin_port}", creds)
-    metrics = Metrics()
-    generation_pb2_grpc.add_GenerationServicer_to_server(
-        GenerationService(worker, tokenizer, metrics), data)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminProxy(worker), control)
-    healths = [health.aio.HealthServicer(), health.aio.HealthServicer()]
-    for server, servicer, name in ((data, healths[0], GENERATION), (control, healths[1], ADMIN)):
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        reflection.enable_server_reflection(
-            (name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        await worker.wait_ready(cfg.worker_timeout)
+        tokenizer = TextTokenizer.from_dir(cfg.model_path or (await worker.admin.GetServerInfo(
+            admin_pb2.GetServerInfoRequest())).model_path)
+        frontend = _Frontend(cfg, worker, tokenizer)
+        await frontend.serve(started, stop or asyncio.Event())
+    finally:
+        await worker.close()
 
-    async def set_status(status) -> None:
-        for servicer, name in zip(healths, (GENERATION, ADMIN)):
+
+class _Frontend:
+    """The two servers, their health services and the background tasks of one front end."""
+
+    def __init__(self, cfg: FrontendConfig, worker: WorkerClient, tokenizer) -> None:
+        self.cfg, self.worker, self.metrics = cfg, worker, Metrics()
+        self.admission = Admission(f"/{GENERATION}/Generate", f"/{GENERATION}/Stream")
+        creds = _credentials(cfg)
+        self.data = _server([RequestLogInterceptor(), ErrorInterceptor(), self.admission],
+                            f"{cfg.host}:{cfg.port}", creds)
+        self.control = _server([TokenAuth(cfg.admin_token), RequestLogInterceptor(),
+                                ErrorInterceptor()], f"{cfg.admin_host}:{cfg.admin_port}", creds)
+        generation_pb2_grpc.add_GenerationServicer_to_server(
+            GenerationService(worker, tokenizer, self.metrics), self.data)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminProxy(worker), self.control)
+        self.healths = [health.aio.HealthServicer(), health.aio.HealthServicer()]
+        for server, servicer, name in self._planes():
+            health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+            reflection.enable_server_reflection(
+                (name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    def _planes(self):
+        return zip((self.data, self.control), self.healths, (GENERATION, ADMIN))
+
+    async def set_status(self, status) -> None:
+        for _, servicer, name in self._planes():
             await servicer.set("", status)
             await servicer.set(name, status)
 
-    await data.start()
-    await control.start()
-    tasks = [asyncio.create_task(worker.mirror_health(set_status))]
-    if cfg.metrics_port is not None:
-        tasks += [asyncio.create_task(metrics.serve(cfg.host, cfg.metrics_port)),
-                  asyncio.create_task(poll_worker(metrics, worker.admin))]
-    log.info("frontend_listening", data=f"{cfg.host}:{cfg.port}",
-             control=f"{cfg.admin_host}:{cfg.admin_port}", worker=cfg.worker_address)
-    if started is not None:
-        started.set()
-    try:
-        await data.wait_for_termination()
-    finally:
-        for task in tasks:
-            task.cancel()
-        for servicer in healths:
+    async def serve(self, started: asyncio.Event | None, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        await self.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.data.start()
+        await self.control.start()
+        mirror = asyncio.create_task(self.worker.mirror_health(self.set_status))
+        tasks = [mirror]
+        if cfg.metrics_port is not None:
+            tasks += [asyncio.create_task(self.metrics.serve(cfg.host, cfg.metrics_port)),
+                      asyncio.create_task(poll_worker(self.metrics, self.worker.admin))]
+        log.info("frontend_listening", data=f"{cfg.host}:{cfg.port}",
+                 control=f"{cfg.admin_host}:{cfg.admin_port}", worker=cfg.worker_address)
+        if started is not None:
+            started.set()
+        try:
+            await stop.wait()
+            mirror.cancel()  # health stops following the worker
+            await self._drain()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for servicer in self.healths:
+                await servicer.enter_graceful_shutdown()
+            await asyncio.gather(self.data.stop(grace=0), self.control.stop(grace=0),
+                                 return_exceptions=True)  # stop() may raise CancelledError
+
+    async def _drain(self) -> None:
+        """Refuse new calls, NOT_SERVING for good, wait for the running ones (up to the
+        grace period)."""
+        self.admission.close()
+        for servicer in self.healths:
             await servicer.enter_graceful_shutdown()
-        await asyncio.gather(data.stop(grace=5), control.stop(grace=5))
-        await worker.close()
+        grace = self.cfg.shutdown_grace
+        log.info("draining", in_flight=self.admission.in_flight, grace_s=grace)
+        try:
+            await asyncio.wait_for(self.admission.idle.wait(), grace)
+            log.info("drained")
+        except TimeoutError:
+            log.warning("drain_timeout", cancelled=self.admission.in_flight)

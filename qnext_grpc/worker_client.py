@@ -15,12 +15,17 @@ from qnext.v1 import admin_pb2_grpc, worker_pb2_grpc
 log = structlog.get_logger()
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Reconnect within a second of a (re)started worker listening, not after gRPC's default
+# backoff (up to 120 s): the worker is local or on the same network.
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class WorkerClient:
     def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -40,15 +45,21 @@ class WorkerClient:
 
     async def mirror_health(self, set_status) -> None:
         """Forever: follow the worker's health stream and call set_status(status) on every
-        change; NOT_SERVING while the worker is unreachable (reconnects with backoff)."""
-        backoff = 0.1
+        change; NOT_SERVING while the worker is unreachable (reconnects with backoff; logs
+        once per outage)."""
+        backoff, reachable = 0.1, True
         while True:
             try:
                 async for reply in self.health.Watch(health_pb2.HealthCheckRequest()):
+                    if not reachable:
+                        log.info("worker_reachable", address=self.address)
+                    reachable, backoff = True, 0.1
                     await set_status(reply.status)
-                    backoff = 0.1
             except grpc.aio.AioRpcError as err:
-                log.warning("worker_unreachable", address=self.address, code=err.code().name)
+                if reachable:
+                    log.warning("worker_unreachable", address=self.address,
+                                code=err.code().name)
+                reachable = False
             await set_status(NOT_SERVING)
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, 2.0)

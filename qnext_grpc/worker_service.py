@@ -164,7 +164,9 @@ async def serve_worker(engine, address: str, ready: asyncio.Event | None = None)
     try:
         await server.wait_for_termination()
     finally:
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(grace=5)
-        bridge.stop()
-        engine.close()  # the other TP ranks
+        try:  # server.stop raises CancelledError when requests are still running
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(grace=5)
+        finally:  # the engine thread must stop before the interpreter does
+            bridge.stop()
+            engine.close()  # the other TP ranks

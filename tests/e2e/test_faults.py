@@ -1,0 +1,132 @@
+"""Worker faults and shutdown against real processes on 127.0.0.1: `qnext serve` restarts a
+spawned worker killed mid-stream (the stream ends UNAVAILABLE, health goes NOT_SERVING then
+SERVING, new requests work) or gives up with --worker-max-restarts 0; SIGTERM drains (running
+streams finish, new calls are refused, exit 0) and cancels what outlives the grace period."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from qnext.v1 import generation_pb2 as g, generation_pb2_grpc
+from tests.e2e.servers import Server, until
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LONG = g.SamplingParams(temperature=0, max_new_tokens=10**4, ignore_eos=True)
+
+
+def worker_pid(serve_pid: int) -> int:
+    """The one child process of `qnext serve`: its worker."""
+    children = [int(pid) for task in Path(f"/proc/{serve_pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    assert len(children) == 1, children
+    return children[0]
+
+
+def health_watch(server: Server):
+    """An open health Watch stream of the data port, past its first (SERVING) reply."""
+    watch = health_pb2_grpc.HealthStub(server.data).Watch(health_pb2.HealthCheckRequest(),
+                                                          timeout=120)
+    assert next(watch).status == SERVING
+    return watch
+
+
+def next_status(watch, status: int) -> None:
+    """Follow `watch` until it reports `status`."""
+    assert any(reply.status == status for reply in watch)
+
+
+def refused(gen) -> bool:
+    """Whether a new one-token Generate gets UNAVAILABLE (one admitted just finishes)."""
+    try:
+        gen.Generate(g.GenerateRequest(text="late", sampling=g.SamplingParams(
+            max_new_tokens=1)), timeout=30)
+        return False
+    except grpc.RpcError as err:
+        assert err.code() is grpc.StatusCode.UNAVAILABLE, err
+        return True
+
+
+def ended_with(stream) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        list(stream)
+    return err.value.code()
+
+
+@pytest.fixture(scope="module")
+def path(tiny_checkpoint):
+    return tiny_checkpoint("tiny")
+
+
+def test_a_killed_worker_is_restarted(path):
+    server = Server(path)
+    try:
+        gen = generation_pb2_grpc.GenerationStub(server.data)
+        stream = gen.Stream(g.GenerateRequest(text="x", sampling=LONG), timeout=120)
+        assert next(stream).chunk.token_ids
+        watch, old = health_watch(server), worker_pid(server.proc.pid)
+        os.kill(old, signal.SIGKILL)
+        killed = time.monotonic()
+        assert ended_with(stream) is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - killed < 5
+        next_status(watch, NOT_SERVING)
+        next_status(watch, SERVING)  # the restarted worker serves
+        reply = gen.Generate(g.GenerateRequest(text="y", sampling=g.SamplingParams(
+            max_new_tokens=4)), timeout=60)
+        assert reply.complete.usage.completion_tokens == 4
+        assert server.proc.poll() is None and worker_pid(server.proc.pid) != old
+        assert '"worker_exited"' in server.log.read_text() and '"exit_code": -9' in \
+            server.log.read_text()
+    finally:
+        assert server.stop() == 0
+
+
+def test_no_restart_left_exits_nonzero(path):
+    server = Server(path, "--worker-max-restarts", "0")
+    os.kill(worker_pid(server.proc.pid), signal.SIGKILL)
+    assert server.proc.wait(timeout=60) != 0
+    assert "gave up after 0 restarts" in server.log.read_text()
+    server.stop()
+    server.log.unlink()
+
+
+def test_sigterm_lets_a_running_stream_finish(path):
+    server = Server(path, "--graceful-shutdown-timeout", "60")
+    gen = generation_pb2_grpc.GenerationStub(server.data)
+    stream = gen.Stream(g.GenerateRequest(text="x", sampling=g.SamplingParams(
+        temperature=0, max_new_tokens=100, ignore_eos=True)), timeout=120)
+    first = next(stream)
+    server.proc.send_signal(signal.SIGTERM)
+    until(lambda: refused(gen))  # refused, or the server is gone already
+    rest = list(stream)
+    assert rest[-1].complete.usage.completion_tokens == 100
+    assert len(first.chunk.token_ids) + sum(len(m.chunk.token_ids) for m in rest) == 100
+    assert server.proc.wait(timeout=60) == 0
+    server.stop()
+
+
+def test_sigterm_cancels_what_outlives_the_grace_period(path):
+    server = Server(path, "--graceful-shutdown-timeout", "4")
+    gen = generation_pb2_grpc.GenerationStub(server.data)
+    stream = gen.Stream(g.GenerateRequest(text="x", sampling=LONG), timeout=120)
+    assert next(stream).chunk.token_ids
+    watch = health_watch(server)
+    server.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    next_status(watch, NOT_SERVING)
+    with pytest.raises(grpc.RpcError) as err:  # the long stream keeps the server up
+        gen.Generate(g.GenerateRequest(text="late"), timeout=30)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in err.value.details()
+    assert ended_with(stream) in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.ABORTED)
+    assert server.proc.wait(timeout=30) == 0
+    assert time.monotonic() - signalled < 20  # the grace period, then a prompt exit
+    server.stop()
