@@ -72,3 +72,19 @@ def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
 
 def random_prompt(gen: torch.Generator, length: int, vocab: int) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=gen).tolist()
+
+
+def _pool_tensors(runner) -> tuple[torch.Tensor, ...]:
+    return (runner.kv_pool.k, runner.kv_pool.v, runner.state_pool.conv_states,
+            runner.state_pool.ssm_states)
+
+
+def copy_pools(runner) -> list[torch.Tensor]:
+    """Copies of the runner's K, V, conv and SSM pools (in that order)."""
+    return [t.clone() for t in _pool_tensors(runner)]
+
+
+def restore_pools(runner, saved: list[torch.Tensor]) -> None:
+    """Put `copy_pools` copies back."""
+    for dst, src in zip(_pool_tensors(runner), saved):
+        dst.copy_(src)

@@ -9,18 +9,7 @@ import torch
 
 from qnext.worker.runtime.cuda_graph import graph_batch_sizes
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
-from tests.models.harness import Harness, make_config
-
-
-def _pools(runner) -> list[torch.Tensor]:
-    return [t.clone() for t in (runner.kv_pool.k, runner.kv_pool.v,
-                                runner.state_pool.conv_states, runner.state_pool.ssm_states)]
-
-
-def _restore(runner, saved) -> None:
-    for dst, src in zip((runner.kv_pool.k, runner.kv_pool.v, runner.state_pool.conv_states,
-                         runner.state_pool.ssm_states), saved):
-        dst.copy_(src)
+from tests.models.harness import Harness, copy_pools, make_config, restore_pools
 
 
 def _decode_batch(h, seqs, tokens, snapshot=None):
@@ -44,16 +33,16 @@ def test_padded_static_decode_equals_the_plain_forward(tiny_checkpoint):
     graphs = h.runner.make_graphs(eager=True)
     for bs, snapshot in ((5, None), (3, {1: 11}), (6, None)):
         batch = _decode_batch(h, seqs[:bs], [20 + i for i in range(bs)], snapshot)
-        before = _pools(h.runner)
+        before = copy_pools(h.runner)
         want, _ = h.runner.model(batch)
-        after = _pools(h.runner)
-        _restore(h.runner, before)
+        after = copy_pools(h.runner)
+        restore_pools(h.runner, before)
         assert graphs.can_run(batch)
         got, _ = graphs.run(batch)
         # equal up to the matmul blocking of another batch size
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         # page 0 (token slots 0..3) and slot 0 absorb the padding rows' writes
-        for real, graphed, skip in zip(after, _pools(h.runner), (4, 4, 1, 1)):
+        for real, graphed, skip in zip(after, copy_pools(h.runner), (4, 4, 1, 1)):
             torch.testing.assert_close(graphed[:, skip:], real[:, skip:], rtol=1e-5, atol=1e-5)
         for seq in seqs[:bs]:
             seq.num_cached += 1

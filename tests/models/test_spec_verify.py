@@ -10,20 +10,9 @@ import torch
 
 from qnext.worker.runtime.inputs import SeqChunk, build_verify_batch, draft_depths
 from qnext.worker.runtime.spec_states import SpecStateBuffers
-from tests.models.harness import Harness, make_config
+from tests.models.harness import Harness, copy_pools, make_config, restore_pools
 
 TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-def _pools(runner) -> list[torch.Tensor]:
-    return [t.clone() for t in (runner.kv_pool.k, runner.kv_pool.v,
-                                runner.state_pool.conv_states, runner.state_pool.ssm_states)]
-
-
-def _restore(runner, saved) -> None:
-    for dst, src in zip((runner.kv_pool.k, runner.kv_pool.v, runner.state_pool.conv_states,
-                         runner.state_pool.ssm_states), saved):
-        dst.copy_(src)
 
 
 def _setup(tiny_checkpoint, page_size: int = 1):
@@ -59,9 +48,9 @@ def _decode_path(h, seq, tokens) -> tuple[list[torch.Tensor], list[tuple]]:
 def test_chain_verify_equals_decoding_one_by_one(tiny_checkpoint, page_size):
     h, seqs = _setup(tiny_checkpoint, page_size)
     drafts = [[40 + 3 * i + t for t in range(4)] for i in range(3)]
-    before = _pools(h.runner)
+    before = copy_pools(h.runner)
     got, spec = _verify(h, seqs, drafts)
-    for saved, now in zip(before[2:], _pools(h.runner)[2:]):
+    for saved, now in zip(before[2:], copy_pools(h.runner)[2:]):
         assert torch.equal(saved, now)  # verify never writes the state pool
     prefix = [s.num_cached for s in seqs]
     steps = {}
@@ -71,7 +60,7 @@ def test_chain_verify_equals_decoding_one_by_one(tiny_checkpoint, page_size):
             torch.testing.assert_close(got[b, t], want[t], **TOL)
             torch.testing.assert_close(spec.conv_all[:, b, t], steps[b][t][0], **TOL)
             torch.testing.assert_close(spec.ssm_all[:, b, t], steps[b][t][1], **TOL)
-    _restore(h.runner, before)  # accept 3, 1 and 4 tokens: commit steps 2, 0, 3
+    restore_pools(h.runner, before)  # accept 3, 1 and 4 tokens: commit steps 2, 0, 3
     accepted = torch.tensor([2, 0, 3])
     spec.commit(h.runner.state_pool, torch.tensor([s.slot for s in seqs]), accepted)
     pool = h.runner.state_pool
@@ -87,14 +76,14 @@ def test_tree_verify_follows_each_tokens_path(tiny_checkpoint):
     h, seqs = _setup(tiny_checkpoint)
     parents = [[-1, 0, 0, 1, 2, 1], [-1, 0, 1, 2, 3, 4], [-1, 0, 0, 0, 3, 3]]
     drafts = [[60 + 5 * b + t for t in range(6)] for b in range(3)]
-    before, prefix = _pools(h.runner), [s.num_cached for s in seqs]
+    before, prefix = copy_pools(h.runner), [s.num_cached for s in seqs]
     got, spec = _verify(h, seqs, drafts, parents)
     for b, seq in enumerate(seqs):
         for t in range(6):
             path = [t]
             while parents[b][path[-1]] >= 0:
                 path.append(parents[b][path[-1]])
-            _restore(h.runner, before)
+            restore_pools(h.runner, before)
             seq.num_cached = prefix[b]
             want, states = _decode_path(h, seq, [drafts[b][i] for i in reversed(path)])
             torch.testing.assert_close(got[b, t], want[-1], **TOL)
