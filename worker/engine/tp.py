@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import threading
 from dataclasses import replace
 
@@ -136,6 +137,10 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
                 assert last is not None and last.plan.step_id == previous, "plans out of step"
             last = executor.launch(plan, last if previous is not None else None)
     dist.destroy_process_group()
+    # NOTE: skip interpreter finalization: gloo's worker threads can still hold tensors then,
+    # and tearing them down sometimes aborts the process (SIGABRT) after a clean stop
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _exit_with_parent(parent: int) -> None:
