@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from qnext.kernels.gdn_decode import softplus
+
 CHUNK = 64
 
 
@@ -73,8 +75,7 @@ def _gates(a_ptr, b_ptr, s_a, s_b, a_log, dt_bias, start, end, i_hv):
     t = (start + tl.arange(0, 64)).to(tl.int64)
     m = t < end
     x = tl.load(a_ptr + t * s_a + i_hv, mask=m, other=0.0).to(tl.float32) + dt_bias
-    softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
-    g = tl.where(m, -tl.exp(a_log) * softplus, 0.0)
+    g = tl.where(m, -tl.exp(a_log) * softplus(x), 0.0)
     beta = tl.sigmoid(tl.load(b_ptr + t * s_b + i_hv, mask=m, other=0.0).to(tl.float32))
     return tl.cumsum(g, 0), beta
 

@@ -3,7 +3,8 @@
 Fuses, per (sequence, value head, block of value columns): the gates (g = -exp(A_log) *
 softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the recurrence on the slot's
 state in place (decay, delta, write, read) and optionally a copy of the new state into a
-snapshot slot (extra_buffer prefix caching). Grouped heads: value head j reads key head
+snapshot slot (extra_buffer prefix caching). Its gate and q / k helpers (`softplus`, `gates`,
+`load_qk`) serve the verify and chunked-prefill kernels too. Grouped heads: value head j reads key head
 j // (Hv // Hk); q and k are never repeated in memory.
 
 Reference: `gdn_gating_ref` + `fused_recurrent_gated_delta_rule_ref` (kernels/gdn_ref.py).
@@ -17,6 +18,28 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import check_device
+
+
+@triton.jit
+def softplus(x):
+    """softplus with torch's threshold 20 (x itself above it), elementwise in float32."""
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def gates(a_ptr, b_ptr, neg_a, dt_bias):
+    """Scalar decay exp(g) and beta of one (token, value head); neg_a = -exp(A_log)."""
+    x = tl.load(a_ptr).to(tl.float32) + dt_bias
+    return tl.exp(neg_a * softplus(x)), tl.sigmoid(tl.load(b_ptr).to(tl.float32))
+
+
+@triton.jit
+def load_qk(ptr, offs_k, mask_k, eps, L2NORM: tl.constexpr):
+    """One q or k head row in float32, L2-normalised when L2NORM."""
+    x = tl.load(ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    if L2NORM:
+        x = x / tl.sqrt(tl.sum(x * x) + eps)
+    return x
 
 
 @triton.jit
@@ -35,18 +58,14 @@ def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
     offs_v = i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < DK, offs_v < DV
 
-    q = tl.load(q_ptr + i_b * s_qb + i_hk * s_qh + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + i_b * s_qb + i_hk * s_qh + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    if L2NORM:
-        q = q / tl.sqrt(tl.sum(q * q) + eps)
-        k = k / tl.sqrt(tl.sum(k * k) + eps)
-    q = q * scale
+    qk_off = i_b * s_qb + i_hk * s_qh
+    q = load_qk(q_ptr + qk_off, offs_k, mask_k, eps, L2NORM) * scale
+    k = load_qk(k_ptr + qk_off, offs_k, mask_k, eps, L2NORM)
     v = tl.load(v_ptr + i_b * s_vb + i_hv * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
-
-    x = tl.load(a_ptr + i_b * s_ab + i_hv).to(tl.float32) + tl.load(dt_bias_ptr + i_hv)
-    softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
-    decay = tl.exp(-tl.exp(tl.load(a_log_ptr + i_hv).to(tl.float32)) * softplus)
-    beta = tl.sigmoid(tl.load(b_ptr + i_b * s_ab + i_hv).to(tl.float32))
+    neg_a = -tl.exp(tl.load(a_log_ptr + i_hv).to(tl.float32))
+    dt_bias = tl.load(dt_bias_ptr + i_hv).to(tl.float32)
+    gate_off = i_b * s_ab + i_hv
+    decay, beta = gates(a_ptr + gate_off, b_ptr + gate_off, neg_a, dt_bias)
 
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
     tile = offs_k[:, None] * s_sk + offs_v[None, :]

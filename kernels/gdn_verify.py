@@ -17,23 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.gdn_decode import gates, load_qk
 from qnext.kernels.launch import check_device, check_verify_rows
-
-
-@triton.jit
-def _gates(a_ptr, b_ptr, neg_a, dt_bias):
-    """Scalar decay exp(g) and beta of one (token, value head)."""
-    x = tl.load(a_ptr).to(tl.float32) + dt_bias
-    softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
-    return tl.exp(neg_a * softplus), tl.sigmoid(tl.load(b_ptr).to(tl.float32))
-
-
-@triton.jit
-def _load_qk(ptr, offs_k, mask_k, eps, L2NORM: tl.constexpr):
-    x = tl.load(ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    if L2NORM:
-        x = x / tl.sqrt(tl.sum(x * x) + eps)
-    return x
 
 
 @triton.jit
@@ -70,12 +55,12 @@ def _gdn_verify_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
                 else:
                     s = tl.load(inter_tile + p * s_it, mask=mask, other=0.0).to(tl.float32)
         qk_off = i_b * s_qb + t * s_qt + i_hk * s_qh
-        q = _load_qk(q_ptr + qk_off, offs_k, mask_k, eps, L2NORM) * scale
-        k = _load_qk(k_ptr + qk_off, offs_k, mask_k, eps, L2NORM)
+        q = load_qk(q_ptr + qk_off, offs_k, mask_k, eps, L2NORM) * scale
+        k = load_qk(k_ptr + qk_off, offs_k, mask_k, eps, L2NORM)
         v = tl.load(v_ptr + i_b * s_vb + t * s_vt + i_hv * s_vh + offs_v, mask=mask_v,
                     other=0.0).to(tl.float32)
         gate_off = i_b * s_ab + t * s_at + i_hv
-        decay, beta = _gates(a_ptr + gate_off, b_ptr + gate_off, neg_a, dt_bias)
+        decay, beta = gates(a_ptr + gate_off, b_ptr + gate_off, neg_a, dt_bias)
         s = s * decay
         u = beta * (v - tl.sum(s * k[:, None], axis=0))
         s = s + k[:, None] * u[None, :]
