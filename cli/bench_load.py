@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qnext.cli.bench_metrics import RequestRecord
+from qnext.cli.channels import open_channel
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,6 @@ class Target:
     temperature: float = 0.0
 
 
-def _channel(target: Target):
-    import grpc
-
-    if target.tls_ca is None:
-        return grpc.aio.insecure_channel(target.addr)
-    creds = grpc.ssl_channel_credentials(root_certificates=target.tls_ca.read_bytes())
-    return grpc.aio.secure_channel(target.addr, creds)
-
-
 async def _one(stub, prompt: list[int], output_len: int, target: Target) -> RequestRecord:
     """Stream one request, timing every token-carrying chunk."""
     import grpc
@@ -121,7 +113,7 @@ async def drive(target: Target, workload: Workload, *, request_rate: float = mat
 
     gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     gaps = arrival_gaps(len(workload.prompts), request_rate, burstiness, seed)
-    async with _channel(target) as channel:
+    async with open_channel(target.addr, target.tls_ca, aio=True) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
 
         async def limited(prompt: list[int], out: int) -> RequestRecord:

@@ -1,5 +1,6 @@
-"""The client channel both CLI clients (`qnext chat`, `qnext-admin`) open: plaintext, or TLS
-trusting a root certificate file. Imports grpc only when called (help stays fast)."""
+"""The client channel the CLI clients (`qnext chat`, `qnext-admin`, `qnext bench` with asyncio)
+open: plaintext, or TLS trusting a root certificate file. Imports grpc only when called (help
+stays fast)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ if TYPE_CHECKING:
     import grpc
 
 
-def open_channel(addr: str, tls_ca: Path | None) -> grpc.Channel:
-    """A channel to `addr`; with `tls_ca`, TLS trusting that PEM file. ValueError naming
-    --tls-ca when the file cannot be read."""
+def open_channel(addr: str, tls_ca: Path | None, aio: bool = False) -> grpc.Channel:
+    """A channel to `addr` (a grpc.aio one with `aio`); with `tls_ca`, TLS trusting that PEM
+    file. ValueError naming --tls-ca when the file cannot be read."""
     import grpc
 
+    kind = grpc.aio if aio else grpc
     if tls_ca is None:
-        return grpc.insecure_channel(addr)
+        return kind.insecure_channel(addr)
     try:
         root = tls_ca.read_bytes()
     except OSError as err:
         raise ValueError(f"--tls-ca {tls_ca}: {err.strerror}") from err
-    return grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=root))
+    return kind.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=root))
