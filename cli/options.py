@@ -62,6 +62,8 @@ Nnodes = Annotated[int, typer.Option(help="Machines the TP ranks are spread over
 NodeRank = Annotated[int, typer.Option(help="This machine's index (0 runs the engine).")]
 DistInitAddr = Annotated[Optional[str], typer.Option(
     help="host:port of node 0 where the TP ranks meet (needed with --nnodes > 1).")]
+NoCustomAllReduce = Annotated[bool, typer.Option(
+    help="NCCL for every TP all-reduce (no symmetric-memory path for small messages).")]
 PageSize = Annotated[int, typer.Option(help="Tokens per KV page.")]
 MemFraction = Annotated[float, typer.Option(help="Share of device memory for weights + pools.")]
 MaxRunning = Annotated[Optional[int], typer.Option(help="Cap on concurrently running requests.")]
@@ -92,6 +94,9 @@ RadixStrategyOpt = Annotated[RadixStrategy, typer.Option(
 DisableRadix = Annotated[bool, typer.Option(help="Turn prefix caching off.")]
 TrackInterval = Annotated[int, typer.Option(
     help="extra_buffer: snapshot the state every this many decoded tokens.")]
+WatchdogTimeout = Annotated[float, typer.Option(
+    help="Kill and restart a spawned worker that answers no heartbeat (a step boundary) "
+         "for this many seconds: a stuck step or a hung process.")]
 
 
 # (name, type, default) of every engine flag, in --help order; `with_engine_flags` adds them
@@ -99,6 +104,7 @@ ENGINE_FLAGS = (
     ("dtype", DtypeOpt, Dtype.float32), ("device", Device, "cpu"),
     ("load_format", LoadFormatOpt, LoadFormat.auto), ("tp", Tp, 1), ("nnodes", Nnodes, 1),
     ("node_rank", NodeRank, 0), ("dist_init_addr", DistInitAddr, None), ("page_size", PageSize, 1),
+    ("disable_custom_all_reduce", NoCustomAllReduce, False),
     ("mem_fraction_static", MemFraction, 0.88), ("max_running_requests", MaxRunning, None),
     ("max_queued_requests", MaxQueued, None),
     ("max_total_tokens", MaxTotalTokens, None), ("chunked_prefill_size", ChunkedPrefill, 8192),
@@ -162,6 +168,7 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                    mamba_scheduler_strategy: RadixStrategy = RadixStrategy.auto,
                    disable_radix_cache: bool = False, mamba_track_interval: int = 256,
                    nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
+                   disable_custom_all_reduce: bool = False,
                    disable_cuda_graph: bool = False, cuda_graph_max_bs: int = 256,
                    max_queued_requests: int | None = None, **spec_flags) -> dict:
     """Every Config section but the model's (so flags can be checked without a checkpoint)."""
@@ -170,7 +177,8 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
         load=LoadConfig(model_path=str(model_path), dtype=dtype.value, device=device,
                         load_format=load_format.value, seed=random_seed),
         parallel=ParallelConfig(tp_size=tp, nnodes=nnodes, node_rank=node_rank,
-                                dist_init_addr=dist_init_addr),
+                                dist_init_addr=dist_init_addr,
+                                disable_custom_all_reduce=disable_custom_all_reduce),
         cache=CacheConfig(page_size=page_size, mamba_ssm_dtype=mamba_ssm_dtype.value,
                           mem_fraction_static=mem_fraction_static,
                           mamba_full_memory_ratio=mamba_full_memory_ratio,

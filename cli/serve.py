@@ -8,7 +8,8 @@ Admin token: `--admin-token` or QNEXT_ADMIN_TOKEN; without one a random token is
 Signals of `qnext serve`: SIGTERM drains (health NOT_SERVING, new calls UNAVAILABLE, running
 ones get --graceful-shutdown-timeout seconds), then stops the worker and exits 0; a second
 SIGTERM, or SIGINT (Ctrl-C, which reaches the worker too), stops at once. A spawned worker
-that dies is restarted (qnext_grpc.supervisor); `qnext worker` stops at once on either signal.
+that dies is restarted (qnext_grpc.supervisor), and so is one that answers no heartbeat for
+--watchdog-timeout seconds; `qnext worker` stops at once on either signal.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def serve(
     graceful_shutdown_timeout: Annotated[float, typer.Option(
         help="On SIGTERM: seconds running calls get to finish before they are cancelled.")]
     = 30.0,
+    watchdog_timeout: o.WatchdogTimeout = 300.0,
     *, engine_flags: dict,
 ) -> None:
     """Serve over gRPC: Generation on --port, Admin on --admin-port (token-protected)."""
@@ -99,7 +101,7 @@ def serve(
     except ValueError as exc:  # a bad flag fails here, before anything starts
         fail(str(exc))
     _check_tls(tls_cert, tls_key, tls_client_ca)
-    _check_shutdown(worker_max_restarts, graceful_shutdown_timeout)
+    _check_shutdown(worker_max_restarts, graceful_shutdown_timeout, watchdog_timeout)
     if engine_flags["node_rank"] > 0:  # no front end on the other nodes: their ranks only
         os.execv(sys.executable, _worker_argv(log_level, model_path, engine_flags))
     token = admin_token or _make_token()
@@ -115,7 +117,7 @@ def serve(
     worker_argv = None if attach else _worker_argv(
         log_level, model_path, engine_flags, "--listen", cfg.worker_address, "--exit-with-parent")
     try:
-        _serve(cfg, worker_argv, worker_max_restarts)
+        _serve(cfg, worker_argv, worker_max_restarts, watchdog_timeout)
     finally:
         if sock_dir is not None:
             shutil.rmtree(sock_dir, ignore_errors=True)
@@ -129,7 +131,7 @@ def _worker_argv(log_level: str, model_path: Path | None, engine_flags: dict,
     return [sys.executable, "-m", "qnext.cli.main", "worker", *args]
 
 
-def _serve(cfg, worker_argv: list[str] | None, max_restarts: int) -> None:
+def _serve(cfg, worker_argv: list[str] | None, max_restarts: int, watchdog: float) -> None:
     """The front end alone (attached) or beside its supervised worker; SIGTERM drains."""
     from qnext_grpc.server import serve_frontend
     from qnext_grpc.supervisor import Supervisor, WorkerFailed, serve_supervised
@@ -139,17 +141,20 @@ def _serve(cfg, worker_argv: list[str] | None, max_restarts: int) -> None:
         if worker_argv is None:
             _run(serve_frontend(cfg, *phases), phases=phases)
         else:
-            supervisor = Supervisor(worker_argv, cfg.worker_address, max_restarts, phases.stop)
+            supervisor = Supervisor(worker_argv, cfg.worker_address, max_restarts, phases.stop,
+                                    watchdog)
             _run(serve_supervised(cfg, supervisor, *phases), phases=phases)
     except (OSError, TimeoutError, WorkerFailed) as exc:
         fail(str(exc))
 
 
-def _check_shutdown(max_restarts: int, grace: float) -> None:
+def _check_shutdown(max_restarts: int, grace: float, watchdog: float) -> None:
     if max_restarts < -1:
         fail(f"--worker-max-restarts must be >= -1 (-1: no limit), got {max_restarts}")
-    if grace < 0:
+    if not grace >= 0:
         fail(f"--graceful-shutdown-timeout must be >= 0, got {grace}")
+    if not 0 < watchdog < float("inf"):
+        fail(f"--watchdog-timeout must be a positive number of seconds, got {watchdog}")
 
 
 def _check_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:

@@ -1,15 +1,20 @@
 """`Supervisor`: `qnext serve`'s spawned worker daemon as a child process, restarted whenever it
 dies (exponential backoff: 1 s doubling to 30 s, reset once a worker has served for 60 s),
-given up after `max_restarts` restarts in a row. `serve_supervised` runs it beside the front
-end and stops the worker when the front end ends. Torch-free."""
+given up after `max_restarts` restarts in a row. A watchdog kills (then restarts) a worker that
+serves but answers no heartbeat for `watchdog_timeout` seconds: the heartbeat is an Admin
+GetStats, which the worker answers at a step boundary, so a stuck step, a stuck process
+(SIGSTOP, a TP rank waiting forever) or a dead engine all count. `serve_supervised` runs it
+beside the front end and stops the worker when the front end ends. Torch-free."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import grpc
 import structlog
 
+from qnext.v1 import admin_pb2
 from qnext_grpc.server import FrontendConfig, serve_frontend
 from qnext_grpc.worker_client import WorkerClient
 
@@ -17,6 +22,7 @@ log = structlog.get_logger()
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds before a restart
 STABLE_AFTER = 60.0  # seconds of serving after which a worker's death starts a fresh count
 READY_TIMEOUT = 24 * 3600.0  # how long a live worker may take to serve (it is loading)
+HEARTBEAT_EVERY = 5.0  # seconds between heartbeats (less with a short watchdog timeout)
 
 
 class WorkerFailed(RuntimeError):
@@ -25,13 +31,16 @@ class WorkerFailed(RuntimeError):
 
 class Supervisor:
     """Starts the worker (`argv`, serving on `address`) and restarts it whenever it exits,
-    until `terminate()` or `stop` is set. `max_restarts`: restarts in a row (-1: no limit)."""
+    until `terminate()` or `stop` is set. `max_restarts`: restarts in a row (-1: no limit);
+    `watchdog_timeout`: seconds a serving worker may go without answering a heartbeat."""
 
     def __init__(self, argv: list[str], address: str, max_restarts: int,
-                 stop: asyncio.Event) -> None:
+                 stop: asyncio.Event, watchdog_timeout: float = 300.0) -> None:
         self.argv, self.address, self.max_restarts, self.stop = argv, address, max_restarts, stop
+        self.watchdog_timeout = watchdog_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.closing = False
+        self._ready_at: float | None = None  # when the current worker began serving
 
     @property
     def done(self) -> bool:
@@ -60,23 +69,44 @@ class Supervisor:
 
     async def _lifetime(self) -> tuple[int, float | None]:
         """Start one worker and wait for its exit: (exit code, seconds it served or None)."""
-        self.proc = await asyncio.create_subprocess_exec(*self.argv)
-        log.info("worker_started", pid=self.proc.pid, address=self.address)
-        ready = asyncio.create_task(self._serving_since())
+        self.proc = proc = await asyncio.create_subprocess_exec(*self.argv)
+        self._ready_at = None
+        log.info("worker_started", pid=proc.pid, address=self.address)
+        keeper = asyncio.create_task(self._keep(proc))
         try:
-            code = await self.proc.wait()
+            code = await proc.wait()
         finally:
-            ready.cancel()
-        served = ready.done() and not ready.cancelled() and ready.exception() is None
-        return code, time.monotonic() - ready.result() if served else None
+            keeper.cancel()
+        return code, None if self._ready_at is None else time.monotonic() - self._ready_at
 
-    async def _serving_since(self) -> float:
+    async def _keep(self, proc: asyncio.subprocess.Process) -> None:
+        """Wait for `proc` to serve, note when, then watch its heartbeat."""
         client = WorkerClient(self.address)
         try:
             await client.wait_ready(READY_TIMEOUT)
-            return time.monotonic()
+            self._ready_at = time.monotonic()
+            await self._watchdog(proc, client)
         finally:
             await client.close()
+
+    async def _watchdog(self, proc: asyncio.subprocess.Process, client: WorkerClient) -> None:
+        """Kill `proc` once it has answered no heartbeat for `watchdog_timeout` seconds (a
+        late answer and an error count alike); returns after the kill."""
+        limit = self.watchdog_timeout
+        every = min(HEARTBEAT_EVERY, limit / 4)
+        answered = time.monotonic()
+        while (left := answered + limit - time.monotonic()) > 0:
+            try:
+                await client.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=left)
+                answered = time.monotonic()
+            except grpc.aio.AioRpcError:
+                pass  # late or refused: the silence goes on
+            await asyncio.sleep(every)  # the heartbeat's period, not a wait for an event
+        if self.done or proc.returncode is not None:
+            return
+        log.error("worker_hung", pid=proc.pid, silent_s=round(time.monotonic() - answered, 1),
+                  watchdog_timeout_s=limit)
+        proc.kill()
 
     async def terminate(self, timeout: float = 30.0) -> None:
         """No more restarts; SIGTERM the worker, SIGKILL it after `timeout` seconds."""

@@ -21,7 +21,7 @@ from qnext_grpc import convert
 from qnext_grpc.bridge import EngineBridge
 from qnext.worker.engine.reconfigure import ReconfigureConflict
 from qnext_grpc.errors import Conflict, ErrorInterceptor
-from qnext_grpc.logging import RequestLogInterceptor, configure_server_logging
+from qnext_grpc.logging import QUIET_METHODS, RequestLogInterceptor, configure_server_logging
 
 log = structlog.get_logger()
 LEVELS = ("debug", "info", "warning", "error")
@@ -148,7 +148,9 @@ async def serve_worker(engine, address: str, ready: asyncio.Event | None = None)
     """Serve `engine` on `address` ("unix:/path" or "host:port") until cancelled."""
     bridge = EngineBridge(engine)
     bridge.start()
-    server = grpc.aio.server(interceptors=[RequestLogInterceptor(), ErrorInterceptor()],
+    # GetStats is the supervisor's heartbeat (every few seconds): its lines go to debug
+    quiet = RequestLogInterceptor(QUIET_METHODS + ("/qnext.v1.Admin/GetStats",))
+    server = grpc.aio.server(interceptors=[quiet, ErrorInterceptor()],
                              options=[("grpc.so_reuseport", 0)])
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(bridge), server)
     admin_pb2_grpc.add_AdminServicer_to_server(WorkerAdmin(bridge), server)

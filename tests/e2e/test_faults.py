@@ -1,12 +1,16 @@
 """Worker faults and shutdown against real processes on 127.0.0.1: `qnext serve` restarts a
-spawned worker killed mid-stream (the stream ends UNAVAILABLE, health goes NOT_SERVING then
-SERVING, new requests work) or gives up with --worker-max-restarts 0; SIGTERM drains (running
-streams finish, new calls are refused, exit 0) and cancels what outlives the grace period."""
+spawned worker killed mid-stream, one whose TP follower rank was killed, and one hung
+(SIGSTOP) past --watchdog-timeout (the stream ends UNAVAILABLE within seconds, health goes
+NOT_SERVING then SERVING, new requests work), or gives up with --worker-max-restarts 0;
+SIGTERM drains (running streams finish, new calls are refused, exit 0) and cancels what
+outlives the grace period."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,12 +26,25 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LONG = g.SamplingParams(temperature=0, max_new_tokens=10**4, ignore_eos=True)
 
 
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
 def worker_pid(serve_pid: int) -> int:
     """The one child process of `qnext serve`: its worker."""
-    children = [int(pid) for task in Path(f"/proc/{serve_pid}/task").iterdir()
-                for pid in (task / "children").read_text().split()]
-    assert len(children) == 1, children
-    return children[0]
+    kids = children(serve_pid)
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+def follower_pid(worker: int) -> int:
+    """The one TP follower rank of a `--tp 2` worker (multiprocessing's spawned child; the
+    other child is its resource tracker)."""
+    ranks = [pid for pid in children(worker)
+             if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(ranks) == 1, ranks
+    return ranks[0]
 
 
 def health_watch(server: Server):
@@ -65,27 +82,61 @@ def path(tiny_checkpoint):
     return tiny_checkpoint("tiny")
 
 
+def restarted_after(server: Server, fault, within: float) -> None:
+    """Run `fault(worker pid)` (it breaks the worker) while a stream runs: it ends UNAVAILABLE
+    within `within` seconds, health goes NOT_SERVING then SERVING, a new worker serves."""
+    gen = generation_pb2_grpc.GenerationStub(server.data)
+    stream = gen.Stream(g.GenerateRequest(text="x", sampling=LONG), timeout=120)
+    assert next(stream).chunk.token_ids
+    watch, old = health_watch(server), worker_pid(server.proc.pid)
+    fault(old)
+    broken = time.monotonic()
+    assert ended_with(stream) is grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - broken < within
+    next_status(watch, NOT_SERVING)
+    next_status(watch, SERVING)
+    reply = gen.Generate(g.GenerateRequest(text="y", sampling=g.SamplingParams(
+        max_new_tokens=4)), timeout=60)
+    assert reply.complete.usage.completion_tokens == 4
+    assert server.proc.poll() is None and worker_pid(server.proc.pid) != old
+
+
 def test_a_killed_worker_is_restarted(path):
     server = Server(path)
     try:
-        gen = generation_pb2_grpc.GenerationStub(server.data)
-        stream = gen.Stream(g.GenerateRequest(text="x", sampling=LONG), timeout=120)
-        assert next(stream).chunk.token_ids
-        watch, old = health_watch(server), worker_pid(server.proc.pid)
-        os.kill(old, signal.SIGKILL)
-        killed = time.monotonic()
-        assert ended_with(stream) is grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - killed < 5
-        next_status(watch, NOT_SERVING)
-        next_status(watch, SERVING)  # the restarted worker serves
-        reply = gen.Generate(g.GenerateRequest(text="y", sampling=g.SamplingParams(
-            max_new_tokens=4)), timeout=60)
-        assert reply.complete.usage.completion_tokens == 4
-        assert server.proc.poll() is None and worker_pid(server.proc.pid) != old
-        assert '"worker_exited"' in server.log.read_text() and '"exit_code": -9' in \
-            server.log.read_text()
+        restarted_after(server, lambda worker: os.kill(worker, signal.SIGKILL), 5)
+        log = server.log.read_text()
+        assert '"worker_exited"' in log and '"exit_code": -9' in log
     finally:
         assert server.stop() == 0
+
+
+def test_a_killed_tp_rank_takes_the_worker_down_and_it_restarts(tiny_checkpoint):
+    server = Server(tiny_checkpoint("tiny-tp"), "--tp", "2")
+    try:
+        restarted_after(server, lambda worker: os.kill(follower_pid(worker), signal.SIGKILL), 5)
+        log = server.log.read_text()
+        assert '"tp_rank_exited"' in log and '"exit_code": 1' in log
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_hung_worker_is_killed_by_the_watchdog(path):
+    server = Server(path, "--watchdog-timeout", "3")
+    try:
+        restarted_after(server, lambda worker: os.kill(worker, signal.SIGSTOP), 15)
+        log = server.log.read_text()
+        assert '"worker_hung"' in log and '"exit_code": -9' in log
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_bad_watchdog_timeout_exits_2(value):
+    done = subprocess.run([sys.executable, "-m", "qnext.cli.main", "serve", "--watchdog-timeout",
+                           value], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--watchdog-timeout must be a positive number of seconds" in done.stderr
 
 
 def test_no_restart_left_exits_nonzero(path):

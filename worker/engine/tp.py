@@ -9,18 +9,23 @@ same tokens (identical logits, counter-based randomness), so the overlap loop's 
 token feedback works on every rank. Memory planning (a collective minimum over ranks) and pool
 (re)allocation are broadcast commands too, so reconfiguration covers every rank.
 
-Followers exit when rank 0 says so or when their parent process is gone.
+Followers exit when rank 0 says so or when their parent process is gone. Rank 0 watches its
+followers: one that exits unasked takes the whole worker down (exit code 1) instead of leaving
+rank 0 with a broken group, so a supervisor can restart the worker.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import socket
 import sys
 import threading
 from dataclasses import replace
+from multiprocessing.connection import wait as wait_for_exit
 
+import structlog
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -31,7 +36,9 @@ from qnext.worker.runtime.worker import Launched, PlanExecutor
 from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import StepPlan
 
+log = structlog.get_logger()
 FOREVER = datetime.timedelta(days=365)  # followers idle between requests without a timeout
+RANK_DIED = 1  # the worker's exit code when a follower exits unasked
 
 
 def rank_config(cfg: Config, rank: int) -> Config:
@@ -61,9 +68,10 @@ def _spawn(cfg: Config, ranks, address: str) -> list:
 class TPExecutor(PlanExecutor):
     """Rank 0's executor: every command is broadcast to the followers, then run here."""
 
-    def __init__(self, runner: ModelRunner, group, procs: list) -> None:
+    def __init__(self, runner: ModelRunner, group, procs: list,
+                 stopping: threading.Event) -> None:
         super().__init__(runner, runner.cfg.model.eos_token_ids)
-        self.group, self.procs = group, procs
+        self.group, self.procs, self.stopping = group, procs, stopping
 
     def send(self, *command) -> None:
         dist.broadcast_object_list([command], src=0, group=self.group)
@@ -82,6 +90,7 @@ class TPExecutor(PlanExecutor):
 
     def close(self) -> None:
         """Stop the followers and leave the process group (this process may start another)."""
+        self.stopping.set()  # their exits from here on are asked for
         self.send("stop")
         for proc in self.procs:
             proc.join(timeout=60)
@@ -94,10 +103,12 @@ def start_tp(cfg: Config) -> TPExecutor:
     if cfg.parallel.node_rank != 0:
         raise ValueError("the engine runs on node 0; other nodes call run_node")
     address = _init_address(cfg)
-    procs = _spawn(cfg, cfg.parallel.local_ranks[1:], address)
+    ranks = cfg.parallel.local_ranks[1:]
+    procs, stopping = _spawn(cfg, ranks, address), threading.Event()
+    _exit_with_followers(dict(zip(ranks, procs)), stopping)
     init_distributed(0, cfg.parallel.tp_size, address, rank_config(cfg, 0).load.device)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
-    return TPExecutor(ModelRunner(rank_config(cfg, 0)), group, procs)
+    return TPExecutor(ModelRunner(rank_config(cfg, 0)), group, procs, stopping)
 
 
 def run_node(cfg: Config) -> int:
@@ -149,6 +160,23 @@ def _exit_with_parent(parent: int) -> None:
             threading.Event().wait(1.0)  # polling: a dead parent sends no event
         os._exit(0)
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _exit_with_followers(procs: dict, stopping: threading.Event) -> None:
+    """Exit this process (code RANK_DIED) as soon as a follower (`procs`: rank -> process)
+    exits before `stopping` is set: rank 0 would otherwise fail or wait forever in its next
+    collective with it."""
+    def watch() -> None:
+        ready = wait_for_exit([proc.sentinel for proc in procs.values()])
+        if stopping.is_set():
+            return
+        rank, proc = next((r, p) for r, p in procs.items() if p.sentinel in ready)
+        log.error("tp_rank_exited", rank=rank, pid=proc.pid, exit_code=proc.exitcode)
+        sys.stderr.flush()
+        os._exit(RANK_DIED)  # NOTE: from a thread: the engine thread may be inside gloo
+    if procs:
+        atexit.register(stopping.set)  # before multiprocessing's atexit terminates them
+        threading.Thread(target=watch, name="tp-followers", daemon=True).start()
 
 
 def _free_port() -> int:
