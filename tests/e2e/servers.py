@@ -125,3 +125,13 @@ def idle(admin, auth) -> bool:
     stats = admin.GetStats(admin_pb2.GetStatsRequest(), metadata=auth)
     return (mem.pages.used == 0 and mem.state_slots.used == 0 and stats.num_running == 0
             and stats.num_waiting == 0)
+
+
+def all_free(admin, auth, flush: bool = True) -> bool:
+    """Whether every KV page and state slot is free, after dropping the cached prefixes when
+    `flush`: the pools' integrity as Admin shows it (nothing leaked, nothing double-freed)."""
+    if flush:
+        admin.FlushCache(admin_pb2.FlushCacheRequest(), metadata=auth, timeout=30)
+    mem = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=auth, timeout=30)
+    return all(pool.free == pool.total > 0 and pool.used == pool.cached == pool.evictable == 0
+               for pool in (mem.pages, mem.state_slots))
