@@ -13,8 +13,13 @@ cu_seqlens), so the launcher does not read cu_seqlens on the host; only the snap
 Grouped heads: value head j reads key head j // (Hv // Hk); q, k are never repeated in memory.
 
 Reference: `gdn_gating_ref` + `chunk_gated_delta_rule_ref` (kernels/gdn_ref.py). Arithmetic
-in float32; the dots take float32 operands as 3 x tf32 (or, with fast_dots, 16-bit operands)
-with float32 accumulation.
+in float32; the dots take 16-bit operands for 16-bit inputs (fast_dots) and float32 operands
+as 3 x tf32 otherwise, with float32 accumulation.
+
+Triton 3.6 on Hopper (H200, 2026-11-27) miscompiles the scan kernel's bf16 dots when a program
+holds 32 or fewer value columns (wrong outputs or an illegal memory access, depending on the
+warps); 64 columns are right (bisection in docs/perf/gdn-prefill.md). The launcher therefore
+gives 16-bit dots 64 columns by default and refuses fewer.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
                 cu_seqlens: torch.Tensor, ssm_states: torch.Tensor, state_indices: torch.Tensor,
                 has_initial_state: torch.Tensor, snapshot_slots: torch.Tensor | None = None,
                 snapshot_offsets: torch.Tensor | None = None, scale: float | None = None,
-                use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool = False,
-                block_v: int = 32, num_warps: tuple[int, int] = (4, 4)) -> torch.Tensor:
+                use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool | None = None,
+                block_v: int | None = None, num_warps: tuple[int, int] = (4, 4),
+                check_snapshots: bool = True) -> torch.Tensor:
     """Prefill of B sequences packed in T tokens.
 
     q, k [T, Hk, dk] (rows may be strided, last dim contiguous); v [T, Hv, dv]; q, k, v of one
@@ -48,18 +54,24 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     bfloat16, updated in place); has_initial_state bool [B] (False: start from zeros).
     snapshot_slots [B] (-1: none) and snapshot_offsets [B]: the state after the first t tokens
     of sequence b (t a multiple of 64, or its length) also goes to ssm_states[snapshot_slots[b]]
-    (slots distinct from each other and from state_indices). scale defaults to dk ** -0.5.
-    fast_dots: with 16-bit operands, dots in that dtype (faster; gives wrong results on H200
-    with triton 3.6 as of 2026-11-27, see docs/perf/gdn-prefill.md); by default every dot is
-    float32 (3 x tf32), the path verified on the GPU. block_v (value columns per program of
-    the sequential kernel) and num_warps (of the two kernels) are tuning knobs.
+    (slots distinct from each other and from state_indices; checked on the host unless
+    check_snapshots is False, for callers that checked them already). scale defaults to
+    dk ** -0.5.
+    fast_dots: dots in the 16-bit input dtype (default: whenever q is 16-bit); False: every
+    dot in float32 (3 x tf32). block_v (value columns per program of the sequential kernel;
+    default 64 with 16-bit dots, else 32) and num_warps (of the two kernels) are tuning knobs.
     Returns o [T, Hv, dv] in v.dtype.
     """
     T, HK, DK = q.shape
     B = state_indices.shape[0]
+    fast_dots = q.dtype != torch.float32 if fast_dots is None else fast_dots
+    block_v = block_v or (64 if fast_dots else 32)
+    if fast_dots and q.dtype != torch.float32 and block_v < 64:
+        raise ValueError(f"16-bit dots need block_v >= 64, got {block_v} (a Triton miscompile "
+                         "on Hopper, see the module docstring)")
     _check(q, k, v, a, b, A_log, dt_bias, cu_seqlens, ssm_states, state_indices,
            has_initial_state, snapshot_slots, snapshot_offsets, block_v)
-    if snapshot_slots is not None:  # reads cu_seqlens and the offsets on the host
+    if snapshot_slots is not None and check_snapshots:  # reads them on the host
         snapshot_targets(cu_seqlens, snapshot_slots, snapshot_offsets, align=CHUNK)
     out = torch.empty_like(v, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
@@ -125,7 +137,7 @@ def scan_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indice
         ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
         HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v, PREC=_precision(work.w.dtype),
         HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(), num_warps=num_warps,
-        num_stages=2 if work.w.dtype == torch.float32 else 3)  # fp32: 3 stages overflow smem
+        num_stages=2)  # fp32: 3 stages overflow shared memory; 16-bit: verified with 2
 
 
 def _pow2(n: int) -> int:

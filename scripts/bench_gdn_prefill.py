@@ -12,7 +12,7 @@ memory access at 8 value heads on H100 before, which would poison this process's
 
     python scripts/bench_gdn_prefill.py            # the table
     python scripts/bench_gdn_prefill.py --sweep    # launcher knobs and a per-kernel breakdown
-    (either with --fast-dots: qnext with bf16 dots, see kernels/gdn_prefill.py)
+    (either with --fp32-dots: qnext with float32 dots instead of bf16, see kernels/gdn_prefill.py)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bench_common import rel_diff
 
 D, HBM_BYTES_S, BF16_FLOPS_S = 128, 3.35e12, 989e12  # H100 SXM peaks
 ANCHOR_TIMEOUT_S = 240
-FAST_DOTS = "--fast-dots" in sys.argv  # time the bf16-dot path (wrong results on H200 for now)
+FAST_DOTS = "--fp32-dots" not in sys.argv  # bf16 dots (the default) or float32 dots
 CASES = [(32, [4096]), (32, [1024] * 4), (32, [16384]), (32, [4096] * 4), (32, [65536]),
          (32, [4096] * 16), (8, [4096]), (8, [16384]), (8, [4096] * 4), (8, [65536]),
          (8, [4096] * 16)]
@@ -170,7 +170,7 @@ def _sweep() -> None:
     print("|---|---|---|---|---|")
     for lengths in ([16384], [4096] * 4):
         x, kw = _case(32, lengths)
-        for block_v in (32, 64):
+        for block_v in (64, 128):
             for warps in ((4, 4), (8, 4), (4, 8), (8, 8)):
                 try:
                     us = f"{_time(_ours(x, kw, block_v=block_v, num_warps=warps)):.0f}"

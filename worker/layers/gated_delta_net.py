@@ -6,8 +6,8 @@ pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule
 beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
 a rank's conv and recurrent state hold only its heads.
 On CUDA the Triton kernels run: conv (`kernels/conv_decode.py`, `kernels/conv_prefill.py`)
-and the decode delta rule (`kernels/gdn_decode.py`), gates fused; speculative verify in
-`layers/gdn_verify.py`.
+and the delta rule (`kernels/gdn_decode.py`, `kernels/gdn_prefill.py`), gates and q/k norm
+fused; speculative verify in `layers/gdn_verify.py`.
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
@@ -104,8 +104,12 @@ class GatedDeltaNet(nn.Module):
             state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,
             snapshot_slots=batch.snapshot_slots, snapshot_offsets=batch.snapshot_offsets)
 
-    def _delta_rule(self, q, k, v, g, beta, batch: ForwardBatch) -> torch.Tensor:
+    def _delta_rule(self, q, k, v, a, b, batch: ForwardBatch) -> torch.Tensor:
         ssm_states = batch.state_cache.ssm(self.state_layer)
+        if use_triton(q):  # gates fused in the kernels
+            return self._delta_rule_triton(q, k, v, a.contiguous(), b.contiguous(), batch,
+                                           ssm_states)
+        g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
         if batch.is_decode:
             return fused_recurrent_gated_delta_rule_ref(
                 q, k, v, g, beta, ssm_states=ssm_states, state_indices=batch.state_slots,
@@ -114,6 +118,21 @@ class GatedDeltaNet(nn.Module):
             q, k, v, g, beta, cu_seqlens=batch.cu_seqlens, ssm_states=ssm_states,
             state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,
             snapshot_slots=batch.snapshot_slots, snapshot_offsets=batch.snapshot_offsets)
+
+    def _delta_rule_triton(self, q, k, v, a, b, batch: ForwardBatch, ssm_states):
+        if batch.is_decode:
+            from qnext.kernels.gdn_decode import gdn_decode
+
+            return gdn_decode(q, k, v, a, b, self.A_log, self.dt_bias, ssm_states=ssm_states,
+                              state_indices=batch.state_slots,
+                              snapshot_slots=batch.snapshot_slots)
+        from qnext.kernels.gdn_prefill import gdn_prefill
+
+        return gdn_prefill(
+            q, k, v, a, b, self.A_log, self.dt_bias, cu_seqlens=batch.cu_seqlens,
+            ssm_states=ssm_states, state_indices=batch.state_slots,
+            has_initial_state=batch.has_initial_state, snapshot_slots=batch.snapshot_slots,
+            snapshot_offsets=batch.snapshot_offsets, check_snapshots=False)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         num_tokens = x.shape[0]
@@ -125,15 +144,7 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(num_tokens, self.hv, self.dv)
         if batch.is_verify:  # every draft step's state kept apart, the pool untouched
             out = verify_delta_rule(self, q, k, v, a, b, batch)
-        elif batch.is_decode and use_triton(x):  # gates fused in the kernel
-            from qnext.kernels.gdn_decode import gdn_decode
-
-            out = gdn_decode(q, k, v, a.contiguous(), b.contiguous(), self.A_log,
-                             self.dt_bias, ssm_states=batch.state_cache.ssm(self.state_layer),
-                             state_indices=batch.state_slots,
-                             snapshot_slots=batch.snapshot_slots)
         else:
-            g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
-            out = self._delta_rule(q, k, v, g, beta, batch)
+            out = self._delta_rule(q, k, v, a, b, batch)
         out = self.norm(out, z)  # [T, hv, dv]
         return self.out_proj(out.reshape(num_tokens, -1))
