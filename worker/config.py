@@ -186,12 +186,15 @@ class ParallelConfig:
     """Tensor parallelism: `tp_size` processes, one per device (gloo on CPU, NCCL on GPU),
     spread evenly over `nnodes` machines; node `node_rank` runs global ranks
     [node_rank * tp / nnodes, (node_rank + 1) * tp / nnodes). `dist_init_addr` (host:port of
-    node 0) is where the ranks meet; None on one node: a free local port."""
+    node 0) is where the ranks meet; None on one node: a free local port.
+    `disable_custom_all_reduce`: NCCL for every all-reduce, no symmetric-memory path for small
+    CUDA messages (SGLang's flag)."""
 
     tp_size: int = 1
     nnodes: int = 1
     node_rank: int = 0
     dist_init_addr: str | None = None
+    disable_custom_all_reduce: bool = False
 
     def __post_init__(self) -> None:
         if self.tp_size < 1:

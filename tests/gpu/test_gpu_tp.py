@@ -1,5 +1,7 @@
 """TP=2 over NCCL (two processes, one GPU each) computes the same logits as TP=1 on one GPU.
-Needs two GPUs (nvidia-h100-x2); same bounds as the CPU/gloo test."""
+Needs two GPUs (nvidia-h100-x2); same bounds as the CPU/gloo test. In float32 the small
+all-reduces take the symmetric-memory path (worker/layers/symm_allreduce.py; its own test is
+test_gpu_allreduce.py), float64 ones NCCL."""
 
 from __future__ import annotations
 

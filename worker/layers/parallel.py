@@ -1,6 +1,7 @@
 """Tensor-parallel identity and collectives: `TPInfo` is set once per process; `Communicator`
-wraps torch.distributed (gloo on CPU, NCCL on GPU). Lives with the layers (which issue the
-collectives) so that runtime -> models -> layers stays acyclic; only here are groups created.
+wraps torch.distributed (gloo on CPU, NCCL on GPU; small CUDA all-reduces over symmetric memory,
+`symm_allreduce.py`). Lives with the layers (which issue the collectives) so that
+runtime -> models -> layers stays acyclic; only here are groups created.
 """
 
 from __future__ import annotations
@@ -10,17 +11,28 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from qnext.worker.layers.symm_allreduce import (
+    SymmAllReduce,
+    create_symm_all_reduce,
+    multicast_off,
+)
+
 
 class Communicator:
-    """The collectives layers may issue. With one rank every call is the identity."""
+    """The collectives layers may issue. With one rank every call is the identity. `fast`: the
+    symmetric-memory all-reduce for the small messages it fits (None: NCCL / gloo for all)."""
 
-    def __init__(self, size: int, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, size: int, group: dist.ProcessGroup | None = None,
+                 fast: SymmAllReduce | None = None) -> None:
         self.size = size
         self.group = group
+        self.fast = fast
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place; returns `x`."""
         if self.size > 1:
+            if self.fast is not None and self.fast.fits(x):
+                return self.fast.all_reduce(x)
             dist.all_reduce(x, group=self.group)
         return x
 
@@ -82,19 +94,26 @@ def reset_tp_info() -> None:
     _TP = None
 
 
-def init_distributed(rank: int, size: int, init_method: str, device: str) -> TPInfo:
-    """Join the TP process group (NCCL for CUDA devices, gloo otherwise) and set TPInfo."""
+def init_distributed(rank: int, size: int, init_method: str, device: str,
+                     custom_all_reduce: bool = True) -> TPInfo:
+    """Join the TP process group (NCCL for CUDA devices, gloo otherwise) and set TPInfo. On
+    CUDA, `custom_all_reduce` sets up the symmetric-memory path for small all-reduces
+    (collective; NCCL for all when it cannot). NVLink multicast stays off."""
     if size == 1:
         return set_tp_info(0, 1)
+    fast = None
     if device.startswith("cuda"):
         local = torch.device(device) if ":" in device else torch.device(
             "cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(local)
+        multicast_off()
         dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=size,
                                 device_id=local)
+        if custom_all_reduce:
+            fast = create_symm_all_reduce(dist.group.WORLD, local)
     else:
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=size)
-    return set_tp_info(rank, size, Communicator(size, dist.group.WORLD))
+    return set_tp_info(rank, size, Communicator(size, dist.group.WORLD, fast))
 
 
 def _collective_device() -> torch.device:
