@@ -63,6 +63,15 @@ def rss_mb(pid: int | None) -> dict[str, float] | None:
             "worker": round(sum(rss(p) for p in descendants(pid)), 1)}
 
 
+async def _rss_timeline(pid: int | None, until: float, every: float) -> list[dict]:
+    """`rss_mb(pid)` every `every` seconds until `until` (is memory still growing?)."""
+    samples = []
+    while pid is not None and (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(every, left))  # a sampling period, not a sync
+        samples.append(rss_mb(pid))
+    return samples
+
+
 def _pools(mem: a.MemoryInfo) -> dict:
     return {"strategy": mem.strategy, "ratio": mem.mamba_full_memory_ratio,
             **{name: {k: getattr(pool, k) for k in ("total", "used", "cached", "free")}
@@ -121,9 +130,10 @@ async def run(target: Target, cfg: SoakConfig) -> dict:
         first = await admin.GetMemory(a.GetMemoryRequest(), metadata=auth, timeout=60)
         tally, rss_before, start = Tally(), rss_mb(target.pid), time.monotonic()
         until = start + cfg.duration
-        await asyncio.gather(admin_loop(admin, auth, cfg, until, tally),
-                             *(client(i, gen, cfg, vocab, until, tally)
-                               for i in range(cfg.concurrency)))
+        during, *_ = await asyncio.gather(
+            _rss_timeline(target.pid, until, cfg.duration / 10),
+            admin_loop(admin, auth, cfg, until, tally),
+            *(client(i, gen, cfg, vocab, until, tally) for i in range(cfg.concurrency)))
         loaded = time.monotonic() - start
         after, idle_s = await _settle(admin, auth, cfg, first)
     before = _pools(first)
@@ -142,7 +152,7 @@ async def run(target: Target, cfg: SoakConfig) -> dict:
                     "admin": _percentiles(tally.admin_latency)},
         "admin": {f"{op} {outcome}": n for (op, outcome), n in sorted(tally.admin.items())},
         "failures": tally.failures,
-        "rss_mb": {"before": rss_before, "after": rss_mb(target.pid)},
+        "rss_mb": {"before": rss_before, "during": during, "after": rss_mb(target.pid)},
         "pools": {"before": before, "after": after, "ok": _integrity_ok(before, after)},
     }
 
@@ -156,14 +166,15 @@ def markdown(report: dict) -> str:
                      "later)"),
             ("requests", f"{report['requests']}: " + ", ".join(f"{n} {k}"
                                                                for k, n in out.items())),
-            ("tokens streamed", f"{report['tokens']} ({report['tokens_per_s']} /s)")]
+            ("tokens received", f"{report['tokens']} ({report['tokens_per_s']} /s)")]
     rows += [(f"{name} latency", f"p50 {v.get('p50_ms')} ms, p99 {v.get('p99_ms')} ms, "
                                  f"max {v.get('max_ms')} ms (n={v['n']})")
              for name, v in lat.items()]
     rows += [("admin calls", ", ".join(f"{n} {k}" for k, n in report["admin"].items()) or "none")]
     if rss["before"] is not None:
-        rows += [(f"RSS {p} (MiB)", f"{rss['before'][p]} -> {rss['after'][p]}")
-                 for p in ("frontend", "worker")]
+        rows += [(f"RSS {p} (MiB)", f"{rss['before'][p]} before; during: "
+                 + ", ".join(str(sample[p]) for sample in rss["during"])
+                 + f"; {rss['after'][p]} after") for p in ("frontend", "worker")]
     pools = report["pools"]["after"]
     rows += [("pools after", f"pages {pools['pages']['free']}/{pools['pages']['total']} free, "
                              f"slots {pools['state_slots']['free']}/"
