@@ -1,7 +1,7 @@
 """`Supervisor`: `qnext serve`'s spawned worker daemon as a child process, restarted whenever it
 dies (exponential backoff: 1 s doubling to 30 s, reset once a worker has served for 60 s),
 given up after `max_restarts` restarts in a row. A watchdog kills (then restarts) a worker that
-serves but answers no heartbeat for `watchdog_timeout` seconds: the heartbeat is an Admin
+(with the processes below it, its TP ranks) serves but answers no heartbeat for `watchdog_timeout` seconds: the heartbeat is an Admin
 GetStats, which the worker answers at a step boundary, so a stuck step, a stuck process
 (SIGSTOP, a TP rank waiting forever) or a dead engine all count. `serve_supervised` runs it
 beside the front end and stops the worker when the front end ends. Torch-free."""
@@ -9,7 +9,11 @@ beside the front end and stops the worker when the front end ends. Torch-free.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
+from pathlib import Path
 
 import grpc
 import structlog
@@ -106,7 +110,11 @@ class Supervisor:
             return
         log.error("worker_hung", pid=proc.pid, silent_s=round(time.monotonic() - answered, 1),
                   watchdog_timeout_s=limit)
+        below = _descendants(proc.pid)  # its TP ranks: a stopped one would outlive it
         proc.kill()
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     async def terminate(self, timeout: float = 30.0) -> None:
         """No more restarts; SIGTERM the worker, SIGKILL it after `timeout` seconds."""
@@ -122,6 +130,16 @@ class Supervisor:
             proc.kill()
             code = await proc.wait()
         log.info("worker_stopped", pid=proc.pid, exit_code=code)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, from Linux's /proc (none where it is missing)."""
+    try:
+        kids = [int(kid) for task in Path(f"/proc/{pid}/task").iterdir()
+                for kid in (task / "children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [below for kid in kids for below in _descendants(kid)]
 
 
 async def serve_supervised(cfg: FrontendConfig, supervisor: Supervisor, started: asyncio.Event,

@@ -1,6 +1,6 @@
 """Worker faults and shutdown against real processes on 127.0.0.1: `qnext serve` restarts a
-spawned worker killed mid-stream, one whose TP follower rank was killed, and one hung
-(SIGSTOP) past --watchdog-timeout (the stream ends UNAVAILABLE within seconds, health goes
+spawned worker killed mid-stream, one whose TP follower rank was killed or stopped, and one
+hung (SIGSTOP) past --watchdog-timeout (the stream ends UNAVAILABLE within seconds, health goes
 NOT_SERVING then SERVING, new requests work), or gives up with --worker-max-restarts 0;
 SIGTERM drains (running streams finish, new calls are refused, exit 0) and cancels what
 outlives the grace period."""
@@ -82,6 +82,14 @@ def path(tiny_checkpoint):
     return tiny_checkpoint("tiny")
 
 
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def restarted_after(server: Server, fault, within: float) -> None:
     """Run `fault(worker pid)` (it breaks the worker) while a stream runs: it ends UNAVAILABLE
     within `within` seconds, health goes NOT_SERVING then SERVING, a new worker serves."""
@@ -111,12 +119,24 @@ def test_a_killed_worker_is_restarted(path):
         assert server.stop() == 0
 
 
-def test_a_killed_tp_rank_takes_the_worker_down_and_it_restarts(tiny_checkpoint):
-    server = Server(tiny_checkpoint("tiny-tp"), "--tp", "2")
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_dead_or_hung_tp_rank_and_the_worker_restarts(tiny_checkpoint, fault):
+    """A follower rank SIGKILLed: rank 0 exits at once (code 1). SIGSTOPped: rank 0 waits in
+    a collective until the watchdog kills the worker and the stopped rank with it."""
+    server = Server(tiny_checkpoint("tiny-tp"), "--tp", "2", "--watchdog-timeout", "3")
+    ranks = []
+
+    def fault_(worker: int) -> None:
+        ranks.append(follower_pid(worker))
+        os.kill(ranks[0], signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
     try:
-        restarted_after(server, lambda worker: os.kill(follower_pid(worker), signal.SIGKILL), 5)
+        restarted_after(server, fault_, 5 if fault == "kill" else 15)
         log = server.log.read_text()
-        assert '"tp_rank_exited"' in log and '"exit_code": 1' in log
+        if fault == "kill":
+            assert '"tp_rank_exited"' in log and '"exit_code": 1' in log
+        else:
+            assert '"worker_hung"' in log and '"exit_code": -9' in log
+        until(lambda: gone(ranks[0]))
     finally:
         assert server.stop() == 0
 
