@@ -14,6 +14,7 @@ path for this comparison, say which in the report).
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -74,6 +75,7 @@ def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
     defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
     cfg = o.build_config(path, **{**defaults, "device": "cuda",
                                   "dtype": o.Dtype.bfloat16, "max_running_requests": 8,
+                                  "max_total_tokens": 8192,
                                   "disable_cuda_graph": not graphs})
     cfg = replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True))
     engine = Engine(cfg)
@@ -84,6 +86,8 @@ def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
 
     step = _median_step(run, new_tokens, repeats)
     engine.close()
+    del engine, run
+    gc.collect()  # the engine's pools go before the next engine plans its memory
     torch.cuda.empty_cache()
     return step
 

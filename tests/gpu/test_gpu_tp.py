@@ -34,3 +34,33 @@ def test_nccl_tp2_engine_equals_tp1(tiny_checkpoint, overlap):
 
     got, want = engine_tp2_vs_tp1(tiny_checkpoint("tiny-tp"), overlap, device="cuda")
     assert got == want
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nccl_tp2_cuda_graphs_equal_eager(tiny_checkpoint, dtype):
+    """TP=2 decode captured in CUDA graphs (symmetric-memory all-reduces inside them) gives the
+    greedy tokens of TP=2 eager, and the graphs really were captured on rank 0."""
+    from dataclasses import replace
+
+    from qnext.worker.config import ParallelConfig
+    from qnext.worker.engine import Engine
+    from qnext.worker.layers.parallel import reset_tp_info
+    from qnext.worker.sched.request import SamplingParams
+    from tests.engine.helpers import engine_config, random_prompts
+
+    cfg = engine_config(tiny_checkpoint("tiny-tp"), max_total_tokens=2000)
+    prompts = random_prompts(5, 3, 60, 384, seed=11)
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    outputs = {}
+    for graphs in (False, True):
+        reset_tp_info()
+        engine = Engine(replace(cfg, load=replace(cfg.load, dtype=dtype, device="cuda"),
+                                parallel=ParallelConfig(tp_size=2),
+                                sched=replace(cfg.sched, disable_cuda_graph=not graphs,
+                                              cuda_graph_max_bs=8)))
+        try:
+            assert (engine.runner.graphs is not None) == graphs
+            outputs[graphs] = [o.output_ids for o in engine.generate(prompts, params)]
+        finally:
+            engine.close()
+    assert outputs[True] == outputs[False]

@@ -106,7 +106,8 @@ def start_tp(cfg: Config) -> TPExecutor:
     ranks = cfg.parallel.local_ranks[1:]
     procs, stopping = _spawn(cfg, ranks, address), threading.Event()
     _exit_with_followers(dict(zip(ranks, procs)), stopping)
-    init_distributed(0, cfg.parallel.tp_size, address, rank_config(cfg, 0).load.device)
+    init_distributed(0, cfg.parallel.tp_size, address, rank_config(cfg, 0).load.device,
+                     custom_all_reduce=not cfg.parallel.disable_custom_all_reduce)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
     return TPExecutor(ModelRunner(rank_config(cfg, 0)), group, procs, stopping)
 
@@ -128,7 +129,8 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
     configure_like_parent()  # stderr, at the parent's level
     _exit_with_parent(parent)
     cfg = rank_config(cfg, rank)
-    init_distributed(rank, size, address, cfg.load.device)
+    init_distributed(rank, size, address, cfg.load.device,
+                     custom_all_reduce=not cfg.parallel.disable_custom_all_reduce)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
     executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
     last: Launched | None = None  # the overlap loop's `previous` is always the last launch

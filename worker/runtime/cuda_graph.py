@@ -125,7 +125,10 @@ class DecodeGraphs:
                 for _ in range(2):  # warm-up: Triton compiles and autotunes outside capture
                     self.forward(batch)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                # thread_local: other threads' CUDA calls (the NCCL watchdog's event queries)
+                # must not invalidate this thread's capture
+                with torch.cuda.graph(graph, pool=pool, stream=stream,
+                                      capture_error_mode="thread_local"):
                     self.outputs[bs] = self.forward(batch)
                 pool = graph.pool()
                 self.graphs[bs] = graph

@@ -1,0 +1,126 @@
+"""Benchmark (not a test): the full-size Qwen3-Next-80B-A3B config with dummy (random) weights
+made on the GPUs, through qnext's engine in-process (no gRPC: the engine-level numbers that
+bound what `qnext serve` can reach), tensor parallel over `--tp` GPUs, bf16, CUDA graphs.
+
+Reports: batch-1 TPOT (median per-step time from 1 + N minus 1 new tokens, so prefill cancels),
+TTFT of a 1K and an 8K prompt (time to the first token of a fresh prompt, radix cache off),
+output throughput at concurrency C with 1K in / --out-len out (C prompts submitted at once),
+and the batch-1 bandwidth ceiling: bytes of the weights one decode step reads (attention, GDN,
+shared expert, 10 routed experts per layer, embedding row, lm_head) / the measured device copy
+bandwidth, per rank.
+
+    python scripts/bench_full_size.py --tp 4 [--concurrency 8,64,256] [--out-len 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench_common import copy_gbps
+
+
+def write_config_dir(out: Path) -> Path:
+    """config.json (80B-A3B) + the tiny tokenizer: all the engine reads with dummy weights."""
+    import json
+
+    from qnext.worker.tiny.presets import preset_config
+    from qnext.worker.tiny.tokenizer import build_tokenizer
+
+    (out / "config.json").write_text(json.dumps(preset_config("80b-a3b"), indent=1))
+    build_tokenizer(out)
+    return out
+
+
+def make_engine(path: Path, tp: int, max_running: int, graphs: bool):
+    from qnext.cli import options as o
+    from qnext.worker.engine import Engine
+
+    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
+    cfg = o.build_config(path, **{**defaults, "device": "cuda", "tp": tp,
+                                  "dtype": o.Dtype.bfloat16, "load_format": o.LoadFormat.dummy,
+                                  "max_running_requests": max_running,
+                                  "disable_cuda_graph": not graphs})
+    return Engine(replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True)))
+
+
+def step_bytes(hf: dict, tp: int) -> float:
+    """Bytes of weights one batch-1 decode step reads per rank (bf16)."""
+    h, layers = hf["hidden_size"], hf["num_hidden_layers"]
+    n_full = layers // hf["full_attention_interval"]
+    hd, nq, nkv = hf["head_dim"], hf["num_attention_heads"], hf["num_key_value_heads"]
+    attn = h * (2 * nq * hd + 2 * nkv * hd) + nq * hd * h
+    kd, vd = hf["linear_key_head_dim"], hf["linear_value_head_dim"]
+    nk, nv = hf["linear_num_key_heads"], hf["linear_num_value_heads"]
+    gdn = h * (2 * nk * kd + 2 * nv * vd + 2 * nv) + nv * vd * h
+    expert = 3 * h * hf["moe_intermediate_size"]
+    shared = 3 * h * hf["shared_expert_intermediate_size"]
+    moe = (hf["num_experts_per_tok"] * expert + shared + h * hf["num_experts"])
+    total = n_full * attn + (layers - n_full) * gdn + layers * moe
+    return 2 * (total / tp + hf["vocab_size"] * h / tp + h)
+
+
+def tpot(engine, sp_cls, prompt, new_tokens: int, repeats: int) -> float:
+    def run(n):
+        engine.generate([prompt], sp_cls(temperature=0, max_new_tokens=n, ignore_eos=True))
+
+    run(2)
+    steps = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(1)
+        t1 = time.perf_counter()
+        run(1 + new_tokens)
+        t2 = time.perf_counter()
+        steps.append(((t2 - t1) - (t1 - t0)) / new_tokens)
+    return statistics.median(steps)
+
+
+def main() -> None:
+    from qnext.worker.sched.request import SamplingParams
+    from qnext.worker.tiny.presets import preset_config
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tp", type=int, default=4)
+    ap.add_argument("--concurrency", default="8,64")
+    ap.add_argument("--out-len", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    conc = [int(c) for c in args.concurrency.split(",") if c]
+    gbps = copy_gbps()
+    print(f"{torch.cuda.get_device_name()} x{args.tp}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, copy {gbps:.0f} GB/s")
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, 150000, (n,), generator=gen).tolist()  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        engine = make_engine(write_config_dir(Path(tmp)), args.tp, max(conc + [8]), True)
+        print(f"engine ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        step = tpot(engine, SamplingParams, ids(128), 32, args.repeats)
+        floor = step_bytes(preset_config("80b-a3b"), args.tp) / (gbps * 1e9)
+        print(f"batch-1 TPOT: {step * 1e3:.2f} ms (weights floor {floor * 1e3:.2f} ms at the "
+              f"copy bandwidth: {floor / step:.0%} of the ceiling)", flush=True)
+        for n in (1024, 8192):
+            engine.generate([ids(n)], SamplingParams(temperature=0, max_new_tokens=1))  # warm
+            t0 = time.perf_counter()
+            engine.generate([ids(n)], SamplingParams(temperature=0, max_new_tokens=1))
+            print(f"TTFT {n} tokens: {(time.perf_counter() - t0) * 1e3:.1f} ms", flush=True)
+        for c in conc:
+            sp = SamplingParams(temperature=0, max_new_tokens=args.out_len, ignore_eos=True)
+            t0 = time.perf_counter()
+            outs = engine.generate([ids(1024) for _ in range(c)], sp)
+            dt = time.perf_counter() - t0
+            tokens = sum(len(o.output_ids) for o in outs)
+            print(f"concurrency {c}, 1024 in / {args.out_len} out: {tokens / dt:.0f} output "
+                  f"tok/s ({dt:.1f} s)", flush=True)
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()
