@@ -21,7 +21,6 @@ from qnext.worker.config import (
     SchedConfig,
     SpecConfig,
 )
-from qnext.worker.errors import ConfigError
 
 
 class Dtype(str, Enum):
@@ -203,11 +202,7 @@ def _spec_section(speculative_algorithm: SpecAlgorithm | None = None,
                   speculative_num_steps: int | None = None,
                   speculative_eagle_topk: int | None = None,
                   speculative_num_draft_tokens: int | None = None) -> SpecConfig:
-    """The checked SpecConfig; the engine cannot run drafts yet, so a set algorithm fails."""
-    spec = SpecConfig(None if speculative_algorithm is None else speculative_algorithm.value,
+    """The checked SpecConfig (what the engine supports is checked by `Config`)."""
+    return SpecConfig(None if speculative_algorithm is None else speculative_algorithm.value,
                       speculative_draft_model_path, speculative_num_steps,
                       speculative_eagle_topk, speculative_num_draft_tokens)
-    if spec.enabled:  # TODO(#8): drafting and the verify loop in the engine
-        raise ConfigError("--speculative-algorithm: speculative decoding is not available "
-                          "yet (the verify forward exists; drafting does not)")
-    return spec

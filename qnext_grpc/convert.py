@@ -66,7 +66,9 @@ def memory_pb(plan: dict, usage: dict, strategy: str, ratio: float) -> admin_pb2
 
 
 def stats_pb(stats: dict, throughput: float, draining: bool) -> admin_pb2.Stats:
-    cache = stats["prefix_cache"]
+    cache, spec = stats["prefix_cache"], stats.get("spec")
+    extra = {} if spec is None else dict(spec_accept_length=spec["accept_length"],
+                                         spec_accept_rate=spec["accept_rate"])
     return admin_pb2.Stats(
         num_running=stats["num_running"], num_waiting=stats["num_waiting"],
         num_requests=stats["num_requests"], num_finished=stats["num_finished"],
@@ -77,4 +79,4 @@ def stats_pb(stats: dict, throughput: float, draining: bool) -> admin_pb2.Stats:
             strategy=cache["strategy"], hit_rate=cache["hit_rate"],
             prompt_tokens=cache["prompt_tokens"], cached_tokens=cache["cached_tokens"],
             inserted_tokens=cache["inserted_tokens"], evicted_pages=cache["evicted_pages"],
-            evicted_slots=cache["evicted_slots"]))
+            evicted_slots=cache["evicted_slots"]), **extra)

@@ -8,8 +8,8 @@ and constraints (pure Python).
   another explicit value is an error naming both flags. With topk > 1 (trees) the draft tokens
   default to the largest tree, 1 + topk + (steps - 1) * topk^2, and may be fewer.
 - Every running request holds draft-tokens intermediate states per GDN layer during verify, so
-  the memory plan counts them (issue 8); with extra_buffer prefix caching the draft tokens
-  must not exceed --mamba-track-interval (checked by `Config`).
+  the memory plan must count them (issue 8; today only the draft head's KV layer is counted).
+  What the engine runs so far (NEXTN chains, TP 1, no extra_buffer) is checked by `Config`.
 """
 
 from __future__ import annotations

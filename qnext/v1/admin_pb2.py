@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14qnext/v1/admin.proto\x12\x08qnext.v1\"\x11\n\x0fGetStatsRequest\"\xab\x01\n\x10PrefixCacheStats\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x10\n\x08hit_rate\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x17\n\x0finserted_tokens\x18\x05 \x01(\x04\x12\x15\n\revicted_pages\x18\x06 \x01(\x04\x12\x15\n\revicted_slots\x18\x07 \x01(\x04\"\xc2\x02\n\x05Stats\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x14\n\x0cnum_requests\x18\x03 \x01(\x04\x12\x14\n\x0cnum_finished\x18\x04 \x01(\x04\x12\x1c\n\x14num_generated_tokens\x18\x05 \x01(\x04\x12\x11\n\tnum_steps\x18\x06 \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\x07 \x01(\x04\x12\x1d\n\x15generation_throughput\x18\x08 \x01(\x01\x12\x30\n\x0cprefix_cache\x18\t \x01(\x0b\x32\x1a.qnext.v1.PrefixCacheStats\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x12\x1f\n\x12spec_accept_length\x18\x0b \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_spec_accept_length\"\x12\n\x10GetMemoryRequest\"Y\n\tPoolUsage\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x0c\n\x04used\x18\x02 \x01(\x04\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x04\x12\x11\n\tevictable\x18\x04 \x01(\x04\x12\x0c\n\x04\x66ree\x18\x05 \x01(\x04\"\xc3\x02\n\nMemoryInfo\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x1f\n\x17mamba_full_memory_ratio\x18\x03 \x01(\x01\x12\x15\n\rkv_pool_bytes\x18\x04 \x01(\x04\x12\x18\n\x10state_pool_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14state_bytes_per_slot\x18\x06 \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x07 \x01(\x04\x12\x18\n\x10max_total_tokens\x18\x08 \x01(\x04\x12\x1c\n\x14max_running_requests\x18\t \x01(\r\x12\"\n\x05pages\x18\n \x01(\x0b\x32\x13.qnext.v1.PoolUsage\x12(\n\x0bstate_slots\x18\x0b \x01(\x0b\x32\x13.qnext.v1.PoolUsage\"D\n\x17SetRadixStrategyRequest\x12)\n\x08strategy\x18\x01 \x01(\x0e\x32\x17.qnext.v1.RadixStrategy\"Z\n\x17ResizeMambaCacheRequest\x12\x0f\n\x05ratio\x18\x01 \x01(\x01H\x00\x12\x13\n\tnum_slots\x18\x02 \x01(\rH\x00\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x42\x08\n\x06target\"Q\n\x18ResizeMambaCacheResponse\x12$\n\x06memory\x18\x01 \x01(\x0b\x32\x14.qnext.v1.MemoryInfo\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"\x13\n\x11\x46lushCacheRequest\">\n\x12\x46lushCacheResponse\x12\x13\n\x0b\x66reed_pages\x18\x01 \x01(\x04\x12\x13\n\x0b\x66reed_slots\x18\x02 \x01(\x04\"\x0e\n\x0c\x44rainRequest\"\'\n\rDrainResponse\x12\x16\n\x0enum_unfinished\x18\x01 \x01(\r\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse\"\x16\n\x14GetServerInfoRequest\"\xd3\x01\n\nServerInfo\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x34\n\x08versions\x18\x04 \x03(\x0b\x32\".qnext.v1.ServerInfo.VersionsEntry\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x12SetLogLevelRequest\x12\r\n\x05level\x18\x01 \x01(\t\"\x15\n\x13SetLogLevelResponse*\x86\x01\n\rRadixStrategy\x12\x1e\n\x1aRADIX_STRATEGY_UNSPECIFIED\x10\x00\x12\x16\n\x12RADIX_STRATEGY_OFF\x10\x01\x12\x1c\n\x18RADIX_STRATEGY_NO_BUFFER\x10\x02\x12\x1f\n\x1bRADIX_STRATEGY_EXTRA_BUFFER\x10\x03\x32\xf9\x04\n\x05\x41\x64min\x12\x36\n\x08GetStats\x12\x19.qnext.v1.GetStatsRequest\x1a\x0f.qnext.v1.Stats\x12=\n\tGetMemory\x12\x1a.qnext.v1.GetMemoryRequest\x1a\x14.qnext.v1.MemoryInfo\x12K\n\x10SetRadixStrategy\x12!.qnext.v1.SetRadixStrategyRequest\x1a\x14.qnext.v1.MemoryInfo\x12Y\n\x10ResizeMambaCache\x12!.qnext.v1.ResizeMambaCacheRequest\x1a\".qnext.v1.ResizeMambaCacheResponse\x12G\n\nFlushCache\x12\x1b.qnext.v1.FlushCacheRequest\x1a\x1c.qnext.v1.FlushCacheResponse\x12\x38\n\x05\x44rain\x12\x16.qnext.v1.DrainRequest\x1a\x17.qnext.v1.DrainResponse\x12;\n\x06Resume\x12\x17.qnext.v1.ResumeRequest\x1a\x18.qnext.v1.ResumeResponse\x12\x45\n\rGetServerInfo\x12\x1e.qnext.v1.GetServerInfoRequest\x1a\x14.qnext.v1.ServerInfo\x12J\n\x0bSetLogLevel\x12\x1c.qnext.v1.SetLogLevelRequest\x1a\x1d.qnext.v1.SetLogLevelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14qnext/v1/admin.proto\x12\x08qnext.v1\"\x11\n\x0fGetStatsRequest\"\xab\x01\n\x10PrefixCacheStats\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x10\n\x08hit_rate\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x17\n\x0finserted_tokens\x18\x05 \x01(\x04\x12\x15\n\revicted_pages\x18\x06 \x01(\x04\x12\x15\n\revicted_slots\x18\x07 \x01(\x04\"\xf6\x02\n\x05Stats\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x14\n\x0cnum_requests\x18\x03 \x01(\x04\x12\x14\n\x0cnum_finished\x18\x04 \x01(\x04\x12\x1c\n\x14num_generated_tokens\x18\x05 \x01(\x04\x12\x11\n\tnum_steps\x18\x06 \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\x07 \x01(\x04\x12\x1d\n\x15generation_throughput\x18\x08 \x01(\x01\x12\x30\n\x0cprefix_cache\x18\t \x01(\x0b\x32\x1a.qnext.v1.PrefixCacheStats\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x12\x1f\n\x12spec_accept_length\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10spec_accept_rate\x18\x0c \x01(\x01H\x01\x88\x01\x01\x42\x15\n\x13_spec_accept_lengthB\x13\n\x11_spec_accept_rate\"\x12\n\x10GetMemoryRequest\"Y\n\tPoolUsage\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x0c\n\x04used\x18\x02 \x01(\x04\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x04\x12\x11\n\tevictable\x18\x04 \x01(\x04\x12\x0c\n\x04\x66ree\x18\x05 \x01(\x04\"\xc3\x02\n\nMemoryInfo\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x1f\n\x17mamba_full_memory_ratio\x18\x03 \x01(\x01\x12\x15\n\rkv_pool_bytes\x18\x04 \x01(\x04\x12\x18\n\x10state_pool_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14state_bytes_per_slot\x18\x06 \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x07 \x01(\x04\x12\x18\n\x10max_total_tokens\x18\x08 \x01(\x04\x12\x1c\n\x14max_running_requests\x18\t \x01(\r\x12\"\n\x05pages\x18\n \x01(\x0b\x32\x13.qnext.v1.PoolUsage\x12(\n\x0bstate_slots\x18\x0b \x01(\x0b\x32\x13.qnext.v1.PoolUsage\"D\n\x17SetRadixStrategyRequest\x12)\n\x08strategy\x18\x01 \x01(\x0e\x32\x17.qnext.v1.RadixStrategy\"Z\n\x17ResizeMambaCacheRequest\x12\x0f\n\x05ratio\x18\x01 \x01(\x01H\x00\x12\x13\n\tnum_slots\x18\x02 \x01(\rH\x00\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x42\x08\n\x06target\"Q\n\x18ResizeMambaCacheResponse\x12$\n\x06memory\x18\x01 \x01(\x0b\x32\x14.qnext.v1.MemoryInfo\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"\x13\n\x11\x46lushCacheRequest\">\n\x12\x46lushCacheResponse\x12\x13\n\x0b\x66reed_pages\x18\x01 \x01(\x04\x12\x13\n\x0b\x66reed_slots\x18\x02 \x01(\x04\"\x0e\n\x0c\x44rainRequest\"\'\n\rDrainResponse\x12\x16\n\x0enum_unfinished\x18\x01 \x01(\r\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse\"\x16\n\x14GetServerInfoRequest\"\xd3\x01\n\nServerInfo\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x34\n\x08versions\x18\x04 \x03(\x0b\x32\".qnext.v1.ServerInfo.VersionsEntry\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x12SetLogLevelRequest\x12\r\n\x05level\x18\x01 \x01(\t\"\x15\n\x13SetLogLevelResponse*\x86\x01\n\rRadixStrategy\x12\x1e\n\x1aRADIX_STRATEGY_UNSPECIFIED\x10\x00\x12\x16\n\x12RADIX_STRATEGY_OFF\x10\x01\x12\x1c\n\x18RADIX_STRATEGY_NO_BUFFER\x10\x02\x12\x1f\n\x1bRADIX_STRATEGY_EXTRA_BUFFER\x10\x03\x32\xf9\x04\n\x05\x41\x64min\x12\x36\n\x08GetStats\x12\x19.qnext.v1.GetStatsRequest\x1a\x0f.qnext.v1.Stats\x12=\n\tGetMemory\x12\x1a.qnext.v1.GetMemoryRequest\x1a\x14.qnext.v1.MemoryInfo\x12K\n\x10SetRadixStrategy\x12!.qnext.v1.SetRadixStrategyRequest\x1a\x14.qnext.v1.MemoryInfo\x12Y\n\x10ResizeMambaCache\x12!.qnext.v1.ResizeMambaCacheRequest\x1a\".qnext.v1.ResizeMambaCacheResponse\x12G\n\nFlushCache\x12\x1b.qnext.v1.FlushCacheRequest\x1a\x1c.qnext.v1.FlushCacheResponse\x12\x38\n\x05\x44rain\x12\x16.qnext.v1.DrainRequest\x1a\x17.qnext.v1.DrainResponse\x12;\n\x06Resume\x12\x17.qnext.v1.ResumeRequest\x1a\x18.qnext.v1.ResumeResponse\x12\x45\n\rGetServerInfo\x12\x1e.qnext.v1.GetServerInfoRequest\x1a\x14.qnext.v1.ServerInfo\x12J\n\x0bSetLogLevel\x12\x1c.qnext.v1.SetLogLevelRequest\x1a\x1d.qnext.v1.SetLogLevelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,48 +33,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVERINFO_VERSIONSENTRY']._loaded_options = None
   _globals['_SERVERINFO_VERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_RADIXSTRATEGY']._serialized_start=1710
-  _globals['_RADIXSTRATEGY']._serialized_end=1844
+  _globals['_RADIXSTRATEGY']._serialized_start=1762
+  _globals['_RADIXSTRATEGY']._serialized_end=1896
   _globals['_GETSTATSREQUEST']._serialized_start=34
   _globals['_GETSTATSREQUEST']._serialized_end=51
   _globals['_PREFIXCACHESTATS']._serialized_start=54
   _globals['_PREFIXCACHESTATS']._serialized_end=225
   _globals['_STATS']._serialized_start=228
-  _globals['_STATS']._serialized_end=550
-  _globals['_GETMEMORYREQUEST']._serialized_start=552
-  _globals['_GETMEMORYREQUEST']._serialized_end=570
-  _globals['_POOLUSAGE']._serialized_start=572
-  _globals['_POOLUSAGE']._serialized_end=661
-  _globals['_MEMORYINFO']._serialized_start=664
-  _globals['_MEMORYINFO']._serialized_end=987
-  _globals['_SETRADIXSTRATEGYREQUEST']._serialized_start=989
-  _globals['_SETRADIXSTRATEGYREQUEST']._serialized_end=1057
-  _globals['_RESIZEMAMBACACHEREQUEST']._serialized_start=1059
-  _globals['_RESIZEMAMBACACHEREQUEST']._serialized_end=1149
-  _globals['_RESIZEMAMBACACHERESPONSE']._serialized_start=1151
-  _globals['_RESIZEMAMBACACHERESPONSE']._serialized_end=1232
-  _globals['_FLUSHCACHEREQUEST']._serialized_start=1234
-  _globals['_FLUSHCACHEREQUEST']._serialized_end=1253
-  _globals['_FLUSHCACHERESPONSE']._serialized_start=1255
-  _globals['_FLUSHCACHERESPONSE']._serialized_end=1317
-  _globals['_DRAINREQUEST']._serialized_start=1319
-  _globals['_DRAINREQUEST']._serialized_end=1333
-  _globals['_DRAINRESPONSE']._serialized_start=1335
-  _globals['_DRAINRESPONSE']._serialized_end=1374
-  _globals['_RESUMEREQUEST']._serialized_start=1376
-  _globals['_RESUMEREQUEST']._serialized_end=1391
-  _globals['_RESUMERESPONSE']._serialized_start=1393
-  _globals['_RESUMERESPONSE']._serialized_end=1409
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1411
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1433
-  _globals['_SERVERINFO']._serialized_start=1436
-  _globals['_SERVERINFO']._serialized_end=1647
-  _globals['_SERVERINFO_VERSIONSENTRY']._serialized_start=1600
-  _globals['_SERVERINFO_VERSIONSENTRY']._serialized_end=1647
-  _globals['_SETLOGLEVELREQUEST']._serialized_start=1649
-  _globals['_SETLOGLEVELREQUEST']._serialized_end=1684
-  _globals['_SETLOGLEVELRESPONSE']._serialized_start=1686
-  _globals['_SETLOGLEVELRESPONSE']._serialized_end=1707
-  _globals['_ADMIN']._serialized_start=1847
-  _globals['_ADMIN']._serialized_end=2480
+  _globals['_STATS']._serialized_end=602
+  _globals['_GETMEMORYREQUEST']._serialized_start=604
+  _globals['_GETMEMORYREQUEST']._serialized_end=622
+  _globals['_POOLUSAGE']._serialized_start=624
+  _globals['_POOLUSAGE']._serialized_end=713
+  _globals['_MEMORYINFO']._serialized_start=716
+  _globals['_MEMORYINFO']._serialized_end=1039
+  _globals['_SETRADIXSTRATEGYREQUEST']._serialized_start=1041
+  _globals['_SETRADIXSTRATEGYREQUEST']._serialized_end=1109
+  _globals['_RESIZEMAMBACACHEREQUEST']._serialized_start=1111
+  _globals['_RESIZEMAMBACACHEREQUEST']._serialized_end=1201
+  _globals['_RESIZEMAMBACACHERESPONSE']._serialized_start=1203
+  _globals['_RESIZEMAMBACACHERESPONSE']._serialized_end=1284
+  _globals['_FLUSHCACHEREQUEST']._serialized_start=1286
+  _globals['_FLUSHCACHEREQUEST']._serialized_end=1305
+  _globals['_FLUSHCACHERESPONSE']._serialized_start=1307
+  _globals['_FLUSHCACHERESPONSE']._serialized_end=1369
+  _globals['_DRAINREQUEST']._serialized_start=1371
+  _globals['_DRAINREQUEST']._serialized_end=1385
+  _globals['_DRAINRESPONSE']._serialized_start=1387
+  _globals['_DRAINRESPONSE']._serialized_end=1426
+  _globals['_RESUMEREQUEST']._serialized_start=1428
+  _globals['_RESUMEREQUEST']._serialized_end=1443
+  _globals['_RESUMERESPONSE']._serialized_start=1445
+  _globals['_RESUMERESPONSE']._serialized_end=1461
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1463
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1485
+  _globals['_SERVERINFO']._serialized_start=1488
+  _globals['_SERVERINFO']._serialized_end=1699
+  _globals['_SERVERINFO_VERSIONSENTRY']._serialized_start=1652
+  _globals['_SERVERINFO_VERSIONSENTRY']._serialized_end=1699
+  _globals['_SETLOGLEVELREQUEST']._serialized_start=1701
+  _globals['_SETLOGLEVELREQUEST']._serialized_end=1736
+  _globals['_SETLOGLEVELRESPONSE']._serialized_start=1738
+  _globals['_SETLOGLEVELRESPONSE']._serialized_end=1759
+  _globals['_ADMIN']._serialized_start=1899
+  _globals['_ADMIN']._serialized_end=2532
 # @@protoc_insertion_point(module_scope)

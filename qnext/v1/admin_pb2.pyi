@@ -41,7 +41,7 @@ class PrefixCacheStats(_message.Message):
     def __init__(self, strategy: _Optional[str] = ..., hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., inserted_tokens: _Optional[int] = ..., evicted_pages: _Optional[int] = ..., evicted_slots: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("num_running", "num_waiting", "num_requests", "num_finished", "num_generated_tokens", "num_steps", "num_preemptions", "generation_throughput", "prefix_cache", "draining", "spec_accept_length")
+    __slots__ = ("num_running", "num_waiting", "num_requests", "num_finished", "num_generated_tokens", "num_steps", "num_preemptions", "generation_throughput", "prefix_cache", "draining", "spec_accept_length", "spec_accept_rate")
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class Stats(_message.Message):
     PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     SPEC_ACCEPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SPEC_ACCEPT_RATE_FIELD_NUMBER: _ClassVar[int]
     num_running: int
     num_waiting: int
     num_requests: int
@@ -64,7 +65,8 @@ class Stats(_message.Message):
     prefix_cache: PrefixCacheStats
     draining: bool
     spec_accept_length: float
-    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_requests: _Optional[int] = ..., num_finished: _Optional[int] = ..., num_generated_tokens: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., generation_throughput: _Optional[float] = ..., prefix_cache: _Optional[_Union[PrefixCacheStats, _Mapping]] = ..., draining: _Optional[bool] = ..., spec_accept_length: _Optional[float] = ...) -> None: ...
+    spec_accept_rate: float
+    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_requests: _Optional[int] = ..., num_finished: _Optional[int] = ..., num_generated_tokens: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., generation_throughput: _Optional[float] = ..., prefix_cache: _Optional[_Union[PrefixCacheStats, _Mapping]] = ..., draining: _Optional[bool] = ..., spec_accept_length: _Optional[float] = ..., spec_accept_rate: _Optional[float] = ...) -> None: ...
 
 class GetMemoryRequest(_message.Message):
     __slots__ = ()

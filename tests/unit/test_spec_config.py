@@ -1,5 +1,5 @@
 """The speculative-decoding flags: SGLang's defaults and constraints, errors naming the flags,
-the track-interval rule with extra_buffer, and the CLI's refusal while drafting is not built."""
+clear refusals of what the engine cannot run yet, and the CLI generating with NEXTN."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-from qnext.worker.config import CacheConfig, Config, ConfigError, ModelConfig, SpecConfig
+from qnext.worker.config import (
+    CacheConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    ParallelConfig,
+    SpecConfig,
+)
 from qnext.worker.tiny.presets import preset_config
 
 
@@ -43,18 +50,26 @@ def test_trees_default_to_the_largest_tree():
     assert SpecConfig("EAGLE", "/draft", 5, 8, 64).draft_tokens == 64
 
 
-def test_draft_tokens_fit_the_track_interval_with_extra_buffer():
+@pytest.mark.parametrize("spec,cache,tp,match", [
+    (SpecConfig("EAGLE", "/draft"), CacheConfig(), 1, "only NEXTN"),
+    (SpecConfig("NEXTN", num_steps=2, eagle_topk=4), CacheConfig(), 1, "tree drafts"),
+    (SpecConfig("NEXTN"), CacheConfig(), 2, "--tp 1"),
+    (SpecConfig("NEXTN"), CacheConfig(page_size=16), 1, "extra_buffer"),
+])
+def test_what_the_engine_cannot_run_yet_is_refused(spec, cache, tp, match):
     model = ModelConfig.from_hf(preset_config("tiny"))
-    spec = SpecConfig("NEXTN", num_steps=2, eagle_topk=4)  # 1 + 4 + 16 = 21 draft tokens
-    Config(model, cache=CacheConfig(mamba_scheduler_strategy="no_buffer",
-                                    mamba_track_interval=16), spec=spec)
-    with pytest.raises(ConfigError, match="--mamba-track-interval 16"):
-        Config(model, cache=CacheConfig(mamba_scheduler_strategy="extra_buffer",
-                                        mamba_track_interval=16), spec=spec)
+    with pytest.raises(ConfigError, match=match):
+        Config(model, cache=cache, parallel=ParallelConfig(tp_size=tp), spec=spec)
+    Config(model, cache=CacheConfig(mamba_scheduler_strategy="no_buffer"),
+           spec=SpecConfig("NEXTN"))  # a chain at TP 1 is fine
 
 
-def test_the_cli_refuses_speculation_until_drafting_exists():
-    run = subprocess.run([sys.executable, "-m", "qnext.cli.main", "generate",
-                          "--speculative-algorithm", "NEXTN"], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 2 and "not available yet" in run.stderr
+def test_the_cli_speculates_with_the_mtp_head():
+    run = subprocess.run([sys.executable, "-m", "qnext.cli.main", "generate", "--prompt",
+                          "hello", "--max-new-tokens", "6", "--speculative-algorithm",
+                          "NEXTN"], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-m", "qnext.cli.main", "generate",
+                          "--speculative-algorithm", "NEXTN", "--speculative-eagle-topk", "2"],
+                         capture_output=True, text=True, timeout=180)
+    assert bad.returncode == 2 and "tree drafts" in bad.stderr

@@ -53,6 +53,11 @@ class Engine:
     def __init__(self, cfg: Config) -> None:
         if cfg.parallel.tp_size > 1:  # rank 0 of a process group it spawns
             self.executor = start_tp(cfg)
+        elif cfg.spec.enabled:
+            from qnext.worker.runtime.spec_worker import SpecExecutor
+
+            self.executor = SpecExecutor(ModelRunner(cfg), cfg.model.eos_token_ids,
+                                         cfg.spec.draft_tokens)
         else:
             self.executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
         self.runner = self.executor.runner
@@ -71,6 +76,11 @@ class Engine:
         """no_buffer snapshots read the live working slot, which an in-flight step of the
         overlap loop would be advancing: that strategy runs the normal loop."""
         if cfg.sched.disable_overlap_schedule:
+            return False
+        if cfg.spec.enabled:
+            if explain:
+                log.info("overlap_schedule_disabled", reason="speculative decoding runs the "
+                         "normal loop")
             return False
         if strategy == "no_buffer":
             if explain:
@@ -114,7 +124,8 @@ class Engine:
             page_size=cache.page_size,
             max_context=self.context_length, strategy=self.strategy,
             track_interval=cache.mamba_track_interval, num_track_slots=2 if overlap else 1,
-            admission_slots=slots_per_request(self.strategy, overlap))
+            admission_slots=slots_per_request(self.strategy, overlap),
+            spec_tokens=self.cfg.spec.draft_tokens if self.cfg.spec.enabled else 0)
 
     @property
     def context_length(self) -> int:
@@ -189,6 +200,8 @@ class Engine:
             **{f"num_{k}": v for k, v in self._counters.items()},
             "memory": self.memory.describe(),
             "prefix_cache": self.scheduler.cache.stats(),
+            **({"spec": self.executor.spec_stats()} if hasattr(self.executor, "spec_stats")
+               else {}),
         }
 
     def close(self) -> None:

@@ -38,8 +38,9 @@ def pool_unit_bytes(cfg: Config) -> tuple[int, int]:
     m, tp_size = cfg.model, get_tp_info().size
     dtype_bytes = _BYTES[cfg.load.dtype]
     ssm_bytes = 8 if cfg.load.dtype == "float64" else _BYTES[cfg.cache.mamba_ssm_dtype]
-    kv = kv_bytes_per_token(len(m.full_layer_ids), m.num_key_value_heads, m.head_dim,
-                            dtype_bytes, tp_size)
+    draft_layers = 1 if cfg.spec.enabled else 0  # the MTP head's attention layer
+    kv = kv_bytes_per_token(len(m.full_layer_ids) + draft_layers, m.num_key_value_heads,
+                            m.head_dim, dtype_bytes, tp_size)
     state = state_bytes_per_slot(len(m.linear_layer_ids), m.conv_dim, m.linear_conv_kernel_dim,
                                  m.linear_num_value_heads, m.linear_key_head_dim,
                                  m.linear_value_head_dim, dtype_bytes, ssm_bytes, tp_size)

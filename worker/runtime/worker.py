@@ -58,6 +58,12 @@ class PlanExecutor:
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
+        self.prepare(plan)
+        return self.forward_and_sample(plan, previous)[0]
+
+    def prepare(self, plan: StepPlan) -> None:
+        """Before the forward: drop released sequences' penalties, zero fresh slots, copy
+        cached states, register penalty histories."""
         self.penalties.release([s for s in plan.released if s in self.penalties])
         if plan.zero_slots:
             self.runner.state_pool.zero(torch.tensor(plan.zero_slots, device=self.runner.device))
@@ -66,21 +72,26 @@ class PlanExecutor:
         for work in plan.work:
             if work.history is not None:
                 self.penalties.register(work.seq_id, work.history, work.num_prompt)
+
+    def forward_and_sample(self, plan: StepPlan, previous: Launched | None = None
+                           ) -> tuple[Launched, torch.Tensor, torch.Tensor]:
+        """One forward over `plan.work` and the draws; also returns the final hidden states
+        [T, H] and the batch's cu_seqlens (what a draft head consumes)."""
         chunks = [SeqChunk(list(w.token_ids) or [0], w.prefix_len, w.state_slot,
                            list(w.page_ids), w.snapshot_slot, w.snapshot_len)
                   for w in plan.work]
         batch = build_forward_batch(chunks, self.runner.kv_pool, self.runner.state_pool,
                                     self.runner.device)
         self._feed_future_tokens(plan.work, batch.input_ids, batch.cu_seqlens, previous)
-        logits, _ = self.runner.run_model(batch)
+        logits, hidden = self.runner.run_model(batch)
         rows = [i for i, w in enumerate(plan.work) if w.sample is not None]
         seq_ids = [plan.work[i].seq_id for i in rows]
         if not rows:
-            return Launched(plan, [], None)
+            return Launched(plan, [], None), hidden, batch.cu_seqlens
         specs = [plan.work[i].sample for i in rows]
         output = self.sampler.sample(logits[rows].float(), seq_ids, specs, self.penalties)
         self.penalties.update(seq_ids, output.token_ids)
-        return Launched(plan, seq_ids, output)
+        return Launched(plan, seq_ids, output), hidden, batch.cu_seqlens
 
     def _feed_future_tokens(self, work: tuple[SeqWork, ...], input_ids: torch.Tensor,
                             cu_seqlens: torch.Tensor, previous: Launched | None) -> None:

@@ -31,6 +31,11 @@ class SeqWork:
     `sample` is set when the chunk ends at the sequence's last token, i.e. a token is drawn.
     `prompt_ids` carries the full prompt (and earlier outputs, after a preemption) on the
     sequence's first chunk when its sampling uses penalties, so the worker can count them.
+    Speculative decoding (`sched/spec.py`): `spec_draft` runs the draft head over this prompt
+    chunk too (and drafts after the sampled token when the chunk ends the prompt);
+    `spec_verify` makes a decode a verify of `token_ids[0]` (the root) followed by the drafts
+    the worker holds for the sequence, so it may return several tokens. Both need
+    `page_ids` to cover the draft positions too (`sched/spec.py`'s reservations).
     """
 
     seq_id: int
@@ -44,6 +49,8 @@ class SeqWork:
     num_prompt: int = 0
     snapshot_slot: int | None = None
     snapshot_len: int = 0
+    spec_draft: bool = False
+    spec_verify: bool = False
 
     @property
     def num_new(self) -> int:
@@ -76,4 +83,6 @@ class SampledToken:
 @dataclass(frozen=True, slots=True)
 class StepResult:
     step_id: int
-    tokens: tuple[SampledToken, ...]  # one per SeqWork with `sample`, in plan order
+    # one per SeqWork with `sample`, in plan order; a spec_verify work gives its accepted
+    # drafts then the bonus token, in order
+    tokens: tuple[SampledToken, ...]

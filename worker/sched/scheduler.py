@@ -22,6 +22,13 @@ from qnext.worker.sched.cache import OutOfPages, PageAllocator, StateSlotAllocat
 from qnext.worker.sched.plan import SampleSpec, SeqWork, StepPlan, StepResult
 from qnext.worker.sched.prefix import PrefixCache
 from qnext.worker.sched.request import FinishReason, Sequence, SequenceStatus
+from qnext.worker.sched.spec import (
+    accepted_counts,
+    draft_tokens_after_prompt,
+    speculates,
+    trimmed_page_count,
+    verify_tokens,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,7 @@ class SchedulerLimits:
     num_track_slots: int = 1  # extra_buffer: ping-pong snapshot slots per sequence
     admission_slots: int = 1  # free slots (after evicting cached states) to admit one
     snapshot_chunk: int = 64  # extra_buffer: prefill snapshots at multiples of max(this, page)
+    spec_tokens: int = 0  # speculative decoding: tokens per verify, root included (0: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +169,16 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted while making room for an older sequence
             future = seq.num_computed == seq.num_tokens  # its last token is still in flight
+            verify = self._speculates(seq)
+            need = verify_tokens(seq.num_computed, self.limits.spec_tokens) if verify \
+                else seq.num_computed + 1
             # NOTE: a decode whose input is still in flight never preempts: its token may
             # finish it; without a page it waits one step and then decodes normally
-            if not self._reserve_pages(seq, seq.num_computed + 1, preempt=not future):
+            if not self._reserve_pages(seq, need, preempt=not future):
                 continue
             self.cache.publish_snapshot(seq)
             tokens = () if future else (seq.all_ids[seq.num_computed],)
-            work.append(self._work(seq, tokens, future=future, decode=True))
+            work.append(self._work(seq, tokens, future=future, decode=True, verify=verify))
             seq.num_computed += 1
 
     def _chunk_size(self, seq: Sequence, budget: int) -> int:
@@ -179,16 +190,22 @@ class Scheduler:
                           copies: list[tuple[int, int]]) -> int:
         """Queue the next prompt chunk of `seq` (at most `budget` tokens); returns its size."""
         size = self._chunk_size(seq, budget)
-        if size <= 0 or not self._reserve_pages(seq, seq.num_computed + size, preempt=False):
+        end, draft = seq.num_computed + size, self._speculates(seq)
+        need = draft_tokens_after_prompt(end, self.limits.spec_tokens) \
+            if draft and end == seq.num_tokens else end
+        if size <= 0 or not self._reserve_pages(seq, need, preempt=False):
             return 0
         self.cache.cache_chunk(seq, copies)
-        tokens = tuple(seq.all_ids[seq.num_computed:seq.num_computed + size])
-        work.append(self._work(seq, tokens))
+        tokens = tuple(seq.all_ids[seq.num_computed:end])
+        work.append(self._work(seq, tokens, draft=draft))
         seq.num_computed += size
         return size
 
+    def _speculates(self, seq: Sequence) -> bool:
+        return speculates(seq.request.sampling, self.limits.spec_tokens)
+
     def _work(self, seq: Sequence, tokens: tuple[int, ...], future: bool = False,
-              decode: bool = False) -> SeqWork:
+              decode: bool = False, draft: bool = False, verify: bool = False) -> SeqWork:
         start = seq.num_computed
         end = start + max(len(tokens), future)
         ends = future or end == seq.num_tokens
@@ -203,7 +220,8 @@ class Scheduler:
             future_token=future,
             history=tuple(seq.all_ids) if wants_history else None,
             num_prompt=seq.prompt_len if wants_history else 0,
-            snapshot_slot=snapshot_slot, snapshot_len=snapshot_len)
+            snapshot_slot=snapshot_slot, snapshot_len=snapshot_len, spec_draft=draft,
+            spec_verify=verify)
 
     def _try_admit(self, budget: int, zero_slots: list[int],
                    copies: list[tuple[int, int]]) -> bool:
@@ -286,8 +304,31 @@ class Scheduler:
                                          token.top_logprobs, reason,
                                          seq.num_cached_tokens if reason else None,
                                          _queue_time(seq) if reason else None))
+        if self.limits.spec_tokens:
+            self._settle_speculation(plan, result, epochs)
         self._collect_finished()
         return self.take_events() + outputs
+
+    def _settle_speculation(self, plan: StepPlan, result: StepResult,
+                            epochs: dict[int, int]) -> None:
+        """After a step with speculative work: verified sequences advance by their accepted
+        proposals; one that finished inside them holds a state past its kept tokens, so it is
+        not cached; every speculating sequence gives back its scratch pages (sched/spec.py)."""
+        counts = accepted_counts(result.tokens, {w.seq_id for w in plan.work if w.spec_verify})
+        for work in plan.work:
+            seq = self.seqs.get(work.seq_id)
+            if not (work.spec_verify or work.spec_draft) or seq is None or \
+                    seq.num_preemptions != epochs[work.seq_id]:
+                continue
+            accepted = counts.get(work.seq_id, 0)
+            if seq.status is SequenceStatus.RUNNING:
+                seq.num_computed += max(accepted, 0)
+                keep = trimmed_page_count(seq.num_computed, self.limits.page_size)
+                if len(seq.page_ids) > keep:
+                    self.pages.free(seq.page_ids[keep:])
+                    del seq.page_ids[keep:]
+            elif seq.status is SequenceStatus.FINISHED and accepted > 0:
+                seq.num_computed = seq.cached_len
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.request.sampling

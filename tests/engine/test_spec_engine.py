@@ -1,0 +1,99 @@
+"""Speculative decoding (NEXTN chains) in the engine gives exactly the tokens of decoding
+without it — greedy and seeded sampling, batches, chunked prefill, preemption, prefix-cache
+hits — and every page and slot comes back.
+
+Two draft sources: the checkpoint's MTP head (random weights: proposals are mostly rejected),
+and an oracle that proposes the reference continuation with one token corrupted at a varying
+depth, so every accept length 0..k, finishes inside the kept tokens and commits of every step
+are exercised through the real verify, acceptance, commit and page bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from qnext.worker.engine import Engine
+from qnext.worker.sched.request import SamplingParams
+from qnext.worker.spec_config import SpecConfig
+from tests.engine.helpers import (
+    assert_pools_at_baseline,
+    engine_config,
+    random_prompts,
+    run_with_changes,
+)
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=14, ignore_eos=True)
+SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=14, seed=5)
+
+
+def _engine(path, steps: int | None = None, **kwargs) -> Engine:
+    cfg = engine_config(path, **kwargs)
+    return Engine(replace(cfg, spec=SpecConfig("NEXTN", num_steps=steps)))
+
+
+def _oracle(engine: Engine, want: dict[str, list[int]]) -> None:
+    """Proposals = the reference continuation with the token at depth (step mod (k + 1))
+    replaced (depth k: nothing replaced, all kept)."""
+    drafter, calls = engine.executor.drafter, [0]
+    rid = {seq_id: f"r{seq_id}" for seq_id in range(len(want))}
+
+    def proposals(seq_id: int) -> list[int]:
+        drafter.proposed.pop(seq_id, None)
+        seq = engine.scheduler.seqs[seq_id]
+        ref = want[rid[seq_id]][len(seq.output_ids):] + [0] * drafter.k
+        calls[0] += 1
+        bad = (calls[0] + seq_id) % (drafter.k + 1)
+        return [t if i != bad else (t + 1) % 384 for i, t in enumerate(ref[:drafter.k])]
+
+    drafter.proposals = proposals
+
+
+def _reference(path, prompts, params, **kwargs) -> dict[str, list[int]]:
+    return run_with_changes(Engine(engine_config(path, **kwargs)), prompts, params)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_oracle_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps, params):
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(6, 1, 40, 384, seed=steps)
+    want = _reference(path, prompts, params)
+    engine = _engine(path, steps)
+    _oracle(engine, want)
+    assert run_with_changes(engine, prompts, params) == want
+    stats = engine.stats()["spec"]
+    assert 0 < stats["accepted"] < stats["proposed"]  # some kept, some rejected
+    assert_pools_at_baseline(engine)
+
+
+def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint):
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(5, 1, 50, 384, seed=1)
+    want = _reference(path, prompts, GREEDY)
+    engine = _engine(path)
+    assert run_with_changes(engine, prompts, GREEDY) == want
+    assert engine.stats()["spec"]["verify_seqs"] > 0
+    assert_pools_at_baseline(engine)
+
+
+def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint):
+    """A pool too small for all requests (preemptions, scratch pages for drafts) and shared
+    prefixes with the no_buffer prefix cache (hits); stop tokens end requests inside the
+    kept drafts."""
+    path = tiny_checkpoint("tiny")
+    shared = random_prompts(1, 30, 31, 384, seed=3)[0]
+    prompts = [shared + p for p in random_prompts(6, 1, 30, 384, seed=4)]
+    kwargs = dict(max_total_tokens=150, radix="no_buffer", chunk=8)
+    want = _reference(path, prompts, GREEDY, **kwargs)
+    stop = SamplingParams(temperature=0.0, max_new_tokens=14,
+                          stop_token_ids=(want["r0"][5], want["r3"][2]))
+    want_stop = _reference(path, prompts, stop, **kwargs)
+    for params, expected in ((GREEDY, want), (stop, want_stop)):
+        engine = _engine(path, 3, **kwargs)
+        _oracle(engine, expected)
+        assert run_with_changes(engine, prompts, params) == expected
+        assert engine.stats()["num_preemptions"] > 0
+        assert engine.stats()["prefix_cache"]["cached_tokens"] > 0
+        assert_pools_at_baseline(engine)

@@ -1,0 +1,113 @@
+"""The NEXTN drafter: the checkpoint's MTP head (`models/qwen3_next_mtp.py`) proposing k tokens
+per sequence, greedy (deterministic proposals: acceptance then reproduces the target's own
+draws exactly, see `spec_accept.py`).
+
+The head at position j reads (token j + 1, the target's final hidden state at j) and predicts
+token j + 2; it keeps K/V for its one attention layer in its own pool, addressed by the
+target's page ids. `extend` runs it over positions whose target hidden states are known (a
+prompt chunk, or a verify's kept path) so its cache follows the sequence; a prompt chunk's last
+position waits for the next chunk's first token (its hidden state is held until then). After
+the last known position it drafts: the head's argmax, then k - 1 single-token steps that feed
+its own hidden state back. Draft K/V past the sequence's cached length is scratch that the next
+`extend` overwrites. Proposals stay here, keyed by sequence id, until the next verify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from qnext.worker.config import Config
+from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
+from qnext.worker.runtime.model_runner import build_mtp, make_pools
+
+
+@dataclass
+class Extend:
+    """Run the head at positions start .. start + len(tokens) - 1: tokens[i] is the token
+    after position start + i, hidden[i] the target's hidden state there; `draft` proposes
+    after the last one."""
+
+    seq_id: int
+    start: int
+    tokens: list[int]
+    hidden: torch.Tensor
+    page_ids: list[int]
+    draft: bool
+
+
+class MTPDrafter:
+    def __init__(self, cfg: Config, target: torch.nn.Module, num_draft_tokens: int) -> None:
+        self.head = build_mtp(cfg)
+        self.embed, self.lm_head = target.model.embed_tokens, target.lm_head
+        self.k, self.vocab = num_draft_tokens - 1, cfg.model.vocab_size
+        self.device = torch.device(cfg.load.device)
+        self.kv_pool = None
+        self.proposed: dict[int, list[int]] = {}
+        self.held: dict[int, torch.Tensor] = {}  # seq_id -> hidden of its last prompt position
+
+    def allocate(self, cfg: Config, num_pages: int) -> None:
+        """A one-layer KV pool over the target's page ids (the plan counts its bytes)."""
+        self.kv_pool = None
+        self.kv_pool = make_pools(cfg, num_pages, 1, num_kv_layers=1)[0]
+        self.proposed.clear()
+        self.held.clear()
+
+    def release(self, seq_ids) -> None:
+        for seq_id in seq_ids:
+            self.proposed.pop(seq_id, None)
+            self.held.pop(seq_id, None)
+
+    def proposals(self, seq_id: int) -> list[int]:
+        """The k proposals for `seq_id` (a sequence that never drafted proposes token 0s:
+        they are simply rejected)."""
+        return self.proposed.pop(seq_id, None) or [0] * self.k
+
+    def prompt_chunk(self, seq_id: int, start: int, tokens: list[int], hidden: torch.Tensor,
+                     page_ids: list[int], sampled: int | None) -> Extend | None:
+        """The `Extend` of a prompt chunk at start.. with its target hidden states [m, H]
+        (`sampled`: the token drawn after it, when the chunk ends the prompt); holds the last
+        hidden state otherwise. None when there is nothing to run yet."""
+        held = self.held.pop(seq_id, None)
+        if held is not None and start > 0:
+            start, tokens, hidden = start - 1, list(tokens), torch.cat([held[None], hidden])
+        else:
+            tokens = list(tokens[1:])
+        if sampled is None:
+            self.held[seq_id] = hidden[-1].clone()
+            hidden = hidden[:-1]
+        else:
+            tokens.append(sampled)
+        if not tokens:
+            return None
+        return Extend(seq_id, start, tokens, hidden[:len(tokens)], page_ids, sampled is not None)
+
+    @torch.inference_mode()
+    def extend(self, items: list[Extend], state_pool) -> None:
+        """One head forward over every item, then drafting for those that ask."""
+        if not items:
+            return
+        chunks = [SeqChunk(it.tokens, it.start, 0, it.page_ids) for it in items]
+        batch = build_forward_batch(chunks, self.kv_pool, state_pool, self.device)
+        logits, hidden = self.head(batch, torch.cat([it.hidden for it in items]), self.embed,
+                                   self.lm_head)
+        rows = [i for i, it in enumerate(items) if it.draft]
+        if rows:
+            last = batch.cu_seqlens[1:][rows] - 1
+            self._draft([items[i] for i in rows], logits[rows], hidden[last], state_pool)
+
+    def _draft(self, items: list[Extend], logits: torch.Tensor, hidden: torch.Tensor,
+               state_pool) -> None:
+        tokens = logits[:, :self.vocab].argmax(dim=-1)
+        drafted = [tokens]
+        for step in range(1, self.k):
+            chunks = [SeqChunk([0], it.start + len(it.tokens) + step - 1, 0, it.page_ids)
+                      for it in items]
+            batch = build_forward_batch(chunks, self.kv_pool, state_pool, self.device)
+            batch = replace(batch, input_ids=tokens)
+            logits, hidden = self.head(batch, hidden, self.embed, self.lm_head)
+            tokens = logits[:, :self.vocab].argmax(dim=-1)
+            drafted.append(tokens)
+        for it, row in zip(items, torch.stack(drafted, dim=1).tolist()):
+            self.proposed[it.seq_id] = row

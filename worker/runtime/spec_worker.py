@@ -1,0 +1,105 @@
+"""`SpecExecutor`: a `PlanExecutor` that speculates (NEXTN). One step runs, in order:
+1. the forward of the ordinary work (prompt chunks, decodes of sequences that do not
+   speculate) and its draws; the draft head then follows every speculating prompt chunk
+   and drafts after the ones that end their prompt;
+2. one verify forward over the speculating decodes — root + k proposals each, the recurrent
+   states of every step kept apart (`SpecStateBuffers`), the pool untouched;
+3. acceptance (`accept_drafts`), the commit of each sequence's last kept step into its slot,
+   and the draft head over the kept path, which drafts the next proposals.
+Only the normal loop drives it (the overlap loop would need the accepted lengths before
+planning); verify runs eagerly. Counters for `stats()`: verifies, proposals, accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from qnext.worker.runtime.inputs import SeqChunk, build_verify_batch
+from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.spec_accept import accept_drafts
+from qnext.worker.runtime.spec_draft import Extend, MTPDrafter
+from qnext.worker.runtime.spec_states import SpecStateBuffers
+from qnext.worker.runtime.worker import Launched, PlanExecutor
+from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
+
+
+class SpecExecutor(PlanExecutor):
+    def __init__(self, runner: ModelRunner, eos_token_ids: tuple[int, ...],
+                 num_draft_tokens: int) -> None:
+        super().__init__(runner, eos_token_ids)
+        self.n = num_draft_tokens
+        self.drafter = MTPDrafter(runner.cfg, runner.model, num_draft_tokens)
+        self.counters = {"verify_seqs": 0, "proposed": 0, "accepted": 0}
+
+    def install_pools(self, cfg, plan) -> None:
+        self.drafter.kv_pool = None
+        super().install_pools(cfg, plan)
+        self.drafter.allocate(cfg, plan.num_pages)
+
+    def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
+        raise RuntimeError("speculative decoding runs in the normal loop (run), not launch")
+
+    def spec_stats(self) -> dict[str, float]:
+        c = self.counters
+        return {**c, "accept_length": (c["accepted"] / c["verify_seqs"] + 1
+                                       if c["verify_seqs"] else 0.0),
+                "accept_rate": c["accepted"] / c["proposed"] if c["proposed"] else 0.0}
+
+    @torch.inference_mode()
+    def run(self, plan: StepPlan) -> StepResult:
+        self.prepare(plan)
+        self.drafter.release(plan.released)
+        tokens: dict[int, list[SampledToken]] = {}
+        ordinary = tuple(w for w in plan.work if not w.spec_verify)
+        if ordinary:
+            launched, hidden, cu = self.forward_and_sample(replace(plan, work=ordinary))
+            for token in self.resolve(launched).tokens:
+                tokens[token.seq_id] = [token]
+            self._follow_prompts(ordinary, hidden, cu.tolist(), tokens)
+        verify = [w for w in plan.work if w.spec_verify]
+        if verify:
+            tokens.update(self._verify(verify))
+        return StepResult(plan.step_id, tuple(t for w in plan.work
+                                              for t in tokens.get(w.seq_id, ())))
+
+    def _follow_prompts(self, work: tuple[SeqWork, ...], hidden: torch.Tensor,
+                        cu: list[int], tokens: dict[int, list[SampledToken]]) -> None:
+        items = []
+        for i, w in enumerate(work):
+            if not w.spec_draft:
+                continue
+            sampled = tokens[w.seq_id][0].token_id if w.sample is not None else None
+            item = self.drafter.prompt_chunk(w.seq_id, w.prefix_len, list(w.token_ids),
+                                             hidden[cu[i]:cu[i + 1]], list(w.page_ids), sampled)
+            if item is not None:
+                items.append(item)
+        self.drafter.extend(items, self.runner.state_pool)
+
+    def _verify(self, work: list[SeqWork]) -> dict[int, list[SampledToken]]:
+        runner, n, vocab = self.runner, self.n, self.runner.cfg.model.vocab_size
+        rows = [[w.token_ids[0], *self.drafter.proposals(w.seq_id)] for w in work]
+        chunks = [SeqChunk(r, w.prefix_len, w.state_slot, list(w.page_ids))
+                  for r, w in zip(rows, work)]
+        buffers = SpecStateBuffers(runner.state_pool, len(work), n)
+        batch = build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
+                                   runner.device)
+        logits, hidden = runner.model(batch)
+        acc = accept_drafts(torch.tensor(rows, device=runner.device),
+                            logits[:, :vocab].float().reshape(len(work), n, vocab),
+                            [w.sample for w in work])
+        buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
+        kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
+        out, items = {}, []
+        for b, w in enumerate(work):
+            emitted = ids[b][:kept[b] + 1]
+            out[w.seq_id] = [SampledToken(w.seq_id, t) for t in emitted]
+            path = acc.path[b, :kept[b] + 1] + b * n
+            items.append(Extend(w.seq_id, w.prefix_len, emitted, hidden[path],
+                                list(w.page_ids), True))
+        self.drafter.extend(items, runner.state_pool)
+        self.counters["verify_seqs"] += len(work)
+        self.counters["proposed"] += len(work) * (n - 1)
+        self.counters["accepted"] += sum(kept)
+        return out
