@@ -14,6 +14,7 @@ from qnext.worker.sched.memory import (
     MemoryPlan,
     kv_bytes_per_token,
     plan_memory,
+    reserve_spec_states,
     slots_per_request,
     state_bytes_per_slot,
 )
@@ -52,11 +53,13 @@ def make_memory_plan(cfg: Config, model: nn.Module, strategy: str = "off",
     available = int(device_memory_bytes(cfg) * cfg.cache.mem_fraction_static)
     available = get_tp_info().comm.all_reduce_min(available - weight_bytes(model))
     kv, state = pool_unit_bytes(cfg)
-    return plan_memory(
+    spec = cfg.spec.draft_tokens if cfg.spec.enabled else 0
+    plan = plan_memory(
         available_bytes=available, kv_bytes_per_token=kv, state_bytes_per_slot=state,
         page_size=cfg.cache.page_size,
         mamba_full_memory_ratio=cfg.cache.mamba_full_memory_ratio,
         max_mamba_cache_size=cfg.cache.max_mamba_cache_size,
         max_running_requests=cfg.sched.max_running_requests,
         max_total_tokens=cfg.cache.max_total_tokens,
-        slots_per_request=slots_per_request(strategy, overlap))
+        slots_per_request=slots_per_request(strategy, overlap) + spec)
+    return reserve_spec_states(plan, spec) if spec else plan

@@ -5,7 +5,8 @@ layer writes the conv window and the delta-rule state after every draft step int
 buffers, row b for the batch's sequence b. Once acceptance is known, `commit` copies each
 sequence's accepted step into its slot — the rollback of rejected steps is simply not copying
 them. Memory: rows × n × (conv + ssm state of every GDN layer), i.e. n times a state slot per
-running request (the memory plan must reserve it; issue 8).
+running request: the memory plan reserves it (`sched.memory.reserve_spec_states`) and the
+executor allocates the buffers once for the plan's running requests (`rows`: a step's view).
 """
 
 from __future__ import annotations
@@ -18,13 +19,22 @@ from qnext.worker.runtime.state_pool import StatePool
 class SpecStateBuffers:
     """[layers, rows, n, ...] conv and ssm buffers shaped like the pool's slots."""
 
-    def __init__(self, pool: StatePool, rows: int, num_draft: int) -> None:
-        conv, ssm = pool.conv_states, pool.ssm_states  # [layers, S, ...]
+    def __init__(self, pool: StatePool | None, rows: int, num_draft: int,
+                 tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.num_draft = num_draft
+        if tensors is not None:
+            self.conv_all, self.ssm_all = tensors
+            return
+        conv, ssm = pool.conv_states, pool.ssm_states  # [layers, S, ...]
         self.conv_all = torch.zeros((conv.shape[0], rows, num_draft, *conv.shape[2:]),
                                     dtype=conv.dtype, device=conv.device)
         self.ssm_all = torch.zeros((ssm.shape[0], rows, num_draft, *ssm.shape[2:]),
                                    dtype=ssm.dtype, device=ssm.device)
+
+    def rows(self, count: int) -> SpecStateBuffers:
+        """The first `count` rows (views): one verify step's buffers."""
+        return SpecStateBuffers(None, count, self.num_draft,
+                                (self.conv_all[:, :count], self.ssm_all[:, :count]))
 
     def conv(self, state_layer: int) -> torch.Tensor:
         return self.conv_all[state_layer]

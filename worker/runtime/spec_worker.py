@@ -32,11 +32,16 @@ class SpecExecutor(PlanExecutor):
         self.n = num_draft_tokens
         self.drafter = MTPDrafter(runner.cfg, runner.model, num_draft_tokens)
         self.counters = {"verify_seqs": 0, "proposed": 0, "accepted": 0}
+        self.buffers: SpecStateBuffers | None = None
 
     def install_pools(self, cfg, plan) -> None:
-        self.drafter.kv_pool = None
+        """The plan's pools, the draft head's KV pool and the verify buffers of every running
+        request (the plan reserved them: `reserve_spec_states`)."""
+        self.drafter.kv_pool = self.buffers = None
         super().install_pools(cfg, plan)
         self.drafter.allocate(cfg, plan.num_pages)
+        self.buffers = SpecStateBuffers(self.runner.state_pool, plan.max_running_requests,
+                                        self.n)
 
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
         raise RuntimeError("speculative decoding runs in the normal loop (run), not launch")
@@ -82,7 +87,7 @@ class SpecExecutor(PlanExecutor):
         rows = [[w.token_ids[0], *self.drafter.proposals(w.seq_id)] for w in work]
         chunks = [SeqChunk(r, w.prefix_len, w.state_slot, list(w.page_ids))
                   for r, w in zip(rows, work)]
-        buffers = SpecStateBuffers(runner.state_pool, len(work), n)
+        buffers = self.buffers.rows(len(work))
         batch = build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
                                    runner.device)
         logits, hidden = runner.model(batch)

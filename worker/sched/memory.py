@@ -10,7 +10,7 @@ hands to the allocators (`num_pages`, `num_state_slots`) include the reserved ro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
 STRATEGIES = ("off", "no_buffer", "extra_buffer")
@@ -76,10 +76,28 @@ class MemoryPlan:
     state_pool_bytes: int
     state_bytes_per_slot: int
     kv_bytes_per_token: int
+    spec_state_bytes: int = 0  # speculative verify: per-draft-step states of every request
 
     def describe(self) -> dict[str, int]:
         """Flat dict for logs and memory stats."""
-        return {**asdict(self), "total_pool_bytes": self.kv_pool_bytes + self.state_pool_bytes}
+        return {**asdict(self), "total_pool_bytes": self.kv_pool_bytes + self.state_pool_bytes
+                + self.spec_state_bytes}
+
+
+def reserve_spec_states(plan: MemoryPlan, num_draft_tokens: int) -> MemoryPlan:
+    """Turn n = num_draft_tokens state slots per running request into verify buffers (the
+    plan was made with n more slots per request, so the rest still serves the strategy):
+    a verify keeps the state after every draft step of every running request apart from the
+    pool until acceptance is known (runtime/spec_states.py)."""
+    spec_slots = plan.max_running_requests * num_draft_tokens
+    slots = plan.num_state_slots - spec_slots
+    if slots < 2:
+        raise MemoryPlanError(f"no state slot is left after {spec_slots} for speculative "
+                              f"verify; lower --speculative-num-draft-tokens or raise "
+                              f"{_MEM_FLAG}")
+    return replace(plan, num_state_slots=slots,
+                   state_pool_bytes=slots * plan.state_bytes_per_slot,
+                   spec_state_bytes=spec_slots * plan.state_bytes_per_slot)
 
 
 def plan_memory(*, available_bytes: int, kv_bytes_per_token: int, state_bytes_per_slot: int,

@@ -17,6 +17,7 @@ from qnext.worker.sched.memory import (
     MemoryPlanError,
     kv_bytes_per_token,
     plan_memory,
+    reserve_spec_states,
     slots_per_request,
     state_bytes_per_slot,
 )
@@ -93,6 +94,19 @@ def test_h100_tp4_default_plan():
     assert 1_400_000 < plan.max_total_tokens < 1_600_000
     assert plan.max_total_tokens == (_usable() - slots * STATE_TP4) // KV_TP4
     assert plan.kv_pool_bytes + plan.state_pool_bytes <= H100_AVAILABLE
+
+
+def test_speculation_reserves_draft_states_per_running_request():
+    """NEXTN with 4 draft tokens: each running request also holds 4 verify states; the pool
+    keeps what the strategy needs, and the memory total does not grow."""
+    base = _plan(slots_per_request=3)
+    plan = reserve_spec_states(_plan(slots_per_request=3 + 4), 4)
+    assert plan.max_running_requests < base.max_running_requests
+    assert plan.num_state_slots - 1 >= 3 * plan.max_running_requests
+    assert plan.spec_state_bytes == plan.max_running_requests * 4 * STATE_TP4
+    assert plan.describe()["total_pool_bytes"] == base.kv_pool_bytes + base.state_pool_bytes
+    with pytest.raises(MemoryPlanError, match="--speculative-num-draft-tokens"):
+        reserve_spec_states(_plan(max_mamba_cache_size=8, slots_per_request=8), 8)
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9, 1.0, 2.0])
