@@ -334,18 +334,18 @@ class Config:
             self._check_spec_support()
 
     def _check_spec_support(self) -> None:
-        """What the engine's speculative decoding covers so far (issue 8): NEXTN chains at
-        TP 1 without extra_buffer snapshots; the rest fails here with the flag to change."""
+        """What the engine's speculative decoding covers so far (issue 8): NEXTN chains and
+        trees at TP 1, page size 1, without extra_buffer snapshots; the rest fails here with
+        the flag to change."""
         spec = self.spec
         if spec.algorithm != "NEXTN":
             raise ConfigError(f"--speculative-algorithm {spec.algorithm}: only NEXTN (the "
                               "checkpoint's MTP head) is available yet")
-        if spec.topk > 1:
-            raise ConfigError("--speculative-eagle-topk > 1 (tree drafts) is not available "
-                              "yet; use 1")
         if self.parallel.tp_size > 1:
             raise ConfigError("speculative decoding runs at --tp 1 for now")
         if self.cache.radix_strategy == "extra_buffer":  # needs snapshots inside kept tokens
             raise ConfigError("speculative decoding with --mamba-scheduler-strategy "
                               "extra_buffer is not available yet; use no_buffer (page size "
                               "1) or --disable-radix-cache")
+        if self.cache.page_size != 1:  # draft nodes take one scratch page per position
+            raise ConfigError("speculative decoding needs --page-size 1 for now")

@@ -1,4 +1,4 @@
-"""Speculative decoding (NEXTN chains) in the engine gives exactly the tokens of decoding
+"""Speculative decoding (NEXTN chains and trees) in the engine gives exactly the tokens of decoding
 without it — greedy and seeded sampling, batches, chunked prefill, preemption, prefix-cache
 hits — and every page and slot comes back.
 
@@ -28,24 +28,35 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=14, ignore_eos=True)
 SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=14, seed=5)
 
 
-def _engine(path, steps: int | None = None, **kwargs) -> Engine:
+def _engine(path, steps: int | None = None, topk: int | None = None,
+            draft_tokens: int | None = None, **kwargs) -> Engine:
     cfg = engine_config(path, **kwargs)
-    return Engine(replace(cfg, spec=SpecConfig("NEXTN", num_steps=steps)))
+    return Engine(replace(cfg, spec=SpecConfig("NEXTN", num_steps=steps, eagle_topk=topk,
+                                               num_draft_tokens=draft_tokens)))
 
 
 def _oracle(engine: Engine, want: dict[str, list[int]]) -> None:
-    """Proposals = the reference continuation with the token at depth (step mod (k + 1))
-    replaced (depth k: nothing replaced, all kept)."""
+    """Proposals from the reference continuation with the token at a varying depth replaced.
+    Chains: that continuation. Trees: at each depth a wrong sibling first, then the reference
+    token (the kept path skips tree indices, so its K/V must be compacted)."""
     drafter, calls = engine.executor.drafter, [0]
     rid = {seq_id: f"r{seq_id}" for seq_id in range(len(want))}
 
-    def proposals(seq_id: int) -> list[int]:
+    def proposals(seq_id: int) -> tuple[list[int], list[int]]:
         drafter.proposed.pop(seq_id, None)
         seq = engine.scheduler.seqs[seq_id]
         ref = want[rid[seq_id]][len(seq.output_ids):] + [0] * drafter.k
         calls[0] += 1
         bad = (calls[0] + seq_id) % (drafter.k + 1)
-        return [t if i != bad else (t + 1) % 384 for i, t in enumerate(ref[:drafter.k])]
+        ref = [t if i != bad else (t + 1) % 384 for i, t in enumerate(ref[:drafter.k])]
+        if drafter.topk == 1:
+            return ref, list(range(drafter.k))
+        tokens, parents, right = [], [], 0
+        for t in ref:
+            tokens += [(t + 7) % 384, t]
+            parents += [right, right]
+            right = len(tokens)
+        return tokens[:drafter.k], parents[:drafter.k]
 
     drafter.proposals = proposals
 
@@ -54,13 +65,17 @@ def _reference(path, prompts, params, **kwargs) -> dict[str, list[int]]:
     return run_with_changes(Engine(engine_config(path, **kwargs)), prompts, params)
 
 
-@pytest.mark.parametrize("steps", [1, 3, 5])
+SETTINGS = [(1, 1, None), (3, 1, None), (5, 1, None), (2, 2, 4), (3, 2, 7), (2, 3, 6)]
+
+
+@pytest.mark.parametrize("steps,topk,draft_tokens", SETTINGS)
 @pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_oracle_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps, params):
+def test_oracle_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps, topk,
+                                                         draft_tokens, params):
     path = tiny_checkpoint("tiny")
-    prompts = random_prompts(6, 1, 40, 384, seed=steps)
+    prompts = random_prompts(6, 1, 40, 384, seed=steps + topk)
     want = _reference(path, prompts, params)
-    engine = _engine(path, steps)
+    engine = _engine(path, steps, topk, draft_tokens)
     _oracle(engine, want)
     assert run_with_changes(engine, prompts, params) == want
     stats = engine.stats()["spec"]
@@ -68,11 +83,13 @@ def test_oracle_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps,
     assert_pools_at_baseline(engine)
 
 
-def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint):
+@pytest.mark.parametrize("steps,topk,draft_tokens", [(3, 1, None), (3, 2, 6)])
+def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps, topk,
+                                                           draft_tokens):
     path = tiny_checkpoint("tiny")
     prompts = random_prompts(5, 1, 50, 384, seed=1)
     want = _reference(path, prompts, GREEDY)
-    engine = _engine(path)
+    engine = _engine(path, steps, topk, draft_tokens)
     assert run_with_changes(engine, prompts, GREEDY) == want
     assert engine.stats()["spec"]["verify_seqs"] > 0
     assert_pools_at_baseline(engine)
@@ -90,8 +107,8 @@ def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint):
     stop = SamplingParams(temperature=0.0, max_new_tokens=14,
                           stop_token_ids=(want["r0"][5], want["r3"][2]))
     want_stop = _reference(path, prompts, stop, **kwargs)
-    for params, expected in ((GREEDY, want), (stop, want_stop)):
-        engine = _engine(path, 3, **kwargs)
+    for (params, expected), topk in zip(((GREEDY, want), (stop, want_stop)), (1, 2)):
+        engine = _engine(path, 3, topk, None if topk == 1 else 6, **kwargs)
         _oracle(engine, expected)
         assert run_with_changes(engine, prompts, params) == expected
         assert engine.stats()["num_preemptions"] > 0

@@ -52,7 +52,8 @@ def test_trees_default_to_the_largest_tree():
 
 @pytest.mark.parametrize("spec,cache,tp,match", [
     (SpecConfig("EAGLE", "/draft"), CacheConfig(), 1, "only NEXTN"),
-    (SpecConfig("NEXTN", num_steps=2, eagle_topk=4), CacheConfig(), 1, "tree drafts"),
+    (SpecConfig("NEXTN"), CacheConfig(page_size=4, disable_radix_cache=True), 1,
+     "--page-size 1"),
     (SpecConfig("NEXTN"), CacheConfig(), 2, "--tp 1"),
     (SpecConfig("NEXTN"), CacheConfig(page_size=16), 1, "extra_buffer"),
 ])
@@ -60,8 +61,8 @@ def test_what_the_engine_cannot_run_yet_is_refused(spec, cache, tp, match):
     model = ModelConfig.from_hf(preset_config("tiny"))
     with pytest.raises(ConfigError, match=match):
         Config(model, cache=cache, parallel=ParallelConfig(tp_size=tp), spec=spec)
-    Config(model, cache=CacheConfig(mamba_scheduler_strategy="no_buffer"),
-           spec=SpecConfig("NEXTN"))  # a chain at TP 1 is fine
+    for ok in (SpecConfig("NEXTN"), SpecConfig("NEXTN", num_steps=2, eagle_topk=4)):
+        Config(model, cache=CacheConfig(mamba_scheduler_strategy="no_buffer"), spec=ok)
 
 
 def test_the_cli_speculates_with_the_mtp_head():
@@ -70,6 +71,6 @@ def test_the_cli_speculates_with_the_mtp_head():
                           "NEXTN"], capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     bad = subprocess.run([sys.executable, "-m", "qnext.cli.main", "generate",
-                          "--speculative-algorithm", "NEXTN", "--speculative-eagle-topk", "2"],
+                          "--speculative-algorithm", "NEXTN", "--page-size", "16"],
                          capture_output=True, text=True, timeout=180)
-    assert bad.returncode == 2 and "tree drafts" in bad.stderr
+    assert bad.returncode == 2 and "extra_buffer" in bad.stderr

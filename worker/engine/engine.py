@@ -125,7 +125,9 @@ class Engine:
             max_context=self.context_length, strategy=self.strategy,
             track_interval=cache.mamba_track_interval, num_track_slots=2 if overlap else 1,
             admission_slots=slots_per_request(self.strategy, overlap),
-            spec_tokens=self.cfg.spec.draft_tokens if self.cfg.spec.enabled else 0)
+            spec_tokens=self.cfg.spec.draft_tokens if self.cfg.spec.enabled else 0,
+            spec_scratch=self.cfg.spec.topk * (self.cfg.spec.steps - 1)
+            if self.cfg.spec.enabled else 0)
 
     @property
     def context_length(self) -> int:
@@ -226,6 +228,29 @@ class Engine:
         """Drop every cached prefix no running request uses (running requests lock theirs;
         all of them when idle); returns the pages and state slots freed."""
         return self.scheduler.cache.flush()
+
+    def check_integrity(self) -> bool:
+        """Run the from-scratch checks of the page and slot allocators and of the prefix cache;
+        when idle (nothing running, waiting or in flight) also check that no cached page or
+        slot is locked and that every page and slot not free is the cache's. Raises
+        IntegrityError on the first violation; returns whether the idle checks ran. Walks
+        everything: call it at a step boundary, not per step."""
+        from qnext.worker.sched.cache import IntegrityError
+
+        sched = self.scheduler
+        sched.pages.check_integrity()
+        sched.slots.check_integrity()
+        sched.cache.check_integrity()
+        if self.has_work or sched.seqs:
+            return False
+        tree = sched.cache.stats()
+        for unit, pool in self.pool_usage().items():
+            if pool["used"]:  # free + cached must be everything
+                raise IntegrityError(f"idle, but {pool['free']} free + {pool['cached']} cached "
+                                     f"!= {pool['total']} {unit}")
+            if locked := tree.get(f"protected_{unit.removeprefix('state_')}", 0):
+                raise IntegrityError(f"idle, but {locked} cached {unit} are locked")
+        return True
 
     # -- offline --------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]],

@@ -1,26 +1,28 @@
-"""The NEXTN drafter: the checkpoint's MTP head (`models/qwen3_next_mtp.py`) proposing k tokens
-per sequence, greedy (deterministic proposals: acceptance then reproduces the target's own
-draws exactly, see `spec_accept.py`).
+"""The NEXTN drafter: the checkpoint's MTP head (`models/qwen3_next_mtp.py`) proposing a draft
+chain or tree per sequence from its most likely tokens (deterministic proposals: acceptance
+then reproduces the target's own draws exactly, see `spec_accept.py`; trees: `spec_tree.py`).
 
 The head at position j reads (token j + 1, the target's final hidden state at j) and predicts
 token j + 2; it keeps K/V for its one attention layer in its own pool, addressed by the
 target's page ids. `extend` runs it over positions whose target hidden states are known (a
 prompt chunk, or a verify's kept path) so its cache follows the sequence; a prompt chunk's last
 position waits for the next chunk's first token (its hidden state is held until then). After
-the last known position it drafts: the head's argmax, then k - 1 single-token steps that feed
-its own hidden state back. Draft K/V past the sequence's cached length is scratch that the next
-`extend` overwrites. Proposals stay here, keyed by sequence id, until the next verify.
+the last known position it drafts: the head's top-k tokens, then steps - 1 expansions of the
+frontier, each feeding the head its own hidden state back; each node it runs writes K/V to a
+scratch page of its own (the last topk * (steps - 1) pages the scheduler reserved). Proposals
+stay here, keyed by sequence id, until the next verify.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from qnext.worker.config import Config
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
 from qnext.worker.runtime.model_runner import build_mtp, make_pools
+from qnext.worker.runtime.spec_tree import DraftTree
 
 
 @dataclass
@@ -38,13 +40,15 @@ class Extend:
 
 
 class MTPDrafter:
-    def __init__(self, cfg: Config, target: torch.nn.Module, num_draft_tokens: int) -> None:
+    def __init__(self, cfg: Config, target: torch.nn.Module) -> None:
         self.head = build_mtp(cfg)
         self.embed, self.lm_head = target.model.embed_tokens, target.lm_head
-        self.k, self.vocab = num_draft_tokens - 1, cfg.model.vocab_size
+        spec = cfg.spec
+        self.topk, self.steps, self.k = spec.topk, spec.steps, spec.draft_tokens - 1
+        self.scratch, self.vocab = spec.topk * (spec.steps - 1), cfg.model.vocab_size
         self.device = torch.device(cfg.load.device)
         self.kv_pool = None
-        self.proposed: dict[int, list[int]] = {}
+        self.proposed: dict[int, tuple[list[int], list[int]]] = {}
         self.held: dict[int, torch.Tensor] = {}  # seq_id -> hidden of its last prompt position
 
     def allocate(self, cfg: Config, num_pages: int) -> None:
@@ -59,10 +63,11 @@ class MTPDrafter:
             self.proposed.pop(seq_id, None)
             self.held.pop(seq_id, None)
 
-    def proposals(self, seq_id: int) -> list[int]:
-        """The k proposals for `seq_id` (a sequence that never drafted proposes token 0s:
-        they are simply rejected)."""
-        return self.proposed.pop(seq_id, None) or [0] * self.k
+    def proposals(self, seq_id: int) -> tuple[list[int], list[int]]:
+        """(tokens, parents) of the k proposals for `seq_id`: tree nodes 1..k, parents as tree
+        indices (0: the root). A sequence that never drafted proposes a chain of token 0s
+        (simply rejected)."""
+        return self.proposed.pop(seq_id, None) or ([0] * self.k, list(range(self.k)))
 
     def prompt_chunk(self, seq_id: int, start: int, tokens: list[int], hidden: torch.Tensor,
                      page_ids: list[int], sampled: int | None) -> Extend | None:
@@ -99,15 +104,34 @@ class MTPDrafter:
 
     def _draft(self, items: list[Extend], logits: torch.Tensor, hidden: torch.Tensor,
                state_pool) -> None:
-        tokens = logits[:, :self.vocab].argmax(dim=-1)
-        drafted = [tokens]
-        for step in range(1, self.k):
-            chunks = [SeqChunk([0], it.start + len(it.tokens) + step - 1, 0, it.page_ids)
-                      for it in items]
+        trees = [DraftTree() for _ in items]
+        known = [it.page_ids[:it.start + len(it.tokens)] for it in items]
+        logps, tokens = self._top(logits)
+        for tree, lp, tok in zip(trees, logps, tokens):
+            tree.frontier = [tree.add(t, -1, score) for t, score in zip(tok, lp)]
+        hidden = hidden.repeat_interleave(self.topk, dim=0)  # one row per frontier node
+        for step in range(self.steps - 1):
+            chunks = []
+            for it, tree, pages in zip(items, trees, known):
+                for j, node in enumerate(tree.frontier):
+                    tree.pages[node] = it.page_ids[len(it.page_ids) - self.scratch
+                                                   + step * self.topk + j]
+                    chunks.append(SeqChunk([tree.tokens[node]], len(pages) - 1 +
+                                           tree.depths[node], 0, tree.page_table(node, pages)))
             batch = build_forward_batch(chunks, self.kv_pool, state_pool, self.device)
-            batch = replace(batch, input_ids=tokens)
-            logits, hidden = self.head(batch, hidden, self.embed, self.lm_head)
-            tokens = logits[:, :self.vocab].argmax(dim=-1)
-            drafted.append(tokens)
-        for it, row in zip(items, torch.stack(drafted, dim=1).tolist()):
-            self.proposed[it.seq_id] = row
+            logits, out = self.head(batch, hidden, self.embed, self.lm_head)
+            logps, tokens = self._top(logits)
+            rows = []
+            for b, tree in enumerate(trees):
+                span = slice(b * self.topk, (b + 1) * self.topk)
+                rows += [b * self.topk + j for j in tree.expand(
+                    tree.frontier, tokens[span], logps[span], self.topk)]
+            hidden = out[rows]
+        for it, tree in zip(items, trees):
+            self.proposed[it.seq_id] = tree.select(self.k)
+
+    def _top(self, logits: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+        """Per row, the topk log-probabilities and tokens of the head's distribution."""
+        logp = torch.log_softmax(logits[:, :self.vocab].float(), dim=-1)
+        values, ids = logp.topk(self.topk, dim=-1)
+        return values.tolist(), ids.tolist()

@@ -2,10 +2,12 @@
 1. the forward of the ordinary work (prompt chunks, decodes of sequences that do not
    speculate) and its draws; the draft head then follows every speculating prompt chunk
    and drafts after the ones that end their prompt;
-2. one verify forward over the speculating decodes — root + k proposals each, the recurrent
-   states of every step kept apart (`SpecStateBuffers`), the pool untouched;
+2. one verify forward over the speculating decodes — root + k proposals each, a chain or a
+   tree (ancestor mask, positions by depth), the recurrent states of every step kept apart
+   (`SpecStateBuffers`), the pool untouched;
 3. acceptance (`accept_drafts`), the commit of each sequence's last kept step into its slot,
-   and the draft head over the kept path, which drafts the next proposals.
+   for trees the kept path's K/V moved to consecutive positions, and the draft head over the
+   kept path, which drafts the next proposals.
 Only the normal loop drives it (the overlap loop would need the accepted lengths before
 planning); verify runs eagerly. Counters for `stats()`: verifies, proposals, accepted.
 """
@@ -30,7 +32,8 @@ class SpecExecutor(PlanExecutor):
                  num_draft_tokens: int) -> None:
         super().__init__(runner, eos_token_ids)
         self.n = num_draft_tokens
-        self.drafter = MTPDrafter(runner.cfg, runner.model, num_draft_tokens)
+        self.drafter = MTPDrafter(runner.cfg, runner.model)
+        self.trees = runner.cfg.spec.topk > 1
         self.counters = {"verify_seqs": 0, "proposed": 0, "accepted": 0}
         self.buffers: SpecStateBuffers | None = None
 
@@ -84,27 +87,47 @@ class SpecExecutor(PlanExecutor):
 
     def _verify(self, work: list[SeqWork]) -> dict[int, list[SampledToken]]:
         runner, n, vocab = self.runner, self.n, self.runner.cfg.model.vocab_size
-        rows = [[w.token_ids[0], *self.drafter.proposals(w.seq_id)] for w in work]
+        drafts = [self.drafter.proposals(w.seq_id) for w in work]
+        rows = [[w.token_ids[0], *tokens] for w, (tokens, _) in zip(work, drafts)]
+        parents = [[-1, *p] for _, p in drafts] if self.trees else None
         chunks = [SeqChunk(r, w.prefix_len, w.state_slot, list(w.page_ids))
                   for r, w in zip(rows, work)]
         buffers = self.buffers.rows(len(work))
         batch = build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
-                                   runner.device)
+                                   runner.device, parents)
         logits, hidden = runner.model(batch)
         acc = accept_drafts(torch.tensor(rows, device=runner.device),
                             logits[:, :vocab].float().reshape(len(work), n, vocab),
-                            [w.sample for w in work])
+                            [w.sample for w in work], parents)
         buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
         kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
+        paths = [acc.path[b, :kept[b] + 1].tolist() for b in range(len(work))]
+        if self.trees:
+            self._compact_kv(work, paths)
         out, items = {}, []
         for b, w in enumerate(work):
             emitted = ids[b][:kept[b] + 1]
             out[w.seq_id] = [SampledToken(w.seq_id, t) for t in emitted]
-            path = acc.path[b, :kept[b] + 1] + b * n
-            items.append(Extend(w.seq_id, w.prefix_len, emitted, hidden[path],
-                                list(w.page_ids), True))
+            items.append(Extend(w.seq_id, w.prefix_len, emitted,
+                                hidden[[b * n + t for t in paths[b]]], list(w.page_ids), True))
         self.drafter.extend(items, runner.state_pool)
         self.counters["verify_seqs"] += len(work)
         self.counters["proposed"] += len(work) * (n - 1)
         self.counters["accepted"] += sum(kept)
         return out
+
+    def _compact_kv(self, work: list[SeqWork], paths: list[list[int]]) -> None:
+        """Tree verify wrote node t's K/V at position root + t; the kept path's node at depth
+        d moves to root + d, where the sequence continues (page size 1: a page per position;
+        sources never lie below their destinations)."""
+        src, dst = [], []
+        for w, path in zip(work, paths):
+            for depth, node in enumerate(path):
+                if node != depth:
+                    src.append(w.page_ids[w.prefix_len + node])
+                    dst.append(w.page_ids[w.prefix_len + depth])
+        if src:
+            pool, device = self.runner.kv_pool, self.runner.device
+            src_t, dst_t = torch.tensor(src, device=device), torch.tensor(dst, device=device)
+            pool.k[:, dst_t] = pool.k[:, src_t]
+            pool.v[:, dst_t] = pool.v[:, src_t]

@@ -44,6 +44,7 @@ class SchedulerLimits:
     admission_slots: int = 1  # free slots (after evicting cached states) to admit one
     snapshot_chunk: int = 64  # extra_buffer: prefill snapshots at multiples of max(this, page)
     spec_tokens: int = 0  # speculative decoding: tokens per verify, root included (0: off)
+    spec_scratch: int = 0  # speculative decoding: draft nodes run past the last known position
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,8 @@ class Scheduler:
                 continue  # preempted while making room for an older sequence
             future = seq.num_computed == seq.num_tokens  # its last token is still in flight
             verify = self._speculates(seq)
-            need = verify_tokens(seq.num_computed, self.limits.spec_tokens) if verify \
+            need = verify_tokens(seq.num_computed, self.limits.spec_tokens,
+                                 self.limits.spec_scratch) if verify \
                 else seq.num_computed + 1
             # NOTE: a decode whose input is still in flight never preempts: its token may
             # finish it; without a page it waits one step and then decodes normally
@@ -191,7 +193,7 @@ class Scheduler:
         """Queue the next prompt chunk of `seq` (at most `budget` tokens); returns its size."""
         size = self._chunk_size(seq, budget)
         end, draft = seq.num_computed + size, self._speculates(seq)
-        need = draft_tokens_after_prompt(end, self.limits.spec_tokens) \
+        need = draft_tokens_after_prompt(end, self.limits.spec_scratch) \
             if draft and end == seq.num_tokens else end
         if size <= 0 or not self._reserve_pages(seq, need, preempt=False):
             return 0

@@ -1,15 +1,15 @@
 """Speculative decoding in the scheduler (pure Python): which sequences speculate, the KV pages
 their draft and verify positions need, and the bookkeeping once a verify's tokens are known.
 
-With n = draft tokens per verify (root included, k = n - 1 proposals), a decode of a sequence
-whose first `c` tokens are cached (its root, the last emitted token, sits at position c):
-- the verify writes the target's K/V at positions c .. c + n - 1;
-- after a accepted proposals (0 <= a <= k), the draft head re-runs positions c .. c + a and
-  drafts k tokens, writing its own K/V up to position c + a + k - 1 <= c + 2k - 1.
-So a verify decode needs pages for c + max(n, 2k) tokens; the final prompt chunk (ending at
-c tokens, sampling the root) drafts up to position c + k - 2, i.e. c + k - 1 tokens.
-Positions past the cached length are scratch: after the step the sequence keeps only the
-pages of its c + a + 1 cached tokens (`trim_pages`), the next step reserves again.
+Page size 1. With n = draft tokens per verify (root included) and `scratch` = topk * (steps
+- 1) nodes the draft head runs past the last known position (runtime/spec_tree.py), a decode
+of a sequence whose first `c` tokens are cached (its root, the last emitted token, sits at
+position c) writes the target's K/V at positions c .. c + n - 1 (tree node t at c + t), then
+the draft head re-runs the kept positions (inside that range) and writes each draft node's
+K/V to one of the last `scratch` pages: pages for c + n + scratch tokens. The final prompt
+chunk (ending at c tokens) drafts after position c - 1: c + scratch. Pages past the cached
+length are scratch: after the step the sequence keeps only the pages of its c + a + 1 cached
+tokens (`trimmed_page_count`), the next step reserves again.
 
 A request speculates when acceptance can reproduce its sampler exactly: no penalties (they
 depend on the path), no min_new_tokens (it blocks EOS per position), no logprobs (verify does
@@ -28,15 +28,14 @@ def speculates(params: SamplingParams, num_draft_tokens: int) -> bool:
             and params.top_logprobs == 0)
 
 
-def verify_tokens(num_cached: int, num_draft_tokens: int) -> int:
-    """Tokens the pages of a verify decode must hold (module docstring)."""
-    k = num_draft_tokens - 1
-    return num_cached + max(num_draft_tokens, 2 * k)
+def verify_tokens(num_cached: int, num_draft_tokens: int, scratch: int) -> int:
+    """Tokens (= pages) a verify decode must hold (module docstring)."""
+    return num_cached + num_draft_tokens + scratch
 
 
-def draft_tokens_after_prompt(prompt_end: int, num_draft_tokens: int) -> int:
-    """Tokens the pages of a final prompt chunk ending at `prompt_end` must hold."""
-    return prompt_end + max(0, num_draft_tokens - 2)
+def draft_tokens_after_prompt(prompt_end: int, scratch: int) -> int:
+    """Tokens (= pages) a final prompt chunk ending at `prompt_end` must hold."""
+    return prompt_end + scratch
 
 
 def accepted_counts(tokens, verify_ids: set[int]) -> dict[int, int]:
