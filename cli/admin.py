@@ -1,8 +1,8 @@
 """`qnext-admin`: the control-plane CLI, a synchronous client of the `qnext.v1.Admin` gRPC service
 and of `grpc.health.v1`. It never imports torch or the worker; grpc and the stubs are imported
 inside the commands so `--help` stays instant. Global options go before the command
-(`qnext-admin --json stats`). Exit codes: 0 ok, 1 health not SERVING, 2 bad input or a gRPC
-error (one line on stderr: `error: <CODE>: <details>`)."""
+(`qnext-admin --json stats`). Exit codes: 0 ok, 1 health not SERVING or an integrity violation,
+2 bad input or a gRPC error (one line on stderr: `error: <CODE>: <details>`)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
 EPILOG = ("Global options go before the command: qnext-admin --json stats. Exit codes: 0 ok; "
-          "1 health is not SERVING; 2 bad input or a gRPC error, printed as "
-          "'error: <CODE>: <details>' (UNAUTHENTICATED, UNAVAILABLE, INVALID_ARGUMENT, "
+          "1 health is not SERVING, or check found a violation; 2 bad input or a gRPC error, "
+          "printed as 'error: <CODE>: <details>' (UNAUTHENTICATED, UNAVAILABLE, INVALID_ARGUMENT, "
           "FAILED_PRECONDITION, DEADLINE_EXCEEDED, ...).")
 
 app = typer.Typer(help="qnext-admin: inspect and control a running qnext server.",
@@ -208,6 +208,18 @@ def health(ctx: typer.Context) -> None:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     _show(ctx, response, lambda _: status)
     if status != "SERVING":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def check(ctx: typer.Context) -> None:
+    """Check the integrity of the KV pages, state slots and prefix cache (at a step boundary);
+    exit 1 on a violation."""
+    from qnext.v1 import admin_pb2
+
+    response = _call(ctx, "CheckIntegrity", admin_pb2.CheckIntegrityRequest())
+    _show(ctx, response, fmt.format_integrity)
+    if not response.ok:
         raise typer.Exit(code=1)
 
 

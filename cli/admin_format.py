@@ -85,11 +85,23 @@ def format_memory(memory: Any) -> str:
         ("state per slot", human_bytes(memory.state_bytes_per_slot)),
         ("max running", f"{memory.max_running_requests} requests"),
     ])
-    usage = table(("pool", *_POOL_COLUMNS), [
-        ("pages", *(getattr(memory.pages, c) for c in _POOL_COLUMNS)),
-        ("state slots", *(getattr(memory.state_slots, c) for c in _POOL_COLUMNS)),
+    return f"{plan}\n\n{_pools(memory)}"
+
+
+def _pools(message: Any) -> str:
+    """The pages / state-slots usage table of a message with `pages` and `state_slots`."""
+    return table(("pool", *_POOL_COLUMNS), [
+        ("pages", *(getattr(message.pages, c) for c in _POOL_COLUMNS)),
+        ("state slots", *(getattr(message.state_slots, c) for c in _POOL_COLUMNS)),
     ])
-    return f"{plan}\n\n{usage}"
+
+
+def format_integrity(response: Any) -> str:
+    """A `CheckIntegrityResponse`: ok or the violation, which checks ran, the pool table."""
+    status = "ok" if response.ok else f"VIOLATION: {response.message}"
+    scope = ("allocators, prefix cache, and idle: nothing held outside the cache"
+             if response.idle else "allocators and prefix cache (requests were running)")
+    return f"{key_values([('integrity', status), ('checked', scope)])}\n\n{_pools(response)}"
 
 
 def format_resize(response: Any) -> str:

@@ -4,7 +4,9 @@ engine; it imports no torch itself (the engine is handed in).
 
 The engine thread owns the engine: every add, abort and admin call is queued and run by that
 thread between steps, so admin operations always happen at a step boundary. Each request's
-outputs are grouped per step into one `Event` and delivered to its asyncio queue.
+outputs are grouped per step into one `Event` and delivered to its asyncio queue. If the engine
+thread dies, every open request and pending call fails with `BridgeClosed`, later ones are
+refused, and `failed` is set (the worker then exits).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class EngineBridge:
         self.engine = engine
         self.draining = False
         self.error: BaseException | None = None
+        self.failed = asyncio.Event()  # set on the event loop once the engine thread died
+        self._calls: set[asyncio.Future] = set()  # futures of `call`s not settled yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cv = threading.Condition()
         self._jobs: list[Callable[[], None]] = []
@@ -80,6 +84,8 @@ class EngineBridge:
                 result, exc = None, err
             self._loop.call_soon_threadsafe(_settle, future, result, exc)
 
+        self._calls.add(future)
+        future.add_done_callback(self._calls.discard)
         self._post(job)
         return await future
 
@@ -150,6 +156,17 @@ class EngineBridge:
             self.error = err
             for queue in self._queues.values():
                 self._loop.call_soon_threadsafe(queue.put_nowait, err)
+            self._loop.call_soon_threadsafe(self._on_failure)
+
+    def _on_failure(self) -> None:
+        """On the event loop, after the engine thread died: fail the calls whose jobs will
+        never run (jobs that ran were settled before this), then set `failed`."""
+        for future in list(self._calls):
+            if not future.done():
+                closed = BridgeClosed("the engine failed")
+                closed.__cause__ = self.error
+                future.set_exception(closed)
+        self.failed.set()
 
     def _dispatch(self, outputs) -> None:
         events: dict[str, Event] = {}
@@ -188,7 +205,7 @@ class EngineBridge:
 
 
 def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.cancelled():
+    if future.done():  # cancelled by its caller, or failed with the engine
         return
     if exc is not None:
         future.set_exception(exc)

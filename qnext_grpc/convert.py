@@ -65,6 +65,17 @@ def memory_pb(plan: dict, usage: dict, strategy: str, ratio: float) -> admin_pb2
         state_slots=admin_pb2.PoolUsage(**usage["state_slots"]))
 
 
+def integrity_pb(error: str, idle: bool, usage: dict) -> admin_pb2.CheckIntegrityResponse:
+    """`Engine.check_integrity`'s outcome (`error`: the first violation, empty when none;
+    `idle`: whether the idle checks ran) and `pool_usage()`. Counters are clamped at 0: a broken
+    pool can make `used` negative, and the violation is in `error`."""
+    def pool(counts: dict) -> admin_pb2.PoolUsage:
+        return admin_pb2.PoolUsage(**{name: max(0, n) for name, n in counts.items()})
+    return admin_pb2.CheckIntegrityResponse(ok=not error, message=error, idle=idle,
+                                            pages=pool(usage["pages"]),
+                                            state_slots=pool(usage["state_slots"]))
+
+
 def stats_pb(stats: dict, throughput: float, draining: bool) -> admin_pb2.Stats:
     cache, spec = stats["prefix_cache"], stats.get("spec")
     extra = {} if spec is None else dict(spec_accept_length=spec["accept_length"],

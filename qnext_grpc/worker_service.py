@@ -1,7 +1,9 @@
 """The worker daemon's gRPC side: `qnext.v1.Worker` (token-id generation) and `qnext.v1.Admin`
 (no auth here: the front end checks the token) over the engine bridge, plus grpc.health.v1.
-`serve_worker` serves an engine until stopped. Strategy switches and resizes run at a step
-boundary (`Engine.reconfigure`): running requests are retracted and recomputed, none lost."""
+`serve_worker` serves an engine until stopped, or until its engine thread dies: then the
+process exits with code 1 (`EngineFailed`) for its supervisor to restart it. Strategy switches
+and resizes run at a step boundary (`Engine.reconfigure`): running requests are retracted and
+recomputed, none lost."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from qnext.v1 import worker_pb2_grpc
 from qnext_grpc import convert
 from qnext_grpc.bridge import EngineBridge
 from qnext.worker.engine.reconfigure import ReconfigureConflict
+from qnext.worker.sched.cache import IntegrityError
 from qnext_grpc.errors import Conflict, ErrorInterceptor
 from qnext_grpc.logging import QUIET_METHODS, RequestLogInterceptor, configure_server_logging
 
@@ -27,6 +30,15 @@ log = structlog.get_logger()
 LEVELS = ("debug", "info", "warning", "error")
 _STRATEGIES = {admin_pb2.RADIX_STRATEGY_OFF: "off", admin_pb2.RADIX_STRATEGY_NO_BUFFER: "no_buffer",
                admin_pb2.RADIX_STRATEGY_EXTRA_BUFFER: "extra_buffer"}
+
+
+class EngineFailed(SystemExit):
+    """The engine thread died: `serve_worker` raises this (exit code 1, no second traceback;
+    the failure is logged as `engine_failed`) after health went NOT_SERVING and the calls in
+    flight ended with UNAVAILABLE, so the process ends and its supervisor restarts it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -116,10 +128,23 @@ class WorkerAdmin(admin_pb2_grpc.AdminServicer):
         configure_server_logging(request.level)
         return admin_pb2.SetLogLevelResponse()
 
+    async def CheckIntegrity(self, request, context):
+        return await self.bridge.call(_integrity)
+
 
 def _memory(engine) -> admin_pb2.MemoryInfo:
     return convert.memory_pb(engine.memory.describe(), engine.pool_usage(), engine.strategy,
                              engine.cfg.cache.mamba_full_memory_ratio)
+
+
+def _integrity(engine) -> admin_pb2.CheckIntegrityResponse:
+    """`engine.check_integrity()` and the pool counters, at the same step boundary."""
+    try:
+        error, idle = "", engine.check_integrity()
+    except IntegrityError as err:
+        error, idle = str(err) or type(err).__name__, False
+        log.error("integrity_violation", error=error)
+    return convert.integrity_pb(error, idle, engine.pool_usage())
 
 
 def _planned(plan, changes: dict) -> admin_pb2.MemoryInfo:
@@ -145,7 +170,9 @@ def _server_info(engine) -> admin_pb2.ServerInfo:
 
 
 async def serve_worker(engine, address: str, ready: asyncio.Event | None = None) -> None:
-    """Serve `engine` on `address` ("unix:/path" or "host:port") until cancelled."""
+    """Serve `engine` on `address` ("unix:/path" or "host:port") until cancelled. If the
+    engine thread dies: health NOT_SERVING, the calls in flight end (UNAVAILABLE), the server
+    stops, then `EngineFailed` is raised (the process exits 1)."""
     bridge = EngineBridge(engine)
     bridge.start()
     # GetStats is the supervisor's heartbeat (every few seconds): its lines go to debug
@@ -164,11 +191,13 @@ async def serve_worker(engine, address: str, ready: asyncio.Event | None = None)
     if ready is not None:
         ready.set()
     try:
-        await server.wait_for_termination()
+        await bridge.failed.wait()  # until cancelled, or the engine thread dies
+        log.error("worker_exiting", reason="the engine failed", exit_code=1)
     finally:
         try:  # server.stop raises CancelledError when requests are still running
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(grace=5)
+            await server.stop(grace=5 if bridge.error is None else 1)
         finally:  # the engine thread must stop before the interpreter does
             bridge.stop()
             engine.close()  # the other TP ranks
+    raise EngineFailed() from bridge.error

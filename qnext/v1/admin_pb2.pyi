@@ -202,3 +202,21 @@ class SetLogLevelRequest(_message.Message):
 class SetLogLevelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CheckIntegrityRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CheckIntegrityResponse(_message.Message):
+    __slots__ = ("ok", "message", "idle", "pages", "state_slots")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    STATE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    message: str
+    idle: bool
+    pages: PoolUsage
+    state_slots: PoolUsage
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., idle: _Optional[bool] = ..., pages: _Optional[_Union[PoolUsage, _Mapping]] = ..., state_slots: _Optional[_Union[PoolUsage, _Mapping]] = ...) -> None: ...

@@ -80,6 +80,11 @@ class AdminStub:
                 request_serializer=qnext_dot_v1_dot_admin__pb2.SetLogLevelRequest.SerializeToString,
                 response_deserializer=qnext_dot_v1_dot_admin__pb2.SetLogLevelResponse.FromString,
                 _registered_method=True)
+        self.CheckIntegrity = channel.unary_unary(
+                '/qnext.v1.Admin/CheckIntegrity',
+                request_serializer=qnext_dot_v1_dot_admin__pb2.CheckIntegrityRequest.SerializeToString,
+                response_deserializer=qnext_dot_v1_dot_admin__pb2.CheckIntegrityResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -149,6 +154,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckIntegrity(self, request, context):
+        """Run the from-scratch integrity checks of the page and slot allocators and of the prefix
+        cache at a step boundary; a violation is reported in the response (ok false), not as an
+        error status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +210,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetLogLevel,
                     request_deserializer=qnext_dot_v1_dot_admin__pb2.SetLogLevelRequest.FromString,
                     response_serializer=qnext_dot_v1_dot_admin__pb2.SetLogLevelResponse.SerializeToString,
+            ),
+            'CheckIntegrity': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckIntegrity,
+                    request_deserializer=qnext_dot_v1_dot_admin__pb2.CheckIntegrityRequest.FromString,
+                    response_serializer=qnext_dot_v1_dot_admin__pb2.CheckIntegrityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +461,33 @@ class Admin:
             '/qnext.v1.Admin/SetLogLevel',
             qnext_dot_v1_dot_admin__pb2.SetLogLevelRequest.SerializeToString,
             qnext_dot_v1_dot_admin__pb2.SetLogLevelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckIntegrity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnext.v1.Admin/CheckIntegrity',
+            qnext_dot_v1_dot_admin__pb2.CheckIntegrityRequest.SerializeToString,
+            qnext_dot_v1_dot_admin__pb2.CheckIntegrityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,11 +127,21 @@ def idle(admin, auth) -> bool:
             and stats.num_waiting == 0)
 
 
+def integrity(admin, auth) -> admin_pb2.CheckIntegrityResponse:
+    """Admin CheckIntegrity; fails the test with the server's message on a violation."""
+    report = admin.CheckIntegrity(admin_pb2.CheckIntegrityRequest(), metadata=auth, timeout=30)
+    assert report.ok, f"pool integrity violated: {report.message}"
+    return report
+
+
 def all_free(admin, auth, flush: bool = True) -> bool:
     """Whether every KV page and state slot is free, after dropping the cached prefixes when
-    `flush`: the pools' integrity as Admin shows it (nothing leaked, nothing double-freed)."""
+    `flush` (the server must be idle then, so the idle checks ran too). Either way the
+    allocators' and the prefix cache's integrity checks must pass (Admin CheckIntegrity): a
+    violation fails the test at once."""
     if flush:
         admin.FlushCache(admin_pb2.FlushCacheRequest(), metadata=auth, timeout=30)
-    mem = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=auth, timeout=30)
+    report = integrity(admin, auth)
+    assert report.idle or not flush, "not idle: the idle integrity checks did not run"
     return all(pool.free == pool.total > 0 and pool.used == pool.cached == pool.evictable == 0
-               for pool in (mem.pages, mem.state_slots))
+               for pool in (report.pages, report.state_slots))

@@ -1,8 +1,9 @@
 """Abort, client cancellation and deadlines at every phase of a request on a real server
 (`--max-running-requests 1`, `--chunked-prefill-size 8`): queued behind a running request, in
 the middle of a chunked prefill, and decoding. Each frees what the request held: the queue
-empties, the pools hold nothing in use, and after a flush every page and state slot is free
-again (the pools' integrity as Admin shows it). test_generation.py also cancels, aborts and
+empties, the pools hold nothing in use, after a flush every page and state slot is free again,
+and Admin CheckIntegrity (the allocators' and the prefix cache's from-scratch checks, and the
+idle checks) passes, also while a prefill runs. test_generation.py also cancels, aborts and
 misses a deadline while decoding."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The control plane and the server's life, against real processes on 127.0.0.1: Admin needs
-the token; `memory` matches the engine's plan; the qnext-admin CLI against a live server;
+the token; `memory` matches the engine's plan; CheckIntegrity under and after load; the
+qnext-admin CLI against a live server;
 reflection; health follows the worker (attach mode, worker killed mid-stream); a client built
 from the .proto files alone."""
 
@@ -20,7 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from qnext.cli import options as o
 from qnext.v1 import admin_pb2, admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
 from qnext.worker.engine import Engine
-from tests.e2e.servers import Server, Worker, serve_config, wait_for_status
+from tests.e2e.servers import (Server, Worker, idle, integrity, serve_config, until,
+                               wait_for_status)
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("--page-size", "16", "--max-mamba-cache-size", "40", "--mamba-scheduler-strategy",
@@ -72,6 +74,38 @@ def test_memory_matches_the_engine_plan_and_the_cli(setup):
                             f"127.0.0.1:{server.admin_port}", "stats"],
                            capture_output=True, text=True, env=env, timeout=60)
     assert table.returncode == 0 and "extra_buffer" in table.stdout
+
+
+def test_check_integrity_under_and_after_load(setup):
+    _, server = setup
+    admin = admin_pb2_grpc.AdminStub(server.control)
+    gen = generation_pb2_grpc.GenerationStub(server.data)
+    with pytest.raises(grpc.RpcError) as err:  # the token is needed here too
+        admin.CheckIntegrity(admin_pb2.CheckIntegrityRequest(), timeout=10)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    stream = gen.Stream(g.GenerateRequest(text="busy", sampling=g.SamplingParams(
+        temperature=0, max_new_tokens=10**4, ignore_eos=True)), timeout=60)
+    assert next(stream).chunk.token_ids
+    try:
+        busy = integrity(admin, server.auth)  # ok while a request runs: not idle
+        assert not busy.idle and busy.pages.used > 0 and busy.state_slots.used > 0
+    finally:
+        stream.cancel()
+    prompt = g.TokenIds(ids=list(range(1, 140)))
+    for n in (2, 3):  # the second one reuses the first one's cached prefix
+        gen.Generate(g.GenerateRequest(token_ids=prompt, sampling=g.SamplingParams(
+            max_new_tokens=n)), timeout=60)
+    until(lambda: idle(admin, server.auth))
+    report = integrity(admin, server.auth)
+    memory = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth, timeout=10)
+    assert report.idle and report.pages.cached > 0
+    assert (report.pages, report.state_slots) == (memory.pages, memory.state_slots)
+    env = {**os.environ, "QNEXT_ADMIN_TOKEN": server.token}
+    cli = subprocess.run([sys.executable, "-m", "qnext.cli.admin", "--addr",
+                          f"127.0.0.1:{server.admin_port}", "check"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.split()[:2] == ["integrity", "ok"]
 
 
 def test_reflection_lists_the_services_on_both_ports(setup):

@@ -1,7 +1,7 @@
 """`qnext-admin` as a real process against a real gRPC server started here: an in-test Admin
 servicer with fixed, distinctive answers (a stand-in for the engine until the real server lands)
 and grpc_health's HealthServicer. Tables show the numbers, `--json` round-trips, gRPC errors and
-bad flags exit 2 with one line, health NOT_SERVING exits 1."""
+bad flags exit 2 with one line, health NOT_SERVING and an integrity violation exit 1."""
 
 from __future__ import annotations
 
@@ -40,12 +40,23 @@ INFO = admin_pb2.ServerInfo(
     version="9.8.7", versions={"torch": "2.11.0", "grpcio": "1.85.1"},
     config_json='{"cache": {"page_size": 1}}', device="cuda:0")
 
+INTEGRITY_OK = admin_pb2.CheckIntegrityResponse(
+    ok=True, idle=True,
+    pages=admin_pb2.PoolUsage(total=4096, cached=96, evictable=96, free=4000),
+    state_slots=admin_pb2.PoolUsage(total=48, cached=3, evictable=3, free=45))
+
+BROKEN = admin_pb2.CheckIntegrityResponse(
+    ok=False, message="pages lost or foreign: [17]", idle=False,
+    pages=admin_pb2.PoolUsage(total=4096, used=5, free=4090),
+    state_slots=admin_pb2.PoolUsage(total=48, used=1, free=47))
+
 
 class FakeAdmin(admin_pb2_grpc.AdminServicer):
     """Fixed answers; checks the bearer token and records every authorized request."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.integrity = INTEGRITY_OK  # what CheckIntegrity answers
 
     def _accept(self, name: str, request: object, context: grpc.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata())
@@ -96,6 +107,10 @@ class FakeAdmin(admin_pb2_grpc.AdminServicer):
     def SetLogLevel(self, request, context):
         self._accept("SetLogLevel", request, context)
         return admin_pb2.SetLogLevelResponse()
+
+    def CheckIntegrity(self, request, context):
+        self._accept("CheckIntegrity", request, context)
+        return self.integrity
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +247,40 @@ def test_control_commands(server, args, line, call):
     assert result.stdout.strip() == line and admin.calls[-1][0] == call
     if call == "SetLogLevel":
         assert admin.calls[-1][1].level == "warning"
+
+
+def test_check_ok_exits_0_with_the_pools(server):
+    addr, admin, _ = server
+    result = _admin(addr, "check")
+    assert result.returncode == 0, result.stderr
+    assert admin.calls[-1][0] == "CheckIntegrity"
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["integrity", "ok"] and "idle" in lines[1]
+    rows = {line.split()[0]: line.split()[-5:] for line in lines if line.startswith("pages")}
+    assert rows["pages"] == ["4096", "0", "96", "96", "4000"]
+
+
+def test_check_violation_exits_1_with_the_message(server):
+    addr, admin, _ = server
+    admin.integrity = BROKEN
+    try:
+        text = _admin(addr, "check")
+        as_json = _admin(addr, "--json", "check")
+    finally:
+        admin.integrity = INTEGRITY_OK
+    assert text.returncode == 1 and text.stderr == ""
+    assert text.stdout.splitlines()[0].split(None, 1) == [
+        "integrity", "VIOLATION: pages lost or foreign: [17]"]
+    assert "requests were running" in text.stdout
+    assert as_json.returncode == 1
+    assert json_format.ParseDict(json.loads(as_json.stdout),
+                                 admin_pb2.CheckIntegrityResponse()) == BROKEN
+
+
+def test_check_grpc_error_exits_2(server):
+    result = _admin(server[0], "check", token="wrong-token")
+    assert result.returncode == 2
+    assert _one_error_line(result) == "error: UNAUTHENTICATED: bad or missing admin token"
 
 
 @pytest.mark.parametrize("token", ["wrong-token", None])
