@@ -335,14 +335,12 @@ class Config:
 
     def _check_spec_support(self) -> None:
         """What the engine's speculative decoding covers so far (issue 8): NEXTN chains and
-        trees at TP 1, page size 1, without extra_buffer snapshots; the rest fails here with
-        the flag to change."""
+        trees at page size 1 without extra_buffer snapshots; the rest fails here with the flag
+        to change."""
         spec = self.spec
         if spec.algorithm != "NEXTN":
             raise ConfigError(f"--speculative-algorithm {spec.algorithm}: only NEXTN (the "
                               "checkpoint's MTP head) is available yet")
-        if self.parallel.tp_size > 1:
-            raise ConfigError("speculative decoding runs at --tp 1 for now")
         if self.cache.radix_strategy == "extra_buffer":  # needs snapshots inside kept tokens
             raise ConfigError("speculative decoding with --mamba-scheduler-strategy "
                               "extra_buffer is not available yet; use no_buffer (page size "

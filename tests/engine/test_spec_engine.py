@@ -114,3 +114,26 @@ def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint):
         assert engine.stats()["num_preemptions"] > 0
         assert engine.stats()["prefix_cache"]["cached_tokens"] > 0
         assert_pools_at_baseline(engine)
+
+
+def test_tp2_speculation_equals_plain_tp1(tiny_checkpoint):
+    """Two real ranks (gloo) run every speculative step on the same plan: draft trees, verify
+    and acceptance agree across ranks, and the tokens are those of plain decoding at TP 1."""
+    from qnext.worker.config import ParallelConfig
+    from qnext.worker.layers.parallel import reset_tp_info
+
+    path = tiny_checkpoint("tiny-tp")
+    prompts = random_prompts(4, 1, 30, 384, seed=9)
+    cfg = engine_config(path, max_total_tokens=600, chunk=8)
+    cfg = replace(cfg, load=replace(cfg.load, dtype="float64"))  # TP sums in another order
+    want = run_with_changes(Engine(cfg), prompts, GREEDY)
+    reset_tp_info()
+    engine = Engine(replace(cfg, parallel=ParallelConfig(tp_size=2),
+                            spec=SpecConfig("NEXTN", num_steps=2, eagle_topk=2,
+                                            num_draft_tokens=5)))
+    try:
+        assert run_with_changes(engine, prompts, GREEDY) == want
+        assert engine.stats()["spec"]["verify_seqs"] > 0
+        assert_pools_at_baseline(engine)
+    finally:
+        engine.close()

@@ -54,7 +54,6 @@ def test_trees_default_to_the_largest_tree():
     (SpecConfig("EAGLE", "/draft"), CacheConfig(), 1, "only NEXTN"),
     (SpecConfig("NEXTN"), CacheConfig(page_size=4, disable_radix_cache=True), 1,
      "--page-size 1"),
-    (SpecConfig("NEXTN"), CacheConfig(), 2, "--tp 1"),
     (SpecConfig("NEXTN"), CacheConfig(page_size=16), 1, "extra_buffer"),
 ])
 def test_what_the_engine_cannot_run_yet_is_refused(spec, cache, tp, match):

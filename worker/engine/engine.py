@@ -56,8 +56,7 @@ class Engine:
         elif cfg.spec.enabled:
             from qnext.worker.runtime.spec_worker import SpecExecutor
 
-            self.executor = SpecExecutor(ModelRunner(cfg), cfg.model.eos_token_ids,
-                                         cfg.spec.draft_tokens)
+            self.executor = SpecExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
         else:
             self.executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
         self.runner = self.executor.runner

@@ -32,6 +32,7 @@ import torch.multiprocessing as mp
 from qnext.worker.config import Config
 from qnext.worker.layers.parallel import init_distributed, reset_tp_info
 from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.spec_worker import SpecExecutor
 from qnext.worker.runtime.worker import Launched, PlanExecutor
 from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import StepPlan
@@ -88,6 +89,14 @@ class TPExecutor(PlanExecutor):
         self.send("launch", plan, previous.plan.step_id if previous else None)
         return super().launch(plan, previous)
 
+    def run(self, plan: StepPlan):
+        """The normal loop's step; a speculating executor (below) runs its own `run` on every
+        rank, a plain one goes through `launch`."""
+        if not self.runner.cfg.spec.enabled:
+            return super().run(plan)
+        self.send("run", plan)
+        return super().run(plan)
+
     def close(self) -> None:
         """Stop the followers and leave the process group (this process may start another)."""
         self.stopping.set()  # their exits from here on are asked for
@@ -96,6 +105,11 @@ class TPExecutor(PlanExecutor):
             proc.join(timeout=60)
         dist.destroy_process_group()
         reset_tp_info()
+
+
+class TPSpecExecutor(TPExecutor, SpecExecutor):
+    """Rank 0's executor with speculative decoding: commands broadcast (TPExecutor), steps
+    run by SpecExecutor on every rank."""
 
 
 def start_tp(cfg: Config) -> TPExecutor:
@@ -109,7 +123,8 @@ def start_tp(cfg: Config) -> TPExecutor:
     init_distributed(0, cfg.parallel.tp_size, address, rank_config(cfg, 0).load.device,
                      custom_all_reduce=not cfg.parallel.disable_custom_all_reduce)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
-    return TPExecutor(ModelRunner(rank_config(cfg, 0)), group, procs, stopping)
+    cls = TPSpecExecutor if cfg.spec.enabled else TPExecutor
+    return cls(ModelRunner(rank_config(cfg, 0)), group, procs, stopping)
 
 
 def run_node(cfg: Config) -> int:
@@ -132,7 +147,8 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
     init_distributed(rank, size, address, cfg.load.device,
                      custom_all_reduce=not cfg.parallel.disable_custom_all_reduce)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
-    executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
+    executor = (SpecExecutor if cfg.spec.enabled else PlanExecutor)(ModelRunner(cfg),
+                                                                     cfg.model.eos_token_ids)
     last: Launched | None = None  # the overlap loop's `previous` is always the last launch
     while True:
         box = [None]
@@ -149,6 +165,8 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
             if previous is not None:
                 assert last is not None and last.plan.step_id == previous, "plans out of step"
             last = executor.launch(plan, last if previous is not None else None)
+        elif kind == "run":  # a speculative step (the normal loop)
+            executor.run(*args)
     dist.destroy_process_group()
     # NOTE: skip interpreter finalization: gloo's worker threads can still hold tensors then,
     # and tearing them down sometimes aborts the process (SIGABRT) after a clean stop

@@ -9,7 +9,8 @@
    for trees the kept path's K/V moved to consecutive positions, and the draft head over the
    kept path, which drafts the next proposals.
 Only the normal loop drives it (the overlap loop would need the accepted lengths before
-planning); verify runs eagerly. Counters for `stats()`: verifies, proposals, accepted.
+planning); verify runs eagerly. Under TP every rank runs it on the same plan (engine/tp.py):
+logits and hidden states are identical on all ranks, so drafts and acceptance agree. Counters for `stats()`: verifies, proposals, accepted.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
 
 class SpecExecutor(PlanExecutor):
-    def __init__(self, runner: ModelRunner, eos_token_ids: tuple[int, ...],
-                 num_draft_tokens: int) -> None:
+    def __init__(self, runner: ModelRunner, eos_token_ids: tuple[int, ...]) -> None:
         super().__init__(runner, eos_token_ids)
-        self.n = num_draft_tokens
+        self.n = runner.cfg.spec.draft_tokens
         self.drafter = MTPDrafter(runner.cfg, runner.model)
         self.trees = runner.cfg.spec.topk > 1
         self.counters = {"verify_seqs": 0, "proposed": 0, "accepted": 0}
