@@ -335,15 +335,16 @@ class Config:
 
     def _check_spec_support(self) -> None:
         """What the engine's speculative decoding covers so far (issue 8): NEXTN chains and
-        trees at page size 1 without extra_buffer snapshots; the rest fails here with the flag
-        to change."""
+        trees at page size 1; the rest fails here with the flag to change."""
         spec = self.spec
         if spec.algorithm != "NEXTN":
             raise ConfigError(f"--speculative-algorithm {spec.algorithm}: only NEXTN (the "
                               "checkpoint's MTP head) is available yet")
-        if self.cache.radix_strategy == "extra_buffer":  # needs snapshots inside kept tokens
-            raise ConfigError("speculative decoding with --mamba-scheduler-strategy "
-                              "extra_buffer is not available yet; use no_buffer (page size "
-                              "1) or --disable-radix-cache")
         if self.cache.page_size != 1:  # draft nodes take one scratch page per position
-            raise ConfigError("speculative decoding needs --page-size 1 for now")
+            raise ConfigError("speculative decoding needs --page-size 1 for now (with prefix "
+                              "caching: --mamba-scheduler-strategy no_buffer or extra_buffer)")
+        if self.cache.radix_strategy == "extra_buffer" \
+                and spec.draft_tokens > self.cache.mamba_track_interval:
+            raise ConfigError(f"--speculative-num-draft-tokens {spec.draft_tokens} must not "
+                              f"exceed --mamba-track-interval {self.cache.mamba_track_interval}"
+                              " with extra_buffer (one snapshot per verify at most)")

@@ -137,3 +137,28 @@ def test_tp2_speculation_equals_plain_tp1(tiny_checkpoint):
         assert_pools_at_baseline(engine)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("topk,draft_tokens", [(1, None), (2, 6)])
+def test_extra_buffer_snapshots_inside_kept_drafts(tiny_checkpoint, topk, draft_tokens):
+    """extra_buffer, track interval 64: decodes cross position 64 inside a verify; the
+    snapshot is taken when the kept path reaches it (dropped otherwise). A second round whose
+    prompts extend the first round's sequences hits those snapshots and still gives the tokens
+    of plain decoding."""
+    path = tiny_checkpoint("tiny")
+    params = SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True)
+    first = random_prompts(5, 44, 63, 384, seed=12)
+    kwargs = dict(radix="extra_buffer", track_interval=64, chunk=16, max_prefill_tokens=64)
+    want = _reference(path, first, params, **kwargs)
+    engine = _engine(path, 3, topk, draft_tokens, **kwargs)
+    _oracle(engine, want)
+    assert run_with_changes(engine, first, params) == want
+    second = [p + want[f"r{i}"] + [7, 8] for i, p in enumerate(first)]
+    want2 = _reference(path, second, params, **kwargs)
+    engine.executor.drafter.proposals = type(engine.executor.drafter).proposals.__get__(
+        engine.executor.drafter)  # the real head again (request ids restart at r0)
+    before = engine.stats()["prefix_cache"]["cached_tokens"]
+    got = run_with_changes(engine, second, params)
+    assert [got[f"r{i}"] for i in range(5)] == [want2[f"r{i}"] for i in range(5)]
+    assert engine.stats()["prefix_cache"]["cached_tokens"] - before >= 5 * 64
+    assert_pools_at_baseline(engine)

@@ -102,6 +102,7 @@ class SpecExecutor(PlanExecutor):
         buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
         kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
         paths = [acc.path[b, :kept[b] + 1].tolist() for b in range(len(work))]
+        self._snapshots(work, paths, buffers)
         if self.trees:
             self._compact_kv(work, paths)
         out, items = {}, []
@@ -115,6 +116,20 @@ class SpecExecutor(PlanExecutor):
         self.counters["proposed"] += len(work) * (n - 1)
         self.counters["accepted"] += sum(kept)
         return out
+
+    def _snapshots(self, work: list[SeqWork], paths: list[list[int]],
+                   buffers: SpecStateBuffers) -> None:
+        """extra_buffer: a track boundary planned inside the verify's range is snapshotted
+        when the kept path reaches it (the scheduler drops the snapshot otherwise)."""
+        slots, rows, steps = [], [], []
+        for b, (w, path) in enumerate(zip(work, paths)):
+            step = w.snapshot_len - w.prefix_len - 1  # the state after `step + 1` tokens
+            if w.snapshot_slot is not None and step < len(path):
+                slots.append(w.snapshot_slot)
+                rows.append(b)
+                steps.append(path[step])
+        if slots:
+            buffers.copy_out(self.runner.state_pool, slots, rows, steps)
 
     def _compact_kv(self, work: list[SeqWork], paths: list[list[int]]) -> None:
         """Tree verify wrote node t's K/V at position root + t; the kept path's node at depth

@@ -34,8 +34,9 @@ class SeqWork:
     Speculative decoding (`sched/spec.py`): `spec_draft` runs the draft head over this prompt
     chunk too (and drafts after the sampled token when the chunk ends the prompt);
     `spec_verify` makes a decode a verify of `token_ids[0]` (the root) followed by the drafts
-    the worker holds for the sequence, so it may return several tokens. Both need
-    `page_ids` to cover the draft positions too (`sched/spec.py`'s reservations).
+    the worker holds for the sequence, so it may return several tokens; its snapshot (at most
+    one, anywhere in the n positions a verify may keep) is written only if the kept tokens
+    reach it. Both need `page_ids` to cover the draft positions too (`sched/spec.py`).
     """
 
     seq_id: int

@@ -124,8 +124,8 @@ class PrefixCache:
         (None, 0): extra_buffer only, at most one per step."""
         if self.strategy != "extra_buffer":
             return None, 0
-        if decode:
-            at = end if end % self.track_interval == 0 else 0
+        if decode:  # the last track boundary in (start, end]: one token, or a verify's range
+            at = end // self.track_interval * self.track_interval
         elif start < seq.branch_len <= end:
             at = seq.branch_len
         else:

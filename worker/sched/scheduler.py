@@ -214,7 +214,8 @@ class Scheduler:
         params = seq.request.sampling
         wants_history = seq.fresh and _uses_penalties(params)
         seq.fresh = False
-        snapshot_slot, snapshot_len = self.cache.snapshot(seq, start, end, decode)
+        reach = start + self.limits.spec_tokens if verify else end  # a verify may keep all
+        snapshot_slot, snapshot_len = self.cache.snapshot(seq, start, reach, decode)
         return SeqWork(
             seq_id=seq.seq_id, token_ids=tokens, prefix_len=start,
             state_slot=seq.state_slot, page_ids=tuple(seq.page_ids),
@@ -323,6 +324,9 @@ class Scheduler:
                     seq.num_preemptions != epochs[work.seq_id]:
                 continue
             accepted = counts.get(work.seq_id, 0)
+            if work.snapshot_slot is not None and seq.track_slot == work.snapshot_slot and \
+                    work.snapshot_len > min(work.prefix_len + 1 + accepted, seq.num_tokens):
+                seq.track_slot = None  # the boundary lay past the kept tokens: no snapshot
             if seq.status is SequenceStatus.RUNNING:
                 seq.num_computed += max(accepted, 0)
                 keep = trimmed_page_count(seq.num_computed, self.limits.page_size)
