@@ -334,12 +334,9 @@ class Config:
             self._check_spec_support()
 
     def _check_spec_support(self) -> None:
-        """What the engine's speculative decoding covers so far (issue 8): NEXTN chains and
-        trees at page size 1; the rest fails here with the flag to change."""
+        """What the engine's speculative decoding covers so far (issue 8): NEXTN / EAGLE
+        chains and trees at page size 1; the rest fails here with the flag to change."""
         spec = self.spec
-        if spec.algorithm != "NEXTN":
-            raise ConfigError(f"--speculative-algorithm {spec.algorithm}: only NEXTN (the "
-                              "checkpoint's MTP head) is available yet")
         if self.cache.page_size != 1:  # draft nodes take one scratch page per position
             raise ConfigError("speculative decoding needs --page-size 1 for now (with prefix "
                               "caching: --mamba-scheduler-strategy no_buffer or extra_buffer)")

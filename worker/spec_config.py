@@ -2,7 +2,9 @@
 and constraints (pure Python).
 
 - `--speculative-algorithm NEXTN` drafts with the checkpoint's own MTP head (the draft path is
-  the target's); `EAGLE` takes a separate draft checkpoint (`--speculative-draft-model-path`).
+  the target's); `EAGLE` takes the head from a separate draft checkpoint
+  (`--speculative-draft-model-path`): today one in the MTP head's layout (`mtp.*` tensors, a
+  config.json with the target's hidden size and vocabulary; `runtime/model_runner.draft_config`).
 - Unset sizes default to (steps, topk, draft tokens) = (3, 1, 4), SGLang's choice for
   Qwen3-Next. With topk = 1 the draft is a chain: draft tokens = steps + 1 (root included);
   another explicit value is an error naming both flags. With topk > 1 (trees) the draft tokens

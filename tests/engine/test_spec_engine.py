@@ -162,3 +162,23 @@ def test_extra_buffer_snapshots_inside_kept_drafts(tiny_checkpoint, topk, draft_
     assert [got[f"r{i}"] for i in range(5)] == [want2[f"r{i}"] for i in range(5)]
     assert engine.stats()["prefix_cache"]["cached_tokens"] - before >= 5 * 64
     assert_pools_at_baseline(engine)
+
+
+def test_eagle_takes_the_head_from_a_draft_checkpoint(tiny_checkpoint):
+    """EAGLE with a separate checkpoint that holds the same head (same preset and seed) drafts
+    exactly as NEXTN does; a draft of another width is refused naming the flag."""
+    from qnext.worker.config import ConfigError
+
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(4, 1, 40, 384, seed=2)
+    want = _reference(path, prompts, GREEDY)
+    cfg = engine_config(path)
+    stats = {}
+    for spec in (SpecConfig("NEXTN", num_steps=2, eagle_topk=2, num_draft_tokens=4),
+                 SpecConfig("EAGLE", str(tiny_checkpoint("tiny", seed=0)), 2, 2, 4)):
+        engine = Engine(replace(cfg, spec=spec))
+        assert run_with_changes(engine, prompts, GREEDY) == want
+        stats[spec.algorithm] = engine.stats()["spec"]
+    assert stats["EAGLE"] == stats["NEXTN"]
+    with pytest.raises(ConfigError, match="--speculative-draft-model-path"):
+        Engine(replace(cfg, spec=SpecConfig("EAGLE", str(tiny_checkpoint("tiny-b")))))

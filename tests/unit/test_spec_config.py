@@ -51,7 +51,6 @@ def test_trees_default_to_the_largest_tree():
 
 
 @pytest.mark.parametrize("spec,cache,tp,match", [
-    (SpecConfig("EAGLE", "/draft"), CacheConfig(), 1, "only NEXTN"),
     (SpecConfig("NEXTN"), CacheConfig(page_size=4, disable_radix_cache=True), 1,
      "--page-size 1"),
     (SpecConfig("NEXTN"), CacheConfig(page_size=16), 1, "extra_buffer"),

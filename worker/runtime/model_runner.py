@@ -71,12 +71,32 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def build_mtp(cfg: Config) -> nn.Module:
-    """The MTP draft head (`mtp.*` tensors of the same checkpoint)."""
+    """The MTP draft head: the `mtp.*` tensors of the target checkpoint, or with
+    `--speculative-algorithm EAGLE` those of the draft checkpoint (same layout; its config
+    must match the target's hidden size and vocabulary)."""
     from qnext.worker.models.qwen3_next_mtp import Qwen3NextMTP
 
+    if cfg.spec.algorithm == "EAGLE":
+        cfg = draft_config(cfg)
     with torch.device("meta"), _default_dtype(TORCH_DTYPES[cfg.load.dtype]):
         model = Qwen3NextMTP(cfg.model)
     return materialise(model, cfg, prefix=Qwen3NextMTP.checkpoint_prefix)
+
+
+def draft_config(cfg: Config) -> Config:
+    """The target's config with the EAGLE draft checkpoint's model and path."""
+    from dataclasses import replace
+
+    from qnext.worker.config import ModelConfig
+    from qnext.worker.errors import ConfigError
+
+    path = cfg.spec.draft_model_path
+    draft = ModelConfig.from_dir(path)
+    if (draft.hidden_size, draft.vocab_size) != (cfg.model.hidden_size, cfg.model.vocab_size):
+        raise ConfigError(f"--speculative-draft-model-path {path}: hidden size / vocabulary "
+                          f"{draft.hidden_size} / {draft.vocab_size} differ from the target's "
+                          f"{cfg.model.hidden_size} / {cfg.model.vocab_size}")
+    return replace(cfg, model=draft, load=replace(cfg.load, model_path=str(path)))
 
 
 def make_pools(cfg: Config, num_pages: int, num_slots: int,

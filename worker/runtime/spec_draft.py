@@ -1,4 +1,5 @@
-"""The NEXTN drafter: the checkpoint's MTP head (`models/qwen3_next_mtp.py`) proposing a draft
+"""The drafter: the checkpoint's MTP head (`models/qwen3_next_mtp.py`; NEXTN, or with EAGLE the
+same head from a draft checkpoint) proposing a draft
 chain or tree per sequence from its most likely tokens (deterministic proposals: acceptance
 then reproduces the target's own draws exactly, see `spec_accept.py`; trees: `spec_tree.py`).
 
