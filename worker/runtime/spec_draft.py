@@ -1,7 +1,7 @@
 """The drafter: the checkpoint's MTP head (`models/qwen3_next_mtp.py`; NEXTN, or with EAGLE the
-same head from a draft checkpoint) proposing a draft
-chain or tree per sequence from its most likely tokens (deterministic proposals: acceptance
-then reproduces the target's own draws exactly, see `spec_accept.py`; trees: `spec_tree.py`).
+same head from a draft checkpoint) proposing a draft chain or tree per sequence from its most
+likely tokens (deterministic proposals: acceptance then reproduces the target's own draws
+exactly, see `spec_accept.py`; trees: `spec_tree.py`).
 
 The head at position j reads (token j + 1, the target's final hidden state at j) and predicts
 token j + 2; it keeps K/V for its one attention layer in its own pool, addressed by the
