@@ -229,3 +229,53 @@ def test_serve_without_a_model_uses_the_embedded_tiny_one(tmp_path):
         assert (tmp_path / ".cache" / "qnext" / "tiny" / "config.json").is_file()
     finally:
         assert server.stop() == 0
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """Local IPv4 / IPv6 addresses (hex, as /proc/net shows them) listening on `port`."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                hosts.add(host)
+    return hosts
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_default_admin_is_loopback_with_a_private_token_file(tmp_path):
+    """Without --admin-host / --admin-token: Admin listens on 127.0.0.1 only, the random token
+    is written with mode 0600 under ~/.cache/qnext, works, and never reaches the log."""
+    from tests.e2e.servers import SERVING, channel, qnext
+    from tests.net import free_port
+
+    port, admin_port, log = free_port(), free_port(), tmp_path / "serve.log"
+    proc = qnext("serve", "--port", str(port), "--admin-port", str(admin_port), log=log,
+                 home=tmp_path)
+    try:
+        wait_for_status(f"127.0.0.1:{port}", SERVING, proc, log)
+        hosts = _listening_hosts(admin_port)  # 127.0.0.1 as IPv4 or IPv4-mapped IPv6
+        assert hosts and hosts <= {"0100007F", "0000000000000000FFFF00000100007F"}, hosts
+        token_file = tmp_path / ".cache" / "qnext" / "admin-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        with channel(f"127.0.0.1:{admin_port}") as control:
+            admin = admin_pb2_grpc.AdminStub(control)
+            assert admin.GetStats(admin_pb2.GetStatsRequest(), timeout=30,
+                                  metadata=[("authorization", f"Bearer {token}")])
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    assert token not in log.read_text() and str(token_file) in log.read_text()
+
+
+def test_the_token_check_is_constant_time():
+    """By construction: the comparison is hmac.compare_digest (a test, so a rewrite that
+    drops it fails here)."""
+    import inspect
+
+    from qnext_grpc.server import TokenAuth
+
+    source = inspect.getsource(TokenAuth.intercept_service)
+    assert "hmac.compare_digest(" in source and "==" not in source
