@@ -136,6 +136,8 @@ async def run(target: Target, cfg: SoakConfig) -> dict:
             *(client(i, gen, cfg, vocab, until, tally) for i in range(cfg.concurrency)))
         loaded = time.monotonic() - start
         after, idle_s = await _settle(admin, auth, cfg, first)
+        check = await admin.CheckIntegrity(a.CheckIntegrityRequest(), metadata=auth,
+                                           timeout=60)
     before = _pools(first)
     outcomes = Counter()
     for (_, outcome), n in tally.outcomes.items():
@@ -153,7 +155,8 @@ async def run(target: Target, cfg: SoakConfig) -> dict:
         "admin": {f"{op} {outcome}": n for (op, outcome), n in sorted(tally.admin.items())},
         "failures": tally.failures,
         "rss_mb": {"before": rss_before, "during": during, "after": rss_mb(target.pid)},
-        "pools": {"before": before, "after": after, "ok": _integrity_ok(before, after)},
+        "pools": {"before": before, "after": after, "integrity": check.message or "ok",
+                  "ok": _integrity_ok(before, after) and check.ok and check.idle},
     }
 
 
