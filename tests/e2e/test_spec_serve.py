@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from qnext.v1 import admin_pb2_grpc, generation_pb2 as g, generation_pb2_grpc
-from tests.e2e.servers import Server, all_free, idle, until
+from qnext.v1 import generation_pb2 as g
+from tests.e2e import test_cancel
+from tests.e2e.servers import Server
 from tests.e2e.test_cancel import LONG, end, stats
+
+gen = test_cancel.gen  # the fixture: every page and slot free around each test
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +21,6 @@ def server():
     yield server
     assert server.stop() == 0, server.log.read_text()[-2000:]
 
-
-@pytest.fixture
-def gen(server):
-    admin = admin_pb2_grpc.AdminStub(server.control)
-    assert all_free(admin, server.auth)
-    yield generation_pb2_grpc.GenerationStub(server.data)
-    until(lambda: idle(admin, server.auth))
-    assert all_free(admin, server.auth)
 
 
 def test_stats_report_acceptance(server, gen):
