@@ -1,0 +1,57 @@
+"""Speculative decoding on the committed tiny checkpoint whose MTP head was trained
+(`tests/data/tiny-mtp`, made by `scripts/train_tiny_mtp.py`): greedy outputs equal plain
+decoding's, and the head's drafts are accepted far above a random head's level (~1 token
+per verify, see `test_spec_engine.py`), so the head's weights, names and math reach the drafter
+as trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qnext.worker.engine import Engine
+from qnext.worker.sched.request import SamplingParams
+from qnext.worker.spec_config import SpecConfig
+from tests.engine.helpers import assert_pools_at_baseline, engine_config
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "tiny-mtp"
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=40, ignore_eos=True)
+#: Python the model never saw (written for this test, not taken from the standard library).
+SNIPPETS = (
+    'def read_lines(path):\n    """Return the lines of a text file."""\n'
+    "    with open(path) as f:\n",
+    "class Counter:\n    def __init__(self, start=0):\n        self.value = start\n\n    def ",
+    "import os\nimport sys\n\n\ndef main(argv=None):\n    if argv is None:\n        argv = sys.",
+    "    for key, value in sorted(items.items()):\n        if value is None:\n            raise",
+)
+#: Accept length (tokens per verify, bonus included) at least: measured 1.75 (1 step) and
+#: 2.32 (3 steps) on these snippets (docs/perf/spec.md); a random head gets 1.0.
+MIN_ACCEPT_LENGTH = {1: 1.4, 3: 1.8}
+
+
+def _prompts() -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(CHECKPOINT / "tokenizer.json"))
+    return [tokenizer.encode(text).ids for text in SNIPPETS]
+
+
+def _outputs(engine: Engine, prompts: list[list[int]]) -> list[list[int]]:
+    return [o.output_ids for o in engine.generate(prompts, GREEDY, progress=False)]
+
+
+@pytest.fixture(scope="module")
+def plain_outputs() -> list[list[int]]:
+    return _outputs(Engine(engine_config(CHECKPOINT)), _prompts())
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_trained_head_is_accepted_and_changes_no_token(plain_outputs, steps):
+    engine = Engine(replace(engine_config(CHECKPOINT), spec=SpecConfig("NEXTN", num_steps=steps)))
+    assert _outputs(engine, _prompts()) == plain_outputs
+    stats = engine.stats()["spec"]
+    assert stats["accept_length"] >= MIN_ACCEPT_LENGTH[steps], stats
+    assert_pools_at_baseline(engine)
