@@ -86,7 +86,7 @@ def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
 
     step = _median_step(run, new_tokens, repeats)
     engine.close()
-    del engine, run
+    engine = run = None  # noqa: F841 - drop the last references to the engine's pools
     gc.collect()  # the engine's pools go before the next engine plans its memory
     torch.cuda.empty_cache()
     return step
