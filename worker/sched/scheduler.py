@@ -23,10 +23,9 @@ from qnext.worker.sched.plan import SampleSpec, SeqWork, StepPlan, StepResult
 from qnext.worker.sched.prefix import PrefixCache
 from qnext.worker.sched.request import FinishReason, Sequence, SequenceStatus
 from qnext.worker.sched.spec import (
-    accepted_counts,
     draft_tokens_after_prompt,
+    settle_speculation,
     speculates,
-    trimmed_page_count,
     verify_tokens,
 )
 
@@ -308,33 +307,10 @@ class Scheduler:
                                          seq.num_cached_tokens if reason else None,
                                          _queue_time(seq) if reason else None))
         if self.limits.spec_tokens:
-            self._settle_speculation(plan, result, epochs)
+            settle_speculation(plan, result, epochs, self.seqs, self.pages,
+                               self.limits.page_size)
         self._collect_finished()
         return self.take_events() + outputs
-
-    def _settle_speculation(self, plan: StepPlan, result: StepResult,
-                            epochs: dict[int, int]) -> None:
-        """After a step with speculative work: verified sequences advance by their accepted
-        proposals; one that finished inside them holds a state past its kept tokens, so it is
-        not cached; every speculating sequence gives back its scratch pages (sched/spec.py)."""
-        counts = accepted_counts(result.tokens, {w.seq_id for w in plan.work if w.spec_verify})
-        for work in plan.work:
-            seq = self.seqs.get(work.seq_id)
-            if not (work.spec_verify or work.spec_draft) or seq is None or \
-                    seq.num_preemptions != epochs[work.seq_id]:
-                continue
-            accepted = counts.get(work.seq_id, 0)
-            if work.snapshot_slot is not None and seq.track_slot == work.snapshot_slot and \
-                    work.snapshot_len > min(work.prefix_len + 1 + accepted, seq.num_tokens):
-                seq.track_slot = None  # the boundary lay past the kept tokens: no snapshot
-            if seq.status is SequenceStatus.RUNNING:
-                seq.num_computed += max(accepted, 0)
-                keep = trimmed_page_count(seq.num_computed, self.limits.page_size)
-                if len(seq.page_ids) > keep:
-                    self.pages.free(seq.page_ids[keep:])
-                    del seq.page_ids[keep:]
-            elif seq.status is SequenceStatus.FINISHED and accepted > 0:
-                seq.num_computed = seq.cached_len
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.request.sampling

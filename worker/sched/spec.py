@@ -18,7 +18,9 @@ not compute them); the others decode one token at a time in the same steps.
 
 from __future__ import annotations
 
-from qnext.worker.sched.request import SamplingParams
+from qnext.worker.sched.cache import PageAllocator
+from qnext.worker.sched.plan import StepPlan, StepResult
+from qnext.worker.sched.request import SamplingParams, Sequence, SequenceStatus
 
 
 def speculates(params: SamplingParams, num_draft_tokens: int) -> bool:
@@ -50,3 +52,29 @@ def accepted_counts(tokens, verify_ids: set[int]) -> dict[int, int]:
 def trimmed_page_count(num_cached: int, page_size: int) -> int:
     """Pages a sequence keeps after a speculative step: those of its cached tokens."""
     return -(-num_cached // page_size)
+
+
+def settle_speculation(plan: StepPlan, result: StepResult, epochs: dict[int, int],
+                       seqs: dict[int, Sequence], pages: PageAllocator, page_size: int) -> None:
+    """After a step with speculative work (`Scheduler.update`, before finished sequences are
+    freed): verified sequences advance by their accepted proposals; one that finished inside
+    them holds a state past its kept tokens, so it is not cached; a snapshot planned past the
+    kept tokens is dropped; every speculating sequence gives back its scratch pages."""
+    counts = accepted_counts(result.tokens, {w.seq_id for w in plan.work if w.spec_verify})
+    for work in plan.work:
+        seq = seqs.get(work.seq_id)
+        if not (work.spec_verify or work.spec_draft) or seq is None or \
+                seq.num_preemptions != epochs[work.seq_id]:
+            continue
+        accepted = counts.get(work.seq_id, 0)
+        if work.snapshot_slot is not None and seq.track_slot == work.snapshot_slot and \
+                work.snapshot_len > min(work.prefix_len + 1 + accepted, seq.num_tokens):
+            seq.track_slot = None
+        if seq.status is SequenceStatus.RUNNING:
+            seq.num_computed += max(accepted, 0)
+            keep = trimmed_page_count(seq.num_computed, page_size)
+            if len(seq.page_ids) > keep:
+                pages.free(seq.page_ids[keep:])
+                del seq.page_ids[keep:]
+        elif seq.status is SequenceStatus.FINISHED and accepted > 0:
+            seq.num_computed = seq.cached_len
