@@ -26,6 +26,17 @@ def test_nccl_tp2_equals_tp1(tiny_checkpoint, tmp_path, preset, page_size):
         assert err < (1e-4 if step < 2 else 1e-5), f"step {step}: {err:.2e}"
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs four CUDA GPUs")
+def test_nccl_tp4_equals_tp1(tiny_checkpoint, tmp_path):
+    path = tiny_checkpoint("tiny-tp")
+    errors64 = tp2_vs_tp1(path, tmp_path, 1, "float64", device="cuda", size=4)
+    errors32 = tp2_vs_tp1(path, tmp_path, 1, "float32", device="cuda", size=4)
+    print(f"NCCL TP=4 vs TP=1 float64 {max(errors64):.2e}, float32 {max(errors32):.2e}")
+    assert max(errors64) < 1e-10, errors64
+    for step, err in enumerate(errors32):
+        assert err < (1e-4 if step < 2 else 1e-5), f"step {step}: {err:.2e}"
+
+
 @pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])
 def test_nccl_tp2_engine_equals_tp1(tiny_checkpoint, overlap):
     """The engine's TP executor on two GPUs (NCCL collectives, plans over gloo), float64:

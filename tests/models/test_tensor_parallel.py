@@ -53,11 +53,12 @@ def _rank_main(rank: int, size: int, port: int, path: str, page_size: int, dtype
     os._exit(0)
 
 
-def tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str, device: str = "cpu") -> list[float]:
-    """Max-abs logits difference per step between a 2-process TP run and a TP=1 run."""
-    result_file = str(tmp_path / f"tp2_{dtype}.pt")
-    mp.spawn(_rank_main, nprocs=2, join=True,
-             args=(2, free_port(), str(path), page_size, dtype, device, result_file))
+def tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str, device: str = "cpu",
+               size: int = 2) -> list[float]:
+    """Max-abs logits difference per step between a `size`-process TP run and a TP=1 run."""
+    result_file = str(tmp_path / f"tp{size}_{dtype}.pt")
+    mp.spawn(_rank_main, nprocs=size, join=True,
+             args=(size, free_port(), str(path), page_size, dtype, device, result_file))
     cfg = make_config(path, dtype=dtype, page_size=page_size,
                       device="cuda:0" if device == "cuda" else device)
     expected = [t.cpu() for t in _workload(Harness(cfg), cfg.model.vocab_size)]
@@ -70,6 +71,12 @@ def tp2_vs_tp1(path, tmp_path, page_size: int, dtype: str, device: str = "cpu") 
 def test_tp2_equals_tp1_float64(tiny_checkpoint, tmp_path, preset, page_size):
     """In float64 the summation-order noise vanishes: every step agrees within 1e-10."""
     errors = tp2_vs_tp1(tiny_checkpoint(preset), tmp_path, page_size, "float64")
+    assert max(errors) < 1e-10, errors
+
+
+def test_tp4_equals_tp1_float64(tiny_checkpoint, tmp_path):
+    """Four ranks: every head count of tiny-tp splits four ways (one KV head a rank)."""
+    errors = tp2_vs_tp1(tiny_checkpoint("tiny-tp"), tmp_path, 1, "float64", size=4)
     assert max(errors) < 1e-10, errors
 
 
