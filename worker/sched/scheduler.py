@@ -169,13 +169,13 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted while making room for an older sequence
             future = seq.num_computed == seq.num_tokens  # its last token is still in flight
-            verify = self._speculates(seq)
-            need = verify_tokens(seq.num_computed, self.limits.spec_tokens,
-                                 self.limits.spec_scratch) if verify \
-                else seq.num_computed + 1
+            # speculation never preempts anyone: short of pages, the sequence decodes plainly
+            verify = self._speculates(seq) and self._reserve_pages(
+                seq, verify_tokens(seq.num_computed, self.limits.spec_tokens,
+                                   self.limits.spec_scratch), preempt=False)
             # NOTE: a decode whose input is still in flight never preempts: its token may
             # finish it; without a page it waits one step and then decodes normally
-            if not self._reserve_pages(seq, need, preempt=not future):
+            if not self._reserve_pages(seq, seq.num_computed + 1, preempt=not future):
                 continue
             self.cache.publish_snapshot(seq)
             tokens = () if future else (seq.all_ids[seq.num_computed],)
@@ -191,11 +191,11 @@ class Scheduler:
                           copies: list[tuple[int, int]]) -> int:
         """Queue the next prompt chunk of `seq` (at most `budget` tokens); returns its size."""
         size = self._chunk_size(seq, budget)
-        end, draft = seq.num_computed + size, self._speculates(seq)
-        need = draft_tokens_after_prompt(end, self.limits.spec_scratch) \
-            if draft and end == seq.num_tokens else end
-        if size <= 0 or not self._reserve_pages(seq, need, preempt=False):
+        end = seq.num_computed + size
+        if size <= 0 or not self._reserve_pages(seq, end, preempt=False):
             return 0
+        draft = self._speculates(seq) and (end < seq.num_tokens or self._reserve_pages(
+            seq, draft_tokens_after_prompt(end, self.limits.spec_scratch), preempt=False))
         self.cache.cache_chunk(seq, copies)
         tokens = tuple(seq.all_ids[seq.num_computed:end])
         work.append(self._work(seq, tokens, draft=draft))

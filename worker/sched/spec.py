@@ -11,6 +11,11 @@ chunk (ending at c tokens) drafts after position c - 1: c + scratch. Pages past 
 length are scratch: after the step the sequence keeps only the pages of its c + a + 1 cached
 tokens (`trimmed_page_count`), the next step reserves again.
 
+Speculation never preempts or waits for pages: when the extra pages cannot be had (after
+evicting cached ones), that step decodes the sequence plainly (or its last prompt chunk runs
+without drafting), and its next verify starts from stale or empty proposals, which are merely
+rejected.
+
 A request speculates when acceptance can reproduce its sampler exactly: no penalties (they
 depend on the path), no min_new_tokens (it blocks EOS per position), no logprobs (verify does
 not compute them); the others decode one token at a time in the same steps.
