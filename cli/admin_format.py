@@ -69,7 +69,8 @@ def format_stats(stats: Any) -> str:
         ("draining", "yes" if stats.draining else "no"),
     ]
     if stats.HasField("spec_accept_length"):
-        rows.append(("spec accept", f"{stats.spec_accept_length:.2f} tokens/step"))
+        rows.append(("spec accept", f"{stats.spec_accept_length:.2f} tokens/verify, "
+                                    f"{stats.spec_accept_rate * 100:.1f}% of drafts"))
     return key_values(rows)
 
 

@@ -26,7 +26,8 @@ STATS = admin_pb2.Stats(
     num_generated_tokens=98765, num_steps=4321, num_preemptions=2, generation_throughput=456.5,
     prefix_cache=admin_pb2.PrefixCacheStats(
         strategy="no_buffer", hit_rate=0.625, prompt_tokens=8000, cached_tokens=5000,
-        inserted_tokens=7000, evicted_pages=44, evicted_slots=6))
+        inserted_tokens=7000, evicted_pages=44, evicted_slots=6),
+    spec_accept_length=2.75, spec_accept_rate=0.5833)
 
 MEMORY = admin_pb2.MemoryInfo(
     strategy="no_buffer", page_size=1, mamba_full_memory_ratio=0.9, kv_pool_bytes=3 * 2**30,
@@ -146,7 +147,7 @@ def test_stats_table_shows_the_numbers(server):
     result = _admin(server[0], "stats")
     assert result.returncode == 0, result.stderr
     for text in ("1234", "1220", "98765", "4321", "456.5 tok/s", "62.5%", "5000 of 8000",
-                 "no_buffer"):
+                 "no_buffer", "2.75 tokens/verify, 58.3% of drafts"):
         assert text in result.stdout, (text, result.stdout)
     assert result.stdout.split("running")[1].split()[0] == "3"
 
