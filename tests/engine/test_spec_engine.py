@@ -182,3 +182,17 @@ def test_eagle_takes_the_head_from_a_draft_checkpoint(tiny_checkpoint):
     assert stats["EAGLE"] == stats["NEXTN"]
     with pytest.raises(ConfigError, match="--speculative-draft-model-path"):
         Engine(replace(cfg, spec=SpecConfig("EAGLE", str(tiny_checkpoint("tiny-b")))))
+
+
+def test_runtime_switches_under_speculation(tiny_checkpoint):
+    """Strategy switches and a state re-split while speculating requests run: the new pools
+    come with new verify buffers and draft K/V; the tokens stay those of plain decoding."""
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(6, 1, 40, 384, seed=21)
+    want = _reference(path, prompts, GREEDY)
+    engine = _engine(path, 2, 2, 5, radix="no_buffer", track_interval=64)
+    changes = [(3, dict(strategy="extra_buffer")), (6, dict(num_slots=40)),
+               (9, dict(strategy="off"))]
+    assert run_with_changes(engine, prompts, GREEDY, changes) == want
+    assert engine.stats()["spec"]["verify_seqs"] > 0
+    assert_pools_at_baseline(engine)
