@@ -65,7 +65,8 @@ class SpecExecutor(PlanExecutor):
             launched, hidden, cu = self.forward_and_sample(replace(plan, work=ordinary))
             for token in self.resolve(launched).tokens:
                 tokens[token.seq_id] = [token]
-            self._follow_prompts(ordinary, hidden, cu.tolist(), tokens)
+            if any(w.spec_draft for w in ordinary):  # (reading cu_seqlens waits for the device)
+                self._follow_prompts(ordinary, hidden, cu.tolist(), tokens)
         verify = [w for w in plan.work if w.spec_verify]
         if verify:
             tokens.update(self._verify(verify))
