@@ -124,6 +124,9 @@ class DecodeGraphs:
                 batch = self.static.batch(bs, self.kv_cache, self.state_cache)
                 for _ in range(2):  # warm-up: Triton compiles and autotunes outside capture
                     self.forward(batch)
+                # no collective of the warm-up may still be pending: NCCL's watchdog thread
+                # polls those, and such polls invalidate a capture
+                torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: other threads' CUDA calls (the NCCL watchdog's event queries)
                 # must not invalidate this thread's capture
