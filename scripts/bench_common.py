@@ -1,7 +1,12 @@
-"""What the kernel benchmarks share: the HBM copy bandwidth measured in the same run (the
-floors' denominator) and the relative difference used to check outputs before timing."""
+"""What the benchmarks share: the HBM copy bandwidth measured in the same run (the floors'
+denominator), the relative difference used to check outputs before timing, and for the
+whole-model benchmarks the engine on CUDA and the per-decode-step median."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
 
 import torch
 import triton.testing
@@ -18,3 +23,33 @@ def copy_gbps() -> float:
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float32."""
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def serving_engine(path, **flags):
+    """qnext's engine on CUDA in bf16 with the prefix cache off: the engine flags' defaults,
+    then `flags` (build_config names)."""
+    from qnext.cli import options as o
+    from qnext.worker.engine import Engine
+
+    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
+    cfg = o.build_config(path, **{**defaults, "device": "cuda", "dtype": o.Dtype.bfloat16,
+                                  **flags})
+    return Engine(replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True)))
+
+
+def median_step(run, new_tokens: int, repeats: int) -> float:
+    """Median seconds per decode step of `run(n)` (which generates n tokens): the time for
+    1 + N tokens minus the time for 1, over N, so prefill and warm-up cancel out."""
+    run(2)  # warm-up (compiles, captures)
+    steps = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run(1)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        run(1 + new_tokens)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        steps.append(((t2 - t1) - (t1 - t0)) / new_tokens)
+    return statistics.median(steps)

@@ -15,15 +15,13 @@ bandwidth, per rank.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from bench_common import copy_gbps
+from bench_common import copy_gbps, median_step, serving_engine
 
 
 def write_config_dir(out: Path) -> Path:
@@ -36,18 +34,6 @@ def write_config_dir(out: Path) -> Path:
     (out / "config.json").write_text(json.dumps(preset_config("80b-a3b"), indent=1))
     build_tokenizer(out)
     return out
-
-
-def make_engine(path: Path, tp: int, max_running: int, graphs: bool):
-    from qnext.cli import options as o
-    from qnext.worker.engine import Engine
-
-    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
-    cfg = o.build_config(path, **{**defaults, "device": "cuda", "tp": tp,
-                                  "dtype": o.Dtype.bfloat16, "load_format": o.LoadFormat.dummy,
-                                  "max_running_requests": max_running,
-                                  "disable_cuda_graph": not graphs})
-    return Engine(replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True)))
 
 
 def step_bytes(hf: dict, tp: int) -> float:
@@ -66,23 +52,8 @@ def step_bytes(hf: dict, tp: int) -> float:
     return 2 * (total / tp + hf["vocab_size"] * h / tp + h)
 
 
-def tpot(engine, sp_cls, prompt, new_tokens: int, repeats: int) -> float:
-    def run(n):
-        engine.generate([prompt], sp_cls(temperature=0, max_new_tokens=n, ignore_eos=True))
-
-    run(2)
-    steps = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(1)
-        t1 = time.perf_counter()
-        run(1 + new_tokens)
-        t2 = time.perf_counter()
-        steps.append(((t2 - t1) - (t1 - t0)) / new_tokens)
-    return statistics.median(steps)
-
-
 def main() -> None:
+    from qnext.cli.options import LoadFormat
     from qnext.worker.sched.request import SamplingParams
     from qnext.worker.tiny.presets import preset_config
 
@@ -100,9 +71,13 @@ def main() -> None:
     ids = lambda n: torch.randint(0, 150000, (n,), generator=gen).tolist()  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        engine = make_engine(write_config_dir(Path(tmp)), args.tp, max(conc + [8]), True)
+        engine = serving_engine(write_config_dir(Path(tmp)), tp=args.tp,
+                                load_format=LoadFormat.dummy,
+                                max_running_requests=max(conc + [8]))
         print(f"engine ready in {time.perf_counter() - t0:.0f} s", flush=True)
-        step = tpot(engine, SamplingParams, ids(128), 32, args.repeats)
+        prompt = ids(128)
+        step = median_step(lambda n: engine.generate([prompt], SamplingParams(
+            temperature=0, max_new_tokens=n, ignore_eos=True)), 32, args.repeats)
         floor = step_bytes(preset_config("80b-a3b"), args.tp) / (gbps * 1e9)
         print(f"batch-1 TPOT: {step * 1e3:.2f} ms (weights floor {floor * 1e3:.2f} ms at the "
               f"copy bandwidth: {floor / step:.0%} of the ceiling)", flush=True)

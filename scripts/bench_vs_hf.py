@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from bench_common import median_step, serving_engine
 
 
 def write_checkpoint(layers: int, out: Path) -> Path:
@@ -35,23 +35,6 @@ def write_checkpoint(layers: int, out: Path) -> Path:
     return write_tiny_checkpoint(out, hf, dtype="bfloat16", num_shards=4, with_mtp=False)
 
 
-def _median_step(run, new_tokens: int, repeats: int) -> float:
-    """Median seconds per decode step of `run(n)` (which generates n tokens)."""
-    run(2)  # warm-up (compiles, captures)
-    steps = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run(1)
-        torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        run(1 + new_tokens)
-        torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        steps.append(((t2 - t1) - (t1 - t0)) / new_tokens)
-    return statistics.median(steps)
-
-
 def time_hf(path: Path, prompt: list[int], new_tokens: int, repeats: int) -> float:
     from transformers import Qwen3NextForCausalLM
 
@@ -63,28 +46,21 @@ def time_hf(path: Path, prompt: list[int], new_tokens: int, repeats: int) -> flo
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                            min_new_tokens=n, do_sample=False)
 
-    return _median_step(run, new_tokens, repeats)
+    return median_step(run, new_tokens, repeats)
 
 
 def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
                graphs: bool) -> float:
-    from qnext.cli import options as o
-    from qnext.worker.engine import Engine
     from qnext.worker.sched.request import SamplingParams
 
-    defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
-    cfg = o.build_config(path, **{**defaults, "device": "cuda",
-                                  "dtype": o.Dtype.bfloat16, "max_running_requests": 8,
-                                  "max_total_tokens": 8192,
-                                  "disable_cuda_graph": not graphs})
-    cfg = replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True))
-    engine = Engine(cfg)
+    engine = serving_engine(path, max_running_requests=8, max_total_tokens=8192,
+                            disable_cuda_graph=not graphs)
 
     def run(n: int) -> None:
         engine.generate([prompt], SamplingParams(temperature=0, max_new_tokens=n,
                                                  ignore_eos=True))
 
-    step = _median_step(run, new_tokens, repeats)
+    step = median_step(run, new_tokens, repeats)
     engine.close()
     engine = run = None  # noqa: F841 - drop the last references to the engine's pools
     gc.collect()  # the engine's pools go before the next engine plans its memory
