@@ -79,6 +79,12 @@ class SpecConfig:
         """Tokens verified per request and step, root included."""
         return self.num_draft_tokens or self.max_draft_tokens
 
+    @property
+    def draft_scratch(self) -> int:
+        """Draft nodes the head runs past the last known position: the frontier of topk
+        nodes at each of steps - 1 expansions (one scratch KV page each)."""
+        return self.topk * (self.steps - 1)
+
     def _check_draft_tokens(self) -> None:
         given, most = self.num_draft_tokens, self.max_draft_tokens
         if given is None:

@@ -125,8 +125,7 @@ class Engine:
             track_interval=cache.mamba_track_interval, num_track_slots=2 if overlap else 1,
             admission_slots=slots_per_request(self.strategy, overlap),
             spec_tokens=self.cfg.spec.draft_tokens if self.cfg.spec.enabled else 0,
-            spec_scratch=self.cfg.spec.topk * (self.cfg.spec.steps - 1)
-            if self.cfg.spec.enabled else 0)
+            spec_scratch=self.cfg.spec.draft_scratch if self.cfg.spec.enabled else 0)
 
     @property
     def context_length(self) -> int:

@@ -89,14 +89,6 @@ class TPExecutor(PlanExecutor):
         self.send("launch", plan, previous.plan.step_id if previous else None)
         return super().launch(plan, previous)
 
-    def run(self, plan: StepPlan):
-        """The normal loop's step; a speculating executor (below) runs its own `run` on every
-        rank, a plain one goes through `launch`."""
-        if not self.runner.cfg.spec.enabled:
-            return super().run(plan)
-        self.send("run", plan)
-        return super().run(plan)
-
     def close(self) -> None:
         """Stop the followers and leave the process group (this process may start another)."""
         self.stopping.set()  # their exits from here on are asked for
@@ -109,7 +101,11 @@ class TPExecutor(PlanExecutor):
 
 class TPSpecExecutor(TPExecutor, SpecExecutor):
     """Rank 0's executor with speculative decoding: commands broadcast (TPExecutor), steps
-    run by SpecExecutor on every rank."""
+    run by SpecExecutor on every rank (a plain TPExecutor's steps go through `launch`)."""
+
+    def run(self, plan: StepPlan):
+        self.send("run", plan)
+        return super().run(plan)  # SpecExecutor.run
 
 
 def start_tp(cfg: Config) -> TPExecutor:

@@ -46,7 +46,7 @@ class MTPDrafter:
         self.embed, self.lm_head = target.model.embed_tokens, target.lm_head
         spec = cfg.spec
         self.topk, self.steps, self.k = spec.topk, spec.steps, spec.draft_tokens - 1
-        self.scratch, self.vocab = spec.topk * (spec.steps - 1), cfg.model.vocab_size
+        self.scratch, self.vocab = spec.draft_scratch, cfg.model.vocab_size
         self.device = torch.device(cfg.load.device)
         self.kv_pool = None
         self.proposed: dict[int, tuple[list[int], list[int]]] = {}
@@ -125,8 +125,8 @@ class MTPDrafter:
             rows = []
             for b, tree in enumerate(trees):
                 span = slice(b * self.topk, (b + 1) * self.topk)
-                rows += [b * self.topk + j for j in tree.expand(
-                    tree.frontier, tokens[span], logps[span], self.topk)]
+                rows += [b * self.topk + j
+                         for j in tree.expand(tokens[span], logps[span], self.topk)]
             hidden = out[rows]
         for it, tree in zip(items, trees):
             self.proposed[it.seq_id] = tree.select(self.k)

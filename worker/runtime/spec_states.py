@@ -42,18 +42,14 @@ class SpecStateBuffers:
     def ssm(self, state_layer: int) -> torch.Tensor:
         return self.ssm_all[state_layer]
 
-    def copy_out(self, pool: StatePool, slots: list[int], rows: list[int],
-                 steps: list[int]) -> None:
-        """pool slot slots[i] <- the state after draft step steps[i] of row rows[i] (extra_buffer
-        snapshots taken inside the kept tokens)."""
-        dev = self.conv_all.device
-        slots_t, rows_t, steps_t = (torch.tensor(x, device=dev) for x in (slots, rows, steps))
-        pool.conv_states[:, slots_t] = self.conv_all[:, rows_t, steps_t]
-        pool.ssm_states[:, slots_t] = self.ssm_all[:, rows_t, steps_t]
-
-    def commit(self, pool: StatePool, slots: torch.Tensor, steps: torch.Tensor) -> None:
-        """pool slot slots[b] <- the state after draft step steps[b] of row b, every layer.
-        slots, steps int64 [B] on the pool's device; rows are 0..B-1."""
-        rows = torch.arange(slots.shape[0], device=slots.device)
+    def copy_out(self, pool: StatePool, slots: torch.Tensor, rows: torch.Tensor,
+                 steps: torch.Tensor) -> None:
+        """pool slot slots[i] <- the state after draft step steps[i] of row rows[i], every
+        layer (int64 tensors on the pool's device)."""
         pool.conv_states[:, slots] = self.conv_all[:, rows, steps]
         pool.ssm_states[:, slots] = self.ssm_all[:, rows, steps]
+
+    def commit(self, pool: StatePool, slots: torch.Tensor, steps: torch.Tensor) -> None:
+        """pool slot slots[b] <- the state after draft step steps[b] of row b: each
+        sequence's accepted step. slots, steps int64 [B] on the pool's device."""
+        self.copy_out(pool, slots, torch.arange(slots.shape[0], device=slots.device), steps)

@@ -59,13 +59,12 @@ class DraftTree:
         return ([self.tokens[i] for i in chosen],
                 [index[self.parents[i]] if self.parents[i] >= 0 else 0 for i in chosen])
 
-    def expand(self, frontier: list[int], tokens: list[list[int]], logps: list[list[float]],
-               k: int) -> list[int]:
+    def expand(self, tokens: list[list[int]], logps: list[list[float]], k: int) -> list[int]:
         """Add the children (tokens[j], with log-probs logps[j]) of each frontier node j;
-        returns the positions in `frontier` of the parents of the k best new nodes, and keeps
-        those nodes as `self.frontier`."""
+        returns the frontier positions of the parents of the k best new nodes, which become
+        the frontier."""
         new = [(self.add(t, node, self.scores[node] + lp), j)
-               for j, node in enumerate(frontier) for t, lp in zip(tokens[j], logps[j])]
+               for j, node in enumerate(self.frontier) for t, lp in zip(tokens[j], logps[j])]
         best = sorted(new, key=lambda c: (-self.scores[c[0]], c[0]))[:k]
         self.frontier = [node for node, _ in best]
         return [j for _, j in best]

@@ -102,7 +102,7 @@ class SpecExecutor(PlanExecutor):
                             [w.sample for w in work], parents)
         buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
         kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
-        paths = [acc.path[b, :kept[b] + 1].tolist() for b in range(len(work))]
+        paths = [path[:a + 1] for path, a in zip(acc.path.tolist(), kept)]
         self._snapshots(work, paths, buffers)
         if self.trees:
             self._compact_kv(work, paths)
@@ -129,8 +129,10 @@ class SpecExecutor(PlanExecutor):
                 slots.append(w.snapshot_slot)
                 rows.append(b)
                 steps.append(path[step])
-        if slots:
-            buffers.copy_out(self.runner.state_pool, slots, rows, steps)
+        if slots:  # extra_buffer snapshots inside the kept tokens
+            dev = self.runner.device
+            buffers.copy_out(self.runner.state_pool, *(torch.tensor(x, device=dev)
+                                                       for x in (slots, rows, steps)))
 
     def _compact_kv(self, work: list[SeqWork], paths: list[list[int]]) -> None:
         """Tree verify wrote node t's K/V at position root + t; the kept path's node at depth
