@@ -34,7 +34,11 @@ def serving_engine(path, **flags):
     defaults = {name: default for name, _, default in o.ENGINE_FLAGS}
     cfg = o.build_config(path, **{**defaults, "device": "cuda", "dtype": o.Dtype.bfloat16,
                                   **flags})
-    return Engine(replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True)))
+    engine = Engine(replace(cfg, cache=replace(cfg.cache, disable_radix_cache=True)))
+    graphs = engine.runner.graphs
+    print("decode CUDA graphs: " + (f"captured, batch sizes {graphs.sizes}" if graphs
+                                    else "NOT captured (eager decode)"), flush=True)
+    return engine
 
 
 def median_step(run, new_tokens: int, repeats: int) -> float:

@@ -56,7 +56,8 @@ def make_engine(args: argparse.Namespace, steps: int | None):
     cfg = Config(model=ModelConfig.from_dir(args.model_path),
                  load=LoadConfig(model_path=str(args.model_path), dtype=args.dtype,
                                  device=args.device),
-                 cache=CacheConfig(cpu_memory_bytes=256 << 20, disable_radix_cache=True),
+                 cache=CacheConfig(cpu_memory_bytes=256 << 20, disable_radix_cache=True,
+                                   max_total_tokens=1 << 16, max_mamba_cache_size=64),
                  sched=SchedConfig(disable_cuda_graph=args.disable_cuda_graph))
     spec = SpecConfig("NEXTN", num_steps=steps) if steps else SpecConfig()
     return Engine(replace(cfg, spec=spec))

@@ -93,9 +93,12 @@ class TPExecutor(PlanExecutor):
         """Stop the followers and leave the process group (this process may start another)."""
         self.stopping.set()  # their exits from here on are asked for
         self.send("stop")
+        super().close()  # graphs first: they hold the NCCL communicator
+        # NOTE: destroy before joining: with symmetric memory set up, a follower's
+        # destroy_process_group returns only once rank 0 destroys too
+        dist.destroy_process_group()
         for proc in self.procs:
             proc.join(timeout=60)
-        dist.destroy_process_group()
         reset_tp_info()
 
 
@@ -151,6 +154,7 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
         dist.broadcast_object_list(box, src=0, group=group)
         kind, *args = box[0]
         if kind == "stop":
+            executor.close()
             break
         if kind == "plan":
             executor.plan_memory(rank_config(args[0], rank), *args[1:])

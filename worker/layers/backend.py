@@ -16,4 +16,10 @@ def _has_triton() -> bool:
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    return x.is_cuda and x.dtype != torch.float64 and _has_triton()
+    return kernels_cover(x.device, x.dtype)
+
+
+def kernels_cover(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether every layer runs its Triton kernel for this device and dtype. Only then is a
+    forward free of host syncs (the references sync), so CUDA graphs can capture it."""
+    return device.type == "cuda" and dtype != torch.float64 and _has_triton()

@@ -26,6 +26,11 @@ except ImportError:  # NOTE: the bare GPU image (test and benchmark runs) may la
 MAX_BYTES = 512 << 10  # the largest message taken: decode activations (tokens x hidden x 2 B)
 DTYPES = (torch.bfloat16, torch.float32)  # what torch's one-shot kernel dispatches on
 ALIGN = 16  # bytes: the kernel's widest vector; other messages go through a padded copy
+# NOTE: torch keeps symmetric-memory state per group name for the life of the process, and a
+# process group made again after destroy_process_group reuses the name, so a second rendezvous
+# in one process waits forever for keys its fresh peers never write (seen on 2xH200, torch
+# 2.11). One setup per process, then: later groups of the same process take NCCL.
+_set_up_in_process = False
 
 
 def multicast_off() -> None:
@@ -60,6 +65,8 @@ class SymmAllReduce:
         self.handle = symm_mem.rendezvous(self.buffer, group.group_name)  # peers map it
         self.staging = torch.zeros(max_bytes, dtype=torch.uint8, device=device)  # padded sums
         self.multicast = bool(getattr(self.handle, "multicast_ptr", 0))
+        global _set_up_in_process
+        _set_up_in_process = True
 
     def fits(self, x: torch.Tensor) -> bool:
         """Whether `all_reduce` takes x: a non-empty CUDA bf16 / fp32 tensor of at most
@@ -124,6 +131,8 @@ def _obstacle(group: dist.ProcessGroup, device: torch.device) -> str | None:
     """Why this rank cannot use symmetric memory, or None."""
     if device.type != "cuda":
         return f"device {device} is not CUDA"
+    if _set_up_in_process:
+        return "a rank set symmetric memory up before in its process (one setup per process)"
     backend = str(dist.get_backend(group))
     if "nccl" not in backend:
         return f"process group backend {backend} is not NCCL"

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from qnext.worker.config import Config
+from qnext.worker.layers.backend import kernels_cover
 from qnext.worker.layers.linear import kv_head_range
 from qnext.worker.layers.parallel import get_tp_info
 from qnext.worker.forward import ForwardBatch
@@ -137,10 +138,15 @@ class ModelRunner:
         self.graphs = None  # captured over the old pools
         self.kv_pool, self.state_pool = make_pools(self.cfg, num_pages, num_slots)
         if self.device.type == "cuda" and not self.cfg.sched.disable_cuda_graph:
+            dtype = TORCH_DTYPES[self.cfg.load.dtype]
+            if not kernels_cover(self.device, dtype):  # e.g. float64 numerics checks
+                log.info("cuda_graph.off", reason=f"the torch references run for {dtype}")
+                return
             try:
                 self.graphs = self.make_graphs()
             except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
-                log.error("cuda_graph.capture_failed", error=str(exc).splitlines()[0],
+                log.error("cuda_graph.capture_failed", error=_first_line(exc),
+                          cause=_first_line(exc.__cause__ or exc.__context__),
                           hint="decode runs eagerly; --disable-cuda-graph silences this")
 
     def make_graphs(self, eager: bool = False) -> DecodeGraphs:
@@ -165,3 +171,8 @@ class ModelRunner:
         batch = build_forward_batch(chunks, self.kv_pool, self.state_pool, self.device,
                                     all_logits)
         return self.model(batch)
+
+
+def _first_line(exc: BaseException | None) -> str | None:
+    """An exception's first line (a failed capture's real error is the one it chains)."""
+    return str(exc).splitlines()[0] if exc is not None and str(exc) else None

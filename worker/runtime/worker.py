@@ -54,7 +54,10 @@ class PlanExecutor:
         runner.allocate_pools(plan.num_pages, plan.num_state_slots)
 
     def close(self) -> None:
-        """Nothing to release on a single rank."""
+        """Release the decode graphs: NCCL work captured in them holds the communicator,
+        and destroy_process_group waits until such graphs are gone."""
+        self.runner.graphs = None
+        gc.collect()
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
