@@ -57,3 +57,19 @@ def median_step(run, new_tokens: int, repeats: int) -> float:
         t2 = time.perf_counter()
         steps.append(((t2 - t1) - (t1 - t0)) / new_tokens)
     return statistics.median(steps)
+
+
+def profile_table(run, label: str, rows: int = 25) -> None:
+    """Print where `run()` spends its time on this process (rank 0 under TP): torch.profiler's
+    ops sorted by device time, then by host time — the first look at a fixed cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    print(f"\n### profile: {label}, by device time\n")
+    print(table.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))
+    print(f"\n### profile: {label}, by host time\n")
+    print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))

@@ -9,7 +9,7 @@ and the batch-1 bandwidth ceiling: bytes of the weights one decode step reads (a
 shared expert, 10 routed experts per layer, embedding row, lm_head) / the measured device copy
 bandwidth, per rank.
 
-    python scripts/bench_full_size.py --tp 4 [--concurrency 8,64,256] [--out-len 1024]
+    python scripts/bench_full_size.py --tp 4 [--concurrency 8,64,256] [--out-len 1024] [--profile]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import copy_gbps, median_step, serving_engine
+from bench_common import copy_gbps, median_step, profile_table, serving_engine
 
 
 def write_config_dir(out: Path) -> Path:
@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="8,64")
     ap.add_argument("--out-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print profiler tables of a 1K TTFT and of 16 decode steps")
     args = ap.parse_args()
     conc = [int(c) for c in args.concurrency.split(",") if c]
     gbps = copy_gbps()
@@ -86,6 +88,12 @@ def main() -> None:
             t0 = time.perf_counter()
             engine.generate([ids(n)], SamplingParams(temperature=0, max_new_tokens=1))
             print(f"TTFT {n} tokens: {(time.perf_counter() - t0) * 1e3:.1f} ms", flush=True)
+        if args.profile:
+            one = SamplingParams(temperature=0, max_new_tokens=1)
+            profile_table(lambda: engine.generate([ids(1024)], one), "TTFT, 1K prompt")
+            more = SamplingParams(temperature=0, max_new_tokens=17, ignore_eos=True)
+            profile_table(lambda: engine.generate([prompt], more),
+                          "128-token prompt + 16 decode steps, batch 1")
         for c in conc:
             sp = SamplingParams(temperature=0, max_new_tokens=args.out_len, ignore_eos=True)
             t0 = time.perf_counter()

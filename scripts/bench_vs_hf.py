@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import median_step, serving_engine
+from bench_common import median_step, profile_table, serving_engine
 
 
 def write_checkpoint(layers: int, out: Path) -> Path:
@@ -50,7 +50,7 @@ def time_hf(path: Path, prompt: list[int], new_tokens: int, repeats: int) -> flo
 
 
 def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
-               graphs: bool) -> float:
+               graphs: bool, profile: bool = False) -> float:
     from qnext.worker.sched.request import SamplingParams
 
     engine = serving_engine(path, max_running_requests=8, max_total_tokens=8192,
@@ -61,6 +61,9 @@ def time_qnext(path: Path, prompt: list[int], new_tokens: int, repeats: int,
                                                  ignore_eos=True))
 
     step = median_step(run, new_tokens, repeats)
+    if profile:
+        profile_table(lambda: run(1 + new_tokens), f"qnext, graphs {'on' if graphs else 'off'}, "
+                      f"prompt + {new_tokens} decode steps")
     engine.close()
     engine = run = None  # noqa: F841 - drop the last references to the engine's pools
     gc.collect()  # the engine's pools go before the next engine plans its memory
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="profiler tables of qnext's run")
     args = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     gen = torch.Generator().manual_seed(0)
@@ -83,7 +87,8 @@ def main() -> None:
         path = write_checkpoint(args.layers, Path(tmp))
         print(f"checkpoint written in {time.perf_counter() - t0:.0f} s")
         results = {"qnext (CUDA graphs)": time_qnext(path, prompt, args.new_tokens,
-                                                     args.repeats, graphs=True),
+                                                     args.repeats, graphs=True,
+                                                     profile=args.profile),
                    "qnext (eager)": time_qnext(path, prompt, args.new_tokens, args.repeats,
                                                graphs=False),
                    "transformers generate": time_hf(path, prompt, args.new_tokens,
