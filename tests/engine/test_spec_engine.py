@@ -65,6 +65,22 @@ def _reference(path, prompts, params, **kwargs) -> dict[str, list[int]]:
     return run_with_changes(Engine(engine_config(path, **kwargs)), prompts, params)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_static_verify_buffers_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps):
+    """The CUDA-graph verify path (static buffers, padded batch sizes; captured on the GPU,
+    tests/gpu/test_gpu_spec.py) run eagerly on CPU inside the engine: same tokens."""
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(6, 1, 40, 384, seed=steps)
+    want = _reference(path, prompts, GREEDY)
+    engine = _engine(path, steps)
+    ex = engine.executor
+    ex.verify_graphs = engine.runner.make_graphs(eager=True, n=ex.n, spec_states=ex.buffers,
+                                                 max_bs=ex.buffers.conv_all.shape[1])
+    _oracle(engine, want)
+    assert run_with_changes(engine, prompts, GREEDY) == want
+    assert ex.verify_graphs.runs == ex.counters["verify_steps"] > 0
+
+
 SETTINGS = [(1, 1, None), (3, 1, None), (5, 1, None), (2, 2, 4), (3, 2, 7), (2, 3, 6)]
 
 

@@ -1,7 +1,7 @@
 """Per-rank model runner: builds the model (on the meta device, then materialised on the target
 device and loaded), owns the KV and state pools, and runs one forward over a list of
 `SeqChunk`s. On CUDA, decode steps replay captured graphs (`runtime/cuda_graph.py`), made
-each time pools are (re)allocated.
+each time pools are (re)allocated; `try_graphs` also serves the speculative verify.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from qnext.worker.layers.linear import kv_head_range
 from qnext.worker.layers.parallel import get_tp_info
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.models.registry import model_class
-from qnext.worker.runtime.cuda_graph import DecodeGraphs
+from qnext.worker.runtime.cuda_graph import StepGraphs
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
 from qnext.worker.runtime.kv_pool import KVPool
 from qnext.worker.runtime.state_pool import StatePool
@@ -130,34 +130,46 @@ class ModelRunner:
         self.model = build_model(cfg)
         self.kv_pool: KVPool | None = None
         self.state_pool: StatePool | None = None
-        self.graphs: DecodeGraphs | None = None
+        self.graphs: StepGraphs | None = None
         if num_pages is not None and num_slots is not None:
             self.allocate_pools(num_pages, num_slots)
 
     def allocate_pools(self, num_pages: int, num_slots: int) -> None:
         self.graphs = None  # captured over the old pools
         self.kv_pool, self.state_pool = make_pools(self.cfg, num_pages, num_slots)
-        if self.device.type == "cuda" and not self.cfg.sched.disable_cuda_graph:
-            dtype = TORCH_DTYPES[self.cfg.load.dtype]
-            if not kernels_cover(self.device, dtype):  # e.g. float64 numerics checks
-                log.info("cuda_graph.off", reason=f"the torch references run for {dtype}")
-                return
-            try:
-                self.graphs = self.make_graphs()
-            except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
-                log.error("cuda_graph.capture_failed", error=_first_line(exc),
-                          cause=_first_line(exc.__cause__ or exc.__context__),
-                          hint="decode runs eagerly; --disable-cuda-graph silences this")
+        self.graphs = self.try_graphs()
 
-    def make_graphs(self, eager: bool = False) -> DecodeGraphs:
-        """Decode graphs over the current pools (`eager`: the same buffers, no capture)."""
+    def try_graphs(self, n: int = 1, spec_states=None, max_bs: int | None = None
+                   ) -> StepGraphs | None:
+        """Captured graphs over the current pools (`make_graphs`), or None: not on CUDA, turned
+        off, a dtype the kernels do not cover, or a failed capture (logged; runs eagerly)."""
+        if self.device.type != "cuda" or self.cfg.sched.disable_cuda_graph:
+            return None
+        dtype = TORCH_DTYPES[self.cfg.load.dtype]
+        if not kernels_cover(self.device, dtype):  # e.g. float64 numerics checks
+            log.info("cuda_graph.off", reason=f"the torch references run for {dtype}")
+            return None
+        try:
+            return self.make_graphs(n=n, spec_states=spec_states, max_bs=max_bs)
+        except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
+            log.error("cuda_graph.capture_failed", tokens_per_seq=n, error=_first_line(exc),
+                      cause=_first_line(exc.__cause__ or exc.__context__),
+                      hint="these steps run eagerly; --disable-cuda-graph silences this")
+            return None
+
+    def make_graphs(self, eager: bool = False, n: int = 1, spec_states=None,
+                    max_bs: int | None = None) -> StepGraphs:
+        """Graphs over the current pools for steps of `n` new tokens per sequence (decode, or
+        with `spec_states` the verify of draft chains); `eager`: the same buffers, no capture.
+        Batch sizes up to --cuda-graph-max-bs, the running-request limit, the state slots and
+        `max_bs`."""
         sched, page = self.cfg.sched, self.kv_pool.page_size
         context = sched.context_length or self.cfg.model.max_position_embeddings
         max_bs = min(sched.cuda_graph_max_bs, sched.max_running_requests or 1 << 30,
-                     self.state_pool.num_slots)
+                     self.state_pool.num_slots, max_bs or 1 << 30)
         max_pages = min(-(-context // page), self.kv_pool.num_pages)
-        return DecodeGraphs(self.model, self.kv_pool, self.state_pool, self.device, max_bs,
-                            max_pages, eager=eager)
+        return StepGraphs(self.model, self.kv_pool, self.state_pool, self.device, max_bs,
+                          max_pages, eager=eager, n=n, spec_states=spec_states)
 
     def run_model(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward of a built batch: a graph replay when one fits, else eager."""

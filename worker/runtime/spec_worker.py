@@ -9,8 +9,11 @@
    for trees the kept path's K/V moved to consecutive positions, and the draft head over the
    kept path, which drafts the next proposals.
 Only the normal loop drives it (the overlap loop would need the accepted lengths before
-planning); verify runs eagerly. Under TP every rank runs it on the same plan (engine/tp.py):
-logits and hidden states are identical on all ranks, so drafts and acceptance agree. Counters for `stats()`: verifies, proposals, accepted.
+planning). On CUDA the verify of draft chains replays CUDA graphs (`runtime/cuda_graph.py`,
+captured with the verify buffers at every pool install); trees and the draft head run
+eagerly. Under TP every rank runs it on the same plan (engine/tp.py): logits and hidden
+states are identical on all ranks, so drafts and acceptance agree.
+Counters for `stats()`: verify steps, verified sequences, proposals, accepted.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from qnext.worker.runtime.cuda_graph import StepGraphs
 from qnext.worker.runtime.inputs import SeqChunk, build_verify_batch
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.spec_accept import accept_drafts
@@ -34,17 +38,25 @@ class SpecExecutor(PlanExecutor):
         self.n = runner.cfg.spec.draft_tokens
         self.drafter = MTPDrafter(runner.cfg, runner.model)
         self.trees = runner.cfg.spec.topk > 1
-        self.counters = {"verify_seqs": 0, "proposed": 0, "accepted": 0}
+        self.counters = {"verify_steps": 0, "verify_seqs": 0, "proposed": 0, "accepted": 0}
         self.buffers: SpecStateBuffers | None = None
+        self.verify_graphs: StepGraphs | None = None
 
     def install_pools(self, cfg, plan) -> None:
         """The plan's pools, the draft head's KV pool and the verify buffers of every running
         request (the plan reserved them: `reserve_spec_states`)."""
-        self.drafter.kv_pool = self.buffers = None
+        self.drafter.kv_pool = self.buffers = self.verify_graphs = None
         super().install_pools(cfg, plan)
         self.drafter.allocate(cfg, plan.num_pages)
         self.buffers = SpecStateBuffers(self.runner.state_pool, plan.max_running_requests,
                                         self.n)
+        if not self.trees:
+            self.verify_graphs = self.runner.try_graphs(self.n, self.buffers,
+                                                        plan.max_running_requests)
+
+    def close(self) -> None:
+        self.verify_graphs = None  # before the decode graphs (both may hold NCCL work)
+        super().close()
 
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
         raise RuntimeError("speculative decoding runs in the normal loop (run), not launch")
@@ -96,7 +108,9 @@ class SpecExecutor(PlanExecutor):
         buffers = self.buffers.rows(len(work))
         batch = build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
                                    runner.device, parents)
-        logits, hidden = runner.model(batch)
+        graphs = self.verify_graphs
+        logits, hidden = (graphs.run(batch) if graphs is not None and graphs.can_run(batch)
+                          else runner.model(batch))
         acc = accept_drafts(torch.tensor(rows, device=runner.device),
                             logits[:, :vocab].float().reshape(len(work), n, vocab),
                             [w.sample for w in work], parents)
@@ -113,6 +127,7 @@ class SpecExecutor(PlanExecutor):
             items.append(Extend(w.seq_id, w.prefix_len, emitted,
                                 hidden[[b * n + t for t in paths[b]]], list(w.page_ids), True))
         self.drafter.extend(items, runner.state_pool)
+        self.counters["verify_steps"] += 1
         self.counters["verify_seqs"] += len(work)
         self.counters["proposed"] += len(work) * (n - 1)
         self.counters["accepted"] += sum(kept)
