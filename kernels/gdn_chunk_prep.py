@@ -7,8 +7,8 @@ it writes the workspaces of the sequential stage (kernels/gdn_chunk_scan.py):
   rq, rk [Hk, T]            the q / k L2-norm factors, rq times the q scale (float32)
   P [Hv, T, 64]             causal(Qn Kn^T * D), the intra-chunk attention of the output
   W = X (beta exp(G) Kn), U = X (beta V)  [Hv, T, dk | dv]   with X = (I + A)^-1 and
-  A[t, i] = beta_t D[t, i] Kn_t . Kn_i (i < t), inverted by 16 x 16 blocks (forward
-  substitution on the diagonal blocks through a float32 scratch, block products below).
+  A[t, i] = beta_t D[t, i] Kn_t . Kn_i (i < t), inverted by 16 x 16 blocks (the diagonal
+  blocks by a nilpotent product series and one Newton step, block products below).
 Qn, Kn: the L2-normalised q, k. Dots take operands in the dtype of W (16-bit, or float32 as
 3 x tf32). Reference: `_chunk_step` in kernels/gdn_ref.py (the WY / UT form).
 """
@@ -110,42 +110,32 @@ def _a_block(kk, g_t, g_i, beta_t, DIAG: tl.constexpr):
 
 
 @triton.jit
-def _diag_inverses(a00, a11, a22, a33, scr):
-    """(I + a)^-1 of the four strictly lower [16, 16] diagonal blocks, by forward substitution
-    on all four at once. The blocks go through `scr` (2048 float32 of this program's scratch)
-    so that each step loads a row instead of extracting it from registers: the work of a step
-    stays inside warps (no cross-warp reduction)."""
+def _unit_lower_inverse(n):
+    """(I + n)^-1 of a strictly lower [16, 16] float32 block n, without a sequential loop: n is
+    nilpotent (n^16 = 0), so the inverse is (I - n)(I + n^2)(I + n^4)(I + n^8); one Newton
+    step x + x (I - (I + n) x) then brings it to the accuracy of forward substitution (the
+    product alone is ~1e-4 off, relative, when the chunk's keys are strongly correlated)."""
     r = tl.arange(0, 16)
-    blk = r[:, None] * 16 + r[None, :]
-    tl.store(scr + blk, a00)
-    tl.store(scr + 256 + blk, a11)
-    tl.store(scr + 512 + blk, a22)
-    tl.store(scr + 768 + blk, a33)
-    tl.debug_barrier()
-    rows = tl.arange(0, 64)  # 16 b + c
-    xt = tl.where((rows % 16)[:, None] == r[None, :], 1.0, 0.0)  # xt[16 b + c, j] = X_b[j, c]
-    for i in tl.static_range(1, 16):
-        n = tl.load(scr + (rows // 16 * 256 + i * 16)[:, None] + r[None, :])  # a_b[i, j]
-        col = tl.where(rows % 16 == i, 1.0, 0.0) - tl.sum(xt * n, 1)
-        xt = tl.where(r[None, :] == i, col[:, None], xt)
-    tl.store(scr + 1024 + rows[:, None] * 16 + r[None, :], xt)
-    tl.debug_barrier()
-    t = scr + 1024 + r[None, :] * 16 + r[:, None]  # X_b[row, col] = xt[16 b + col, row]
-    return tl.load(t), tl.load(t + 256), tl.load(t + 512), tl.load(t + 768)
+    eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)
+    p = _mm(n, n)
+    x = _mm(eye - n, eye + p)
+    p = _mm(p, p)
+    x = _mm(x, eye + p)
+    x = _mm(x, eye + _mm(p, p))
+    return x + _mm(x, eye - _mm(eye + n, x))
 
 
 @triton.jit
-def _inverse(k0, k1, k2, k3, G, beta, scr, dt: tl.constexpr, PREC: tl.constexpr):
+def _inverse(k0, k1, k2, k3, G, beta, dt: tl.constexpr, PREC: tl.constexpr):
     """The 16 x 16 blocks (x00, x10, x11, x20, x21, x22, x30, x31, x32, x33) of
     X = (I + A)^-1 (float32 arithmetic, returned in dt) from the normalised k row blocks (in dt)
-    and the gates [64]; scr: this program's scratch (see _diag_inverses)."""
+    and the gates [64]."""
     g0, g1, g2, g3 = _part(G, 0), _part(G, 1), _part(G, 2), _part(G, 3)
     b1, b2, b3 = _part(beta, 1), _part(beta, 2), _part(beta, 3)
-    x00, x11, x22, x33 = _diag_inverses(
-        _a_block(_dot_nt(k0, k0, PREC), g0, g0, _part(beta, 0), True),
-        _a_block(_dot_nt(k1, k1, PREC), g1, g1, b1, True),
-        _a_block(_dot_nt(k2, k2, PREC), g2, g2, b2, True),
-        _a_block(_dot_nt(k3, k3, PREC), g3, g3, b3, True), scr)
+    x00 = _unit_lower_inverse(_a_block(_dot_nt(k0, k0, PREC), g0, g0, _part(beta, 0), True))
+    x11 = _unit_lower_inverse(_a_block(_dot_nt(k1, k1, PREC), g1, g1, b1, True))
+    x22 = _unit_lower_inverse(_a_block(_dot_nt(k2, k2, PREC), g2, g2, b2, True))
+    x33 = _unit_lower_inverse(_a_block(_dot_nt(k3, k3, PREC), g3, g3, b3, True))
     a10 = _a_block(_dot_nt(k1, k0, PREC), g1, g0, b1, False)
     a21 = _a_block(_dot_nt(k2, k1, PREC), g2, g1, b2, False)
     a32 = _a_block(_dot_nt(k3, k2, PREC), g3, g2, b3, False)
@@ -193,7 +183,7 @@ def _store(ptr, rows, nrows, width, NC: tl.constexpr, x, BC: tl.constexpr):
 
 @triton.jit
 def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, cu_ptr,
-                      w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, scr_ptr,
+                      w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr,
                       B, T, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_a, s_b, scale, eps,
                       HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, BB: tl.constexpr,
@@ -226,8 +216,7 @@ def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr,
     k1 = _unit_k(k_h, start + 16, end, s_kt, DK, eps, BK, L2NORM)
     k2 = _unit_k(k_h, start + 32, end, s_kt, DK, eps, BK, L2NORM)
     k3 = _unit_k(k_h, start + 48, end, s_kt, DK, eps, BK, L2NORM)
-    scr = scr_ptr + (tl.program_id(0) * HV + i_hv).to(tl.int64) * 2048
-    xs = _inverse(k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt), G, beta, scr, dt, PREC)
+    xs = _inverse(k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt), G, beta, dt, PREC)
     _apply(xs, _kb(k0, G, beta, 0, dt), _kb(k1, G, beta, 1, dt), _kb(k2, G, beta, 2, dt),
            _kb(k3, G, beta, 3, dt), w_ptr + base * DK, start, end, DK, BK, PREC)
     v_h = v_ptr + i_hv * s_vh

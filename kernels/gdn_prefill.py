@@ -112,10 +112,9 @@ def prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, num_seqs: int, scale:
                      torch.empty(HK, T, device=dev, dtype=torch.float32),
                      torch.empty(HK, T, device=dev, dtype=torch.float32))
     n_prog = T // CHUNK + num_seqs  # >= the number of chunks
-    scratch = torch.empty(n_prog * HV * 2048, device=dev, dtype=torch.float32)
     chunk_prep_kernel[(n_prog, HV)](
         q, k, v, a, b, A_log, dt_bias, cu_seqlens, work.w, work.u, work.p, work.g, work.rq,
-        work.rk, scratch, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        work.rk, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), a.stride(0), b.stride(0), scale, eps,
         HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=_pow2(DV),
         BB=_pow2(num_seqs), L2NORM=use_qk_l2norm, PREC=_precision(dt), num_warps=num_warps)
