@@ -55,3 +55,24 @@ def test_trained_head_is_accepted_and_changes_no_token(plain_outputs, steps):
     stats = engine.stats()["spec"]
     assert stats["accept_length"] >= MIN_ACCEPT_LENGTH[steps], stats
     assert_pools_at_baseline(engine)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_graph_buffers_draft_what_the_eager_path_drafts(plain_outputs, steps):
+    """The CUDA-graph verify and draft paths (static buffers, padded batch sizes; captured on
+    the GPU, tests/gpu/test_gpu_spec.py), run eagerly on CPU: the same tokens and exactly the
+    eager engine's acceptance, so the graphed drafter proposes what the eager one does."""
+    from qnext.worker.runtime.spec_chain import DraftGraphs
+
+    spec = replace(engine_config(CHECKPOINT), spec=SpecConfig("NEXTN", num_steps=steps))
+    eager = Engine(spec)
+    assert _outputs(eager, _prompts()) == plain_outputs
+    engine = Engine(spec)
+    ex = engine.executor
+    ex.verify_graphs = engine.runner.make_graphs(eager=True, n=ex.n, spec_states=ex.buffers,
+                                                 max_bs=3)  # 4 prompts: batches past it too
+    ex.draft_graphs = DraftGraphs(ex.verify_graphs, ex.drafter, eager=True)
+    assert _outputs(engine, _prompts()) == plain_outputs
+    assert 0 < ex.verify_graphs.runs < ex.counters["verify_steps"]
+    assert engine.stats()["spec"] == eager.stats()["spec"]
+    assert_pools_at_baseline(engine)

@@ -1,7 +1,8 @@
 """Speculative decoding on the GPU (the trained tiny checkpoint, float32): greedy NEXTN output
-equals plain decoding's with the Triton verify kernels, the verify of draft chains replays CUDA
-graphs (padded batch sizes, the verify buffers as graph inputs) and gives the tokens of the
-eager verify, trees verify eagerly, and every page and slot comes back."""
+equals plain decoding's with the Triton verify kernels, the verify of draft chains and the
+drafting after it replay CUDA graphs (padded batch sizes, the verify buffers as graph inputs)
+and give the tokens of the eager path, trees run eagerly, and every page and slot comes
+back."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def test_spec_on_gpu_equals_plain_decoding(steps, topk, draft_tokens):
         engine = _engine(graphs, spec)
         executor = engine.executor
         assert (executor.verify_graphs is not None) == (graphs and topk == 1)
+        assert (executor.draft_graphs is not None) == (graphs and topk == 1)
         outputs[graphs] = [o.output_ids for o in engine.generate(prompts, PARAMS)]
         assert_pools_at_baseline(engine)
         assert engine.stats()["spec"]["accept_length"] > 1.3

@@ -127,40 +127,52 @@ class StepGraphs:
 
     def run(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         bs = batch.num_seqs
-        padded = self.sizes[bisect.bisect_left(self.sizes, bs)]
+        padded = self.padded_size(bs)
         self.static.load(batch, padded)
         self.runs += 1
         if self.eager:
-            logits, hidden = self.forward(self._batch(padded))
+            self.outputs[padded] = self.forward(self.static_batch(padded))
         else:
             self.graphs[padded].replay()
-            logits, hidden = self.outputs[padded]
+        logits, hidden = self.outputs[padded]
         return logits[:bs * self.n], hidden[:bs * self.n]
 
-    def _batch(self, bs: int) -> ForwardBatch:
+    def padded_size(self, bs: int) -> int:
+        """The captured batch size a step of `bs` sequences runs at."""
+        return self.sizes[bisect.bisect_left(self.sizes, bs)]
+
+    def static_batch(self, bs: int) -> ForwardBatch:
+        """The batch of views over the first `bs` static rows (what the graph of `bs` reads)."""
         return self.static.batch(bs, self.kv_cache, self.state_cache, self.spec_states)
 
-    @torch.inference_mode()
     def _capture_all(self) -> None:
-        """Largest size first so smaller graphs reuse its memory pool; padding rows only."""
-        pool = None
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for bs in reversed(self.sizes):
-                batch = self._batch(bs)
-                for _ in range(2):  # warm-up: Triton compiles and autotunes outside capture
-                    self.forward(batch)
-                # no collective of the warm-up may still be pending: NCCL's watchdog thread
-                # polls those, and such polls invalidate a capture
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: other threads' CUDA calls (the NCCL watchdog's event queries)
-                # must not invalidate this thread's capture
-                with torch.cuda.graph(graph, pool=pool, stream=stream,
-                                      capture_error_mode="thread_local"):
-                    self.outputs[bs] = self.forward(batch)
-                pool = graph.pool()
-                self.graphs[bs] = graph
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.synchronize()
+        self.graphs, self.outputs = capture_sizes(
+            self.sizes, lambda bs: self.forward(self.static_batch(bs)))
+
+
+@torch.inference_mode()
+def capture_sizes(sizes: list[int], run: Callable[[int], object]) -> tuple[dict, dict]:
+    """One graph per size of `run(size)` (largest first, so smaller graphs reuse its memory
+    pool), each after two eager warm-up runs (Triton compiles and autotunes outside capture).
+    Returns ({size: graph}, {size: the captured run's output})."""
+    graphs, outputs, pool = {}, {}, None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for size in sorted(sizes, reverse=True):
+            for _ in range(2):
+                run(size)
+            # no collective of the warm-up may still be pending: NCCL's watchdog thread
+            # polls those, and such polls invalidate a capture
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads' CUDA calls (the NCCL watchdog's event queries)
+            # must not invalidate this thread's capture
+            with torch.cuda.graph(graph, pool=pool, stream=stream,
+                                  capture_error_mode="thread_local"):
+                outputs[size] = run(size)
+            pool = graph.pool()
+            graphs[size] = graph
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    return graphs, outputs

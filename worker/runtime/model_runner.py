@@ -149,13 +149,9 @@ class ModelRunner:
         if not kernels_cover(self.device, dtype):  # e.g. float64 numerics checks
             log.info("cuda_graph.off", reason=f"the torch references run for {dtype}")
             return None
-        try:
-            return self.make_graphs(n=n, spec_states=spec_states, max_bs=max_bs)
-        except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
-            log.error("cuda_graph.capture_failed", tokens_per_seq=n, error=_first_line(exc),
-                      cause=_first_line(exc.__cause__ or exc.__context__),
-                      hint="these steps run eagerly; --disable-cuda-graph silences this")
-            return None
+        return capture_or_log(lambda: self.make_graphs(n=n, spec_states=spec_states,
+                                                        max_bs=max_bs),
+                              "decode" if n == 1 else "verify")
 
     def make_graphs(self, eager: bool = False, n: int = 1, spec_states=None,
                     max_bs: int | None = None) -> StepGraphs:
@@ -188,3 +184,14 @@ class ModelRunner:
 def _first_line(exc: BaseException | None) -> str | None:
     """An exception's first line (a failed capture's real error is the one it chains)."""
     return str(exc).splitlines()[0] if exc is not None and str(exc) else None
+
+
+def capture_or_log(capture, what: str):
+    """capture() (graphs), or None after a failed capture: logged, those steps run eagerly."""
+    try:
+        return capture()
+    except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
+        log.error("cuda_graph.capture_failed", graphs=what, error=_first_line(exc),
+                  cause=_first_line(exc.__cause__ or exc.__context__),
+                  hint="these steps run eagerly; --disable-cuda-graph silences this")
+        return None

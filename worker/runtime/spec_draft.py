@@ -64,11 +64,17 @@ class MTPDrafter:
             self.proposed.pop(seq_id, None)
             self.held.pop(seq_id, None)
 
-    def proposals(self, seq_id: int) -> tuple[list[int], list[int]]:
-        """(tokens, parents) of the k proposals for `seq_id`: tree nodes 1..k, parents as tree
-        indices (0: the root). A sequence that never drafted proposes a chain of token 0s
-        (simply rejected)."""
+    def proposals(self, seq_id: int) -> tuple[list[int] | torch.Tensor, list[int]]:
+        """(tokens, parents) of the k proposals for `seq_id`: tree nodes 1..k (a host list, or
+        a device row for chains drafted on the device), parents as tree indices (0: the root).
+        A sequence that never drafted proposes a chain of token 0s (simply rejected)."""
         return self.proposed.pop(seq_id, None) or ([0] * self.k, list(range(self.k)))
+
+    def propose_chains(self, seq_ids: list[int], chains: torch.Tensor) -> None:
+        """Chains [B, k] drafted on the device (`spec_chain.py`) become the proposals."""
+        parents = list(range(self.k))
+        for b, seq_id in enumerate(seq_ids):
+            self.proposed[seq_id] = (chains[b], parents)
 
     def prompt_chunk(self, seq_id: int, start: int, tokens: list[int], hidden: torch.Tensor,
                      page_ids: list[int], sampled: int | None) -> Extend | None:

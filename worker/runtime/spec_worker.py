@@ -9,9 +9,10 @@
    for trees the kept path's K/V moved to consecutive positions, and the draft head over the
    kept path, which drafts the next proposals.
 Only the normal loop drives it (the overlap loop would need the accepted lengths before
-planning). On CUDA the verify of draft chains replays CUDA graphs (`runtime/cuda_graph.py`,
-captured with the verify buffers at every pool install); trees and the draft head run
-eagerly. Under TP every rank runs it on the same plan (engine/tp.py): logits and hidden
+planning). Chains (topk 1) are drafted on the device right after their verify
+(`spec_chain.py`); on CUDA both replay CUDA graphs, captured at every pool install (the
+verify's with the verify buffers as inputs). Trees, and the head over prompt chunks, run
+eagerly with host-side drafting (`spec_draft.py`). Under TP every rank runs it on the same plan (engine/tp.py): logits and hidden
 states are identical on all ranks, so drafts and acceptance agree.
 Counters for `stats()`: verify steps, verified sequences, proposals, accepted.
 """
@@ -24,8 +25,9 @@ import torch
 
 from qnext.worker.runtime.cuda_graph import StepGraphs
 from qnext.worker.runtime.inputs import SeqChunk, build_verify_batch
-from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.model_runner import ModelRunner, capture_or_log
 from qnext.worker.runtime.spec_accept import accept_drafts
+from qnext.worker.runtime.spec_chain import DraftGraphs, draft_chains
 from qnext.worker.runtime.spec_draft import Extend, MTPDrafter
 from qnext.worker.runtime.spec_states import SpecStateBuffers
 from qnext.worker.runtime.worker import Launched, PlanExecutor
@@ -41,11 +43,12 @@ class SpecExecutor(PlanExecutor):
         self.counters = {"verify_steps": 0, "verify_seqs": 0, "proposed": 0, "accepted": 0}
         self.buffers: SpecStateBuffers | None = None
         self.verify_graphs: StepGraphs | None = None
+        self.draft_graphs: DraftGraphs | None = None
 
     def install_pools(self, cfg, plan) -> None:
         """The plan's pools, the draft head's KV pool and the verify buffers of every running
         request (the plan reserved them: `reserve_spec_states`)."""
-        self.drafter.kv_pool = self.buffers = self.verify_graphs = None
+        self.drafter.kv_pool = self.buffers = self.verify_graphs = self.draft_graphs = None
         super().install_pools(cfg, plan)
         self.drafter.allocate(cfg, plan.num_pages)
         self.buffers = SpecStateBuffers(self.runner.state_pool, plan.max_running_requests,
@@ -53,9 +56,12 @@ class SpecExecutor(PlanExecutor):
         if not self.trees:
             self.verify_graphs = self.runner.try_graphs(self.n, self.buffers,
                                                         plan.max_running_requests)
+        if self.verify_graphs is not None:
+            self.draft_graphs = capture_or_log(
+                lambda: DraftGraphs(self.verify_graphs, self.drafter), "draft")
 
     def close(self) -> None:
-        self.verify_graphs = None  # before the decode graphs (both may hold NCCL work)
+        self.verify_graphs = self.draft_graphs = None  # before the decode graphs (NCCL work)
         super().close()
 
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
@@ -101,37 +107,58 @@ class SpecExecutor(PlanExecutor):
     def _verify(self, work: list[SeqWork]) -> dict[int, list[SampledToken]]:
         runner, n, vocab = self.runner, self.n, self.runner.cfg.model.vocab_size
         drafts = [self.drafter.proposals(w.seq_id) for w in work]
-        rows = [[w.token_ids[0], *tokens] for w, (tokens, _) in zip(work, drafts)]
+        rows = self._rows(work, drafts)
         parents = [[-1, *p] for _, p in drafts] if self.trees else None
-        chunks = [SeqChunk(r, w.prefix_len, w.state_slot, list(w.page_ids))
-                  for r, w in zip(rows, work)]
+        chunks = [SeqChunk([0] * n, w.prefix_len, w.state_slot, list(w.page_ids))
+                  for w in work]
         buffers = self.buffers.rows(len(work))
-        batch = build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
-                                   runner.device, parents)
-        graphs = self.verify_graphs
-        logits, hidden = (graphs.run(batch) if graphs is not None and graphs.can_run(batch)
-                          else runner.model(batch))
-        acc = accept_drafts(torch.tensor(rows, device=runner.device),
-                            logits[:, :vocab].float().reshape(len(work), n, vocab),
+        batch = replace(build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
+                                           runner.device, parents), input_ids=rows.view(-1))
+        graphed = self.verify_graphs is not None and self.verify_graphs.can_run(batch)
+        logits, hidden = self.verify_graphs.run(batch) if graphed else runner.model(batch)
+        acc = accept_drafts(rows, logits[:, :vocab].float().reshape(len(work), n, vocab),
                             [w.sample for w in work], parents)
         buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
+        if not self.trees:  # queued before the host waits for the accepted counts
+            self._draft_chains(work, batch, hidden, acc, graphed)
         kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
-        paths = [path[:a + 1] for path, a in zip(acc.path.tolist(), kept)]
+        paths = ([path[:a + 1] for path, a in zip(acc.path.tolist(), kept)] if self.trees
+                 else [list(range(a + 1)) for a in kept])
         self._snapshots(work, paths, buffers)
         if self.trees:
             self._compact_kv(work, paths)
-        out, items = {}, []
-        for b, w in enumerate(work):
-            emitted = ids[b][:kept[b] + 1]
-            out[w.seq_id] = [SampledToken(w.seq_id, t) for t in emitted]
-            items.append(Extend(w.seq_id, w.prefix_len, emitted,
-                                hidden[[b * n + t for t in paths[b]]], list(w.page_ids), True))
-        self.drafter.extend(items, runner.state_pool)
+            self.drafter.extend([Extend(w.seq_id, w.prefix_len, ids[b][:kept[b] + 1],
+                                        hidden[[b * n + t for t in paths[b]]],
+                                        list(w.page_ids), True)
+                                 for b, w in enumerate(work)], runner.state_pool)
+        self._count(len(work), sum(kept))
+        return {w.seq_id: [SampledToken(w.seq_id, t) for t in ids[b][:kept[b] + 1]]
+                for b, w in enumerate(work)}
+
+    def _draft_chains(self, work: list[SeqWork], batch, hidden: torch.Tensor, acc,
+                      graphed: bool) -> None:
+        """The next chains on the device: one graph replay after a graphed verify."""
+        lens = torch.tensor([len(w.page_ids) for w in work], device=self.runner.device)
+        if graphed and self.draft_graphs is not None:
+            chains = self.draft_graphs.run(acc.token_ids, acc.num_accepted, lens)
+        else:
+            chains = draft_chains(self.drafter, batch, hidden, acc.token_ids,
+                                  acc.num_accepted, lens)
+        self.drafter.propose_chains([w.seq_id for w in work], chains)
+
+    def _rows(self, work: list[SeqWork], drafts: list) -> torch.Tensor:
+        """[B, n] int64 on the device: each sequence's root token, then its proposals (host
+        lists, or device rows from `draft_chains`)."""
+        device = self.runner.device
+        roots = torch.tensor([w.token_ids[0] for w in work], device=device)
+        props = torch.stack([torch.as_tensor(tokens, device=device) for tokens, _ in drafts])
+        return torch.cat([roots[:, None], props.to(torch.int64)], dim=1)
+
+    def _count(self, seqs: int, accepted: int) -> None:
         self.counters["verify_steps"] += 1
-        self.counters["verify_seqs"] += len(work)
-        self.counters["proposed"] += len(work) * (n - 1)
-        self.counters["accepted"] += sum(kept)
-        return out
+        self.counters["verify_seqs"] += seqs
+        self.counters["proposed"] += seqs * (self.n - 1)
+        self.counters["accepted"] += accepted
 
     def _snapshots(self, work: list[SeqWork], paths: list[list[int]],
                    buffers: SpecStateBuffers) -> None:
