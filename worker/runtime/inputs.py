@@ -15,6 +15,7 @@ from itertools import accumulate
 import torch
 
 from qnext.worker.forward import ForwardBatch, KVCache, SpecStates, StateCache
+from qnext.worker.runtime.transfer import to_device_many
 
 
 @dataclass(frozen=True)
@@ -79,27 +80,28 @@ def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: 
         _check(chunk, page_size)
     cu = [0, *accumulate(len(c.token_ids) for c in chunks)]
     max_pages = max(len(c.page_ids) for c in chunks)
-    snapshots = _snapshots(chunks)
-
-    def tensor(values, dtype=torch.int64):
-        return torch.tensor(values, dtype=dtype, device=device)
-
+    snapshots = _snapshots(chunks) or ([], [])
+    (input_ids, positions, cu_seqlens, seq_lens, state_slots, has_initial, page_table, kv_locs,
+     logits_indices, snapshot_slots, snapshot_offsets) = to_device_many([
+        [t for c in chunks for t in c.token_ids],
+        [p for c in chunks for p in range(c.prefix_len, c.seq_len)],
+        cu,
+        [c.seq_len for c in chunks],
+        [c.state_slot for c in chunks],
+        [int(c.prefix_len > 0) for c in chunks],
+        [p for c in chunks for p in c.page_ids + [0] * (max_pages - len(c.page_ids))],
+        [loc for c in chunks for loc in _kv_locs(c, page_size)],
+        list(range(cu[-1])) if all_logits else [e - 1 for e in cu[1:]],
+        *snapshots], device)
     return ForwardBatch(
-        input_ids=tensor([t for c in chunks for t in c.token_ids]),
-        positions=tensor([p for c in chunks for p in range(c.prefix_len, c.seq_len)]),
-        cu_seqlens=tensor(cu),
-        seq_lens=tensor([c.seq_len for c in chunks]),
-        state_slots=tensor([c.state_slot for c in chunks]),
-        has_initial_state=tensor([c.prefix_len > 0 for c in chunks], torch.bool),
-        page_table=tensor([c.page_ids + [0] * (max_pages - len(c.page_ids)) for c in chunks]),
-        kv_locs=tensor([loc for c in chunks for loc in _kv_locs(c, page_size)]),
-        logits_indices=tensor(list(range(cu[-1])) if all_logits else [e - 1 for e in cu[1:]]),
+        input_ids=input_ids, positions=positions, cu_seqlens=cu_seqlens, seq_lens=seq_lens,
+        state_slots=state_slots, has_initial_state=has_initial.bool(),
+        page_table=page_table.view(len(chunks), max_pages), kv_locs=kv_locs,
+        logits_indices=logits_indices,
         is_decode=all(len(c.token_ids) == 1 and c.prefix_len > 0 for c in chunks),
-        kv_cache=kv_cache,
-        state_cache=state_cache,
-        snapshot_slots=None if snapshots is None else tensor(snapshots[0]),
-        snapshot_offsets=None if snapshots is None else tensor(snapshots[1]),
-    )
+        kv_cache=kv_cache, state_cache=state_cache,
+        snapshot_slots=snapshot_slots if snapshot_slots.numel() else None,
+        snapshot_offsets=snapshot_offsets if snapshot_slots.numel() else None)
 
 
 def draft_depths(parents: list[int]) -> list[int]:
@@ -124,9 +126,11 @@ def build_verify_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: S
         raise ValueError("a verify batch has the same number of draft tokens per sequence "
                          "and no snapshots")
     batch = build_forward_batch(chunks, kv_cache, state_cache, device, all_logits=True)
-    trees = parents if parents is not None else [list(range(-1, n - 1))] * len(chunks)
-    positions = [c.prefix_len + d for c, tree in zip(chunks, trees) for d in draft_depths(tree)]
-    return replace(batch, positions=torch.tensor(positions, dtype=torch.int64, device=device),
-                   is_decode=False, spec_states=spec_states,
-                   spec_parents=None if parents is None else torch.tensor(
-                       parents, dtype=torch.int64, device=device))
+    if parents is None:  # a chain's depth is its index: the positions are already right
+        return replace(batch, is_decode=False, spec_states=spec_states)
+    positions = [c.prefix_len + d for c, tree in zip(chunks, parents)
+                 for d in draft_depths(tree)]
+    positions, flat_parents = to_device_many([positions, [p for row in parents for p in row]],
+                                             device)
+    return replace(batch, positions=positions, is_decode=False, spec_states=spec_states,
+                   spec_parents=flat_parents.view(len(chunks), n))

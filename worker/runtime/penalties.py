@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from qnext.worker.runtime.transfer import to_device
 from qnext.worker.sched.plan import SampleSpec
 from qnext.worker.sched.request import SamplingParams
 
@@ -65,7 +66,7 @@ class PenaltyTracker:
             raise ValueError(f"history of seq {seq_id} has ids outside [0, {self.vocab_size})")
         row = self._rows[seq_id] if seq_id in self._rows else self._take_row()
         self._rows[seq_id] = row
-        ids = torch.tensor(list(history), dtype=torch.long, device=self.device)
+        ids = to_device(list(history), self.device)
         self._seen[row] = False
         self._seen[row, ids] = True
         self._counts[row] = torch.bincount(ids[num_prompt:], minlength=self.vocab_size).to(
@@ -81,8 +82,8 @@ class PenaltyTracker:
             return
         tokens = token_ids.to(device=self.device, dtype=torch.long)
         if len(picked) != len(seq_ids):
-            tokens = tokens[torch.tensor(picked, device=self.device)]
-        rows = torch.tensor([self._rows[seq_ids[i]] for i in picked], device=self.device)
+            tokens = tokens[to_device(picked, self.device)]
+        rows = to_device([self._rows[seq_ids[i]] for i in picked], self.device)
         self._seen[rows, tokens] = True
         ones = torch.ones(len(picked), dtype=torch.int32, device=self.device)
         self._counts.index_put_((rows, tokens), ones, accumulate=True)
@@ -99,7 +100,7 @@ class PenaltyTracker:
         missing = [seq_id for seq_id in seq_ids if seq_id not in self._rows]
         if missing:
             raise KeyError(f"sequences {missing} use penalties but were never registered")
-        rows = torch.tensor([self._rows[s] for s in seq_ids], device=self.device)
+        rows = to_device([self._rows[s] for s in seq_ids], self.device)
         return self._seen[rows], self._counts[rows]
 
     def _take_row(self) -> int:
@@ -121,7 +122,7 @@ def _penalty_columns(params: list[SamplingParams], like: torch.Tensor) -> torch.
     """[3, M, 1]: repetition, frequency and presence penalty of each row."""
     values = [[p.repetition_penalty for p in params], [p.frequency_penalty for p in params],
               [p.presence_penalty for p in params]]
-    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(-1)
+    return to_device(values, like.device, like.dtype).unsqueeze(-1)
 
 
 def apply_penalties(logits: torch.Tensor, seq_ids: Sequence[int], specs: Sequence[SampleSpec],
@@ -134,7 +135,7 @@ def apply_penalties(logits: torch.Tensor, seq_ids: Sequence[int], specs: Sequenc
     if tracker is None:
         raise ValueError("sampling params use penalties but no PenaltyTracker was given")
     seen, counts = tracker.gather([seq_ids[i] for i in picked])
-    index = torch.tensor(picked, device=logits.device)
+    index = to_device(picked, logits.device)
     rows = logits.index_select(0, index)
     rep, freq, pres = _penalty_columns([specs[i].params for i in picked], rows)
     rows = torch.where(seen, torch.where(rows > 0, rows / rep, rows * rep), rows)

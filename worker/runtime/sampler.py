@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from qnext.worker.runtime.penalties import PenaltyTracker, apply_penalties
+from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.sched.plan import SampleSpec
 
 _MASK32 = 0xFFFFFFFF
@@ -68,7 +69,7 @@ def hash_uniform(seeds: Sequence[int], counters: Sequence[int], vocab_size: int,
     """
     seed_bits = [s & 0xFFFFFFFFFFFFFFFF for s in seeds]
     rows = [[s & _MASK32, s >> 32, c & _MASK32] for s, c in zip(seed_bits, counters, strict=True)]
-    lo, hi, ctr = torch.tensor(rows, dtype=torch.long, device=device).view(-1, 3).unbind(1)
+    lo, hi, ctr = to_device(rows, device).view(-1, 3).unbind(1)
     key = _mix32(_mix32(lo ^ _GOLDEN32) ^ hi)
     key = _mix32(key ^ _mul32(ctr, _GOLDEN32))[:, None]  # [M, 1]
     vocab = _mul32(torch.arange(vocab_size, dtype=torch.long, device=device), _GOLDEN32)
@@ -85,7 +86,7 @@ def filter_probs(probs: torch.Tensor, specs: Sequence[SampleSpec]) -> torch.Tens
         top_p = [p.top_p for p in params]
         probs = probs * _nucleus_mask(probs, top_k, top_p)
     if any(p.min_p > 0.0 for p in params):
-        min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype, device=probs.device)
+        min_p = to_device([p.min_p for p in params], probs.device, probs.dtype)
         floor = min_p[:, None] * probs.amax(dim=1, keepdim=True)
         probs = probs.masked_fill(probs < floor, 0.0)
     return probs / probs.sum(dim=1, keepdim=True)
@@ -97,11 +98,11 @@ def _nucleus_mask(probs: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
     device = probs.device
     sorted_probs, order = probs.sort(dim=1, descending=True)
     rank = torch.arange(probs.shape[1], device=device)[None, :]
-    keep = rank < torch.tensor(top_k, device=device)[:, None]
+    keep = rank < to_device(top_k, device)[:, None]
     sorted_probs = sorted_probs * keep
     mass = sorted_probs.cumsum(dim=1)
     mass_before = (mass - sorted_probs) / mass[:, -1:]
-    top_p_col = torch.tensor(top_p, dtype=probs.dtype, device=device)[:, None]
+    top_p_col = to_device(top_p, device, probs.dtype)[:, None]
     keep &= (mass_before < top_p_col) | (top_p_col >= 1.0)
     keep[:, 0] = True
     return torch.zeros_like(keep).scatter_(1, order, keep)
@@ -147,8 +148,8 @@ class Sampler:
                 cols += blocked
         if not rows:
             return logits
-        index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
-        return logits.index_put(index, torch.tensor(float("-inf"), device=logits.device))
+        index = tuple(to_device_many([rows, cols], logits.device))
+        return logits.index_put(index, torch.full((), float("-inf"), device=logits.device))
 
     def _choose(self, logits: torch.Tensor, specs: Sequence[SampleSpec]) -> torch.Tensor:
         """[N] int64: argmax for greedy rows, a seeded draw for the others."""
@@ -156,15 +157,14 @@ class Sampler:
         drawn = [i for i, spec in enumerate(specs) if not spec.params.is_greedy]
         if not drawn:
             return token_ids
-        index = torch.tensor(drawn, device=logits.device)
+        index = to_device(drawn, logits.device)
         rows = logits.index_select(0, index)
         return token_ids.index_copy(0, index, _draw(rows, [specs[i] for i in drawn]))
 
 
 def _draw(logits: torch.Tensor, specs: Sequence[SampleSpec]) -> torch.Tensor:
     """[M] int64: one exponential-race draw per row from the filtered, tempered softmax."""
-    temperature = torch.tensor([s.params.temperature for s in specs], dtype=logits.dtype,
-                               device=logits.device)
+    temperature = to_device([s.params.temperature for s in specs], logits.device, logits.dtype)
     probs = filter_probs(torch.softmax(logits / temperature[:, None], dim=1), specs)
     uniform = hash_uniform([s.seed for s in specs], [s.counter for s in specs],
                            logits.shape[1], logits.device)

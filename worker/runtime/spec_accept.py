@@ -35,6 +35,7 @@ import torch
 
 from qnext.worker.runtime.inputs import draft_depths
 from qnext.worker.runtime.sampler import filter_probs, hash_uniform
+from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.sched.plan import SampleSpec
 
 _COIN_STREAM = 0x5EC0_ACC3_9E37_79B9  # xor-ed into seeds: coins never reuse the draws' uniforms
@@ -56,9 +57,9 @@ def target_probs(logits: torch.Tensor, specs: Sequence[SampleSpec]) -> torch.Ten
     drawn = [i for i, spec in enumerate(specs) if not spec.params.is_greedy]
     if not drawn:
         return probs
-    index = torch.tensor(drawn, device=logits.device)
-    temperature = torch.tensor([specs[i].params.temperature for i in drawn],
-                               dtype=torch.float32, device=logits.device)
+    index = to_device(drawn, logits.device)
+    temperature = to_device([specs[i].params.temperature for i in drawn], logits.device,
+                            torch.float32)
     tempered = logits.index_select(0, index).float() / temperature[:, None]
     kept = filter_probs(torch.softmax(tempered, dim=1), [specs[i] for i in drawn])
     return probs.index_copy(0, index, kept)
@@ -74,9 +75,9 @@ def accept_drafts(tokens: torch.Tensor, logits: torch.Tensor, specs: Sequence[Sa
     num_seqs, n, vocab_size = logits.shape
     depths = _check(tokens, logits, specs, parents, draft_probs)
     device = logits.device
-    parent_ids = torch.tensor(
-        parents if parents is not None else [list(range(-1, n - 1))] * num_seqs, device=device)
-    depth_ids = torch.tensor(depths, device=device)
+    parent_ids, depth_ids = (t.view(num_seqs, n) for t in to_device_many(
+        [[p for row in (parents or [list(range(-1, n - 1))] * num_seqs) for p in row],
+         [d for row in depths for d in row]], device))
     if draft_probs is None:
         choices = _target_choices(logits, specs, depths)
         node, kept = _walk_choices(tokens, parent_ids, choices)
@@ -122,7 +123,7 @@ def _target_choices(logits: torch.Tensor, specs: Sequence[SampleSpec],
     if not drawn:
         return choices
     n, vocab_size = logits.shape[1:]
-    index = torch.tensor(drawn, device=logits.device)
+    index = to_device(drawn, logits.device)
     rows = [specs[b] for b in drawn for _ in range(n)]
     probs = target_probs(logits.index_select(0, index).reshape(-1, vocab_size), rows)
     uniform = hash_uniform([s.seed for s in rows],
@@ -187,7 +188,7 @@ def _draw_bonus(residual: torch.Tensor, specs: Sequence[SampleSpec], depth: torc
     drawn = [b for b, spec in enumerate(specs) if not spec.params.is_greedy]
     if not drawn:
         return bonus
-    index = torch.tensor(drawn, device=residual.device)
+    index = to_device(drawn, residual.device)
     uniform = hash_uniform([specs[b].seed for b in drawn for _ in range(max_depth + 1)],
                            [specs[b].counter + d for b in drawn for d in range(max_depth + 1)],
                            residual.shape[1], residual.device).view(len(drawn), max_depth + 1, -1)

@@ -12,8 +12,9 @@ Only the normal loop drives it (the overlap loop would need the accepted lengths
 planning). Chains (topk 1) are drafted on the device right after their verify
 (`spec_chain.py`); on CUDA both replay CUDA graphs, captured at every pool install (the
 verify's with the verify buffers as inputs). Trees, and the head over prompt chunks, run
-eagerly with host-side drafting (`spec_draft.py`). Under TP every rank runs it on the same plan (engine/tp.py): logits and hidden
-states are identical on all ranks, so drafts and acceptance agree.
+eagerly with host-side drafting (`spec_draft.py`). Under TP every rank runs it on the same
+plan (engine/tp.py): logits and hidden states are identical on all ranks, so drafts and
+acceptance agree.
 Counters for `stats()`: verify steps, verified sequences, proposals, accepted.
 """
 
@@ -30,6 +31,7 @@ from qnext.worker.runtime.spec_accept import accept_drafts
 from qnext.worker.runtime.spec_chain import DraftGraphs, draft_chains
 from qnext.worker.runtime.spec_draft import Extend, MTPDrafter
 from qnext.worker.runtime.spec_states import SpecStateBuffers
+from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.runtime.worker import Launched, PlanExecutor
 from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
@@ -138,7 +140,7 @@ class SpecExecutor(PlanExecutor):
     def _draft_chains(self, work: list[SeqWork], batch, hidden: torch.Tensor, acc,
                       graphed: bool) -> None:
         """The next chains on the device: one graph replay after a graphed verify."""
-        lens = torch.tensor([len(w.page_ids) for w in work], device=self.runner.device)
+        lens = to_device([len(w.page_ids) for w in work], self.runner.device)
         if graphed and self.draft_graphs is not None:
             chains = self.draft_graphs.run(acc.token_ids, acc.num_accepted, lens)
         else:
@@ -150,8 +152,9 @@ class SpecExecutor(PlanExecutor):
         """[B, n] int64 on the device: each sequence's root token, then its proposals (host
         lists, or device rows from `draft_chains`)."""
         device = self.runner.device
-        roots = torch.tensor([w.token_ids[0] for w in work], device=device)
-        props = torch.stack([torch.as_tensor(tokens, device=device) for tokens, _ in drafts])
+        roots = to_device([w.token_ids[0] for w in work], device)
+        props = torch.stack([t if isinstance(t, torch.Tensor) else to_device(t, device)
+                             for t, _ in drafts])
         return torch.cat([roots[:, None], props.to(torch.int64)], dim=1)
 
     def _count(self, seqs: int, accepted: int) -> None:
@@ -173,8 +176,7 @@ class SpecExecutor(PlanExecutor):
                 steps.append(path[step])
         if slots:  # extra_buffer snapshots inside the kept tokens
             dev = self.runner.device
-            buffers.copy_out(self.runner.state_pool, *(torch.tensor(x, device=dev)
-                                                       for x in (slots, rows, steps)))
+            buffers.copy_out(self.runner.state_pool, *to_device_many((slots, rows, steps), dev))
 
     def _compact_kv(self, work: list[SeqWork], paths: list[list[int]]) -> None:
         """Tree verify wrote node t's K/V at position root + t; the kept path's node at depth
@@ -188,6 +190,6 @@ class SpecExecutor(PlanExecutor):
                     dst.append(w.page_ids[w.prefix_len + depth])
         if src:
             pool, device = self.runner.kv_pool, self.runner.device
-            src_t, dst_t = torch.tensor(src, device=device), torch.tensor(dst, device=device)
+            src_t, dst_t = to_device_many([src, dst], device)
             pool.k[:, dst_t] = pool.k[:, src_t]
             pool.v[:, dst_t] = pool.v[:, src_t]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from qnext.worker.runtime.transfer import to_device_many
+
 
 class StatePool:
     def __init__(self, num_layers: int, num_slots: int, conv_channels: int, conv_kernel: int,
@@ -50,7 +52,7 @@ class StatePool:
                 end += 1
             src, dst = zip(*pairs[start:end])
             device = self.ssm_states.device
-            self.copy(torch.tensor(src, device=device), torch.tensor(dst, device=device))
+            self.copy(*to_device_many([src, dst], device))
             start = end
 
     @property

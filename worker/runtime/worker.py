@@ -18,6 +18,7 @@ from qnext.worker.runtime.memory import make_memory_plan
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.penalties import PenaltyTracker
 from qnext.worker.runtime.sampler import SampleOutput, Sampler
+from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
@@ -69,7 +70,7 @@ class PlanExecutor:
         cached states, register penalty histories."""
         self.penalties.release([s for s in plan.released if s in self.penalties])
         if plan.zero_slots:
-            self.runner.state_pool.zero(torch.tensor(plan.zero_slots, device=self.runner.device))
+            self.runner.state_pool.zero(to_device(plan.zero_slots, self.runner.device))
         if plan.copy_slots:
             self.runner.state_pool.copy_pairs(plan.copy_slots)
         for work in plan.work:
@@ -92,7 +93,9 @@ class PlanExecutor:
         if not rows:
             return Launched(plan, [], None), hidden, batch.cu_seqlens
         specs = [plan.work[i].sample for i in rows]
-        output = self.sampler.sample(logits[rows].float(), seq_ids, specs, self.penalties)
+        if len(rows) < logits.shape[0]:  # (every row samples in a decode step: no gather)
+            logits = logits.index_select(0, to_device(rows, logits.device))
+        output = self.sampler.sample(logits.float(), seq_ids, specs, self.penalties)
         self.penalties.update(seq_ids, output.token_ids)
         return Launched(plan, seq_ids, output), hidden, batch.cu_seqlens
 
@@ -105,9 +108,9 @@ class PlanExecutor:
         if previous is None or previous.output is None:
             raise RuntimeError("a future token needs the previous step's sampled tokens")
         row_of = {seq_id: row for row, seq_id in enumerate(previous.seq_ids)}
-        rows = torch.tensor([row_of[work[i].seq_id] for i in future], device=input_ids.device)
-        starts = cu_seqlens[torch.tensor(future, device=input_ids.device)]
-        input_ids[starts] = previous.output.token_ids[rows]
+        rows, index = to_device_many([[row_of[work[i].seq_id] for i in future], future],
+                                     input_ids.device)
+        input_ids[cu_seqlens[index]] = previous.output.token_ids[rows]
 
     def resolve(self, launched: Launched) -> StepResult:
         """Wait for the step and return its tokens as plain data."""
