@@ -7,7 +7,10 @@ already gathered ([B, Hv, dk, dv]) and writes final states to a new tensor; its 
 checked against qnext's before timing. At Hv = 8 (TP4) the anchor is not run: FLA 0.6.0 hit
 an illegal memory access there on H100 (it would poison the CUDA context).
 
-    python scripts/bench_gdn_decode.py
+qnext is also timed replayed from a CUDA graph (L2 flushed before each replay), as a decode
+step runs it; the state traffic is read against the copy bandwidth of the same run.
+
+    PYTHONPATH=$PWD:$PWD/scripts python scripts/bench_gdn_decode.py
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import triton.testing
 
 from qnext.kernels.gdn_decode import gdn_decode
+from bench_common import copy_gbps, graph_us
 
 
 def _case(B: int, hv: int, slots_per_seq: int = 2, d: int = 128):
@@ -57,15 +61,18 @@ def _fla(x, states, slots, fused_gates: bool):
 def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}")
-    print("| B | Hv | qnext µs | FLA fused gates µs | FLA precomputed gates µs | best FLA / qnext "
-          "| qnext state GB/s | rel. diff vs FLA |")
-    print("|---|---|---|---|---|---|---|---|")
-    for hv, batches in ((32, (1, 32, 256)), (8, (32, 256))):
+    gbps = copy_gbps()
+    print(f"HBM copy bandwidth (1 GiB device-to-device, same run): {gbps:.0f} GB/s\n")
+    print("| B | Hv | qnext µs | qnext graph µs | FLA fused gates µs | FLA precomputed gates µs "
+          "| best FLA / qnext | qnext state GB/s (graph) | of copy bw | rel. diff vs FLA |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for hv, batches in ((32, (1, 32, 64, 256)), (8, (1, 32, 64, 256))):
         for B in batches:
             x, states, slots = _case(B, hv)
             ours = lambda: gdn_decode(**x, ssm_states=states, state_indices=slots)  # noqa: E731
             us = triton.testing.do_bench(ours, warmup=50, rep=300) * 1e3
-            traffic = 2 * B * hv * 128 * 128 * 4 / (us * 1e-6) / 1e9
+            in_graph = graph_us(ours)
+            traffic = 2 * B * hv * 128 * 128 * 4 / (in_graph * 1e-6) / 1e9
             cells = ["—", "—", "—", "—"]
             if hv > 8:
                 got = gdn_decode(**x, ssm_states=states.clone(), state_indices=slots)
@@ -77,8 +84,8 @@ def main() -> None:
                     times.append(triton.testing.do_bench(fla, warmup=50, rep=300) * 1e3)
                 cells = [f"{times[0]:.1f}", f"{times[1]:.1f}", f"{min(times) / us:.2f}",
                          f"{max(diffs):.1e}"]
-            print(f"| {B} | {hv} | {us:.1f} | {cells[0]} | {cells[1]} | {cells[2]} | "
-                  f"{traffic:.0f} | {cells[3]} |")
+            print(f"| {B} | {hv} | {us:.1f} | {in_graph:.1f} | {cells[0]} | {cells[1]} | "
+                  f"{cells[2]} | {traffic:.0f} | {traffic / gbps:.0%} | {cells[3]} |")
 
 
 if __name__ == "__main__":

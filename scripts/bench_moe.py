@@ -16,7 +16,6 @@ as an 11th fused expert, the routing kernel, and (--sweep) alternative tile conf
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
@@ -28,30 +27,10 @@ from qnext.kernels import fused_moe_ref, moe_route_ref
 from qnext.kernels.moe import MoeConfig, default_config, fused_moe
 from qnext.kernels.moe_decode import fused_moe_decode
 from qnext.kernels.moe_route import moe_route
-from bench_common import copy_gbps, rel_diff
+from bench_common import copy_gbps, graph_us, rel_diff
 
 H, E, TOPK = 2048, 512, 10
 TOKENS = (1, 4, 16, 64, 256, 2048)
-
-
-def _graph_us(fn, reps: int = 40) -> float:
-    """Median µs of replays of fn captured in a CUDA graph, L2 flushed before each."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
 
 
 def _eager_us(fn) -> float:
@@ -85,7 +64,7 @@ def main_table(bw: float, weights: dict) -> None:
             ours = lambda: fused_moe(x, w13, w2, tw, ids)  # noqa: E731
             ref = lambda: fused_moe_ref(x, w13, w2, tw, ids)  # noqa: E731
             diff = rel_diff(ours(), ref())
-            g, e, r = _graph_us(ours), _eager_us(ours), _eager_us(ref)
+            g, e, r = graph_us(ours), _eager_us(ours), _eager_us(ref)
             print(f"| {tp} | {I} | {T} | {touched} | {floor:.1f} | {g:.1f} | {e:.1f} | {r:.0f} | "
                   f"{g / floor:.2f} | {r / e:.0f} | {diff:.1e} |", flush=True)
 
@@ -115,9 +94,9 @@ def shared_table(weights: dict) -> None:
 
             diff = rel_diff(fused(), dense())
             assert diff < 2e-2, diff
-            routed = _graph_us(lambda: fused_moe(x, w13[:E], w2[:E], tw, ids))
-            print(f"| {tp} | {T} | {routed:.1f} | {_graph_us(dense):.1f} | "
-                  f"{_graph_us(fused):.1f} |", flush=True)
+            routed = graph_us(lambda: fused_moe(x, w13[:E], w2[:E], tw, ids))
+            print(f"| {tp} | {T} | {routed:.1f} | {graph_us(dense):.1f} | "
+                  f"{graph_us(fused):.1f} |", flush=True)
 
 
 def route_table() -> None:
@@ -129,7 +108,7 @@ def route_table() -> None:
         ours = lambda: moe_route(logits, TOPK, True)  # noqa: E731
         ref = lambda: moe_route_ref(logits, TOPK, True)  # noqa: E731
         differ = (ours()[1] != ref()[1]).any(dim=1).sum().item()
-        print(f"| {T} | {_graph_us(ours):.1f} | {_eager_us(ours):.1f} | {_eager_us(ref):.1f} | "
+        print(f"| {T} | {graph_us(ours):.1f} | {_eager_us(ours):.1f} | {_eager_us(ref):.1f} | "
               f"{differ} |", flush=True)
 
 
@@ -164,7 +143,7 @@ def sweep(weights: dict, deadline: float) -> None:
                 cfg = MoeConfig(**{**base.__dict__, **change})
                 fn = lambda: fused_moe(x, w13, w2, tw, ids, cfg)  # noqa: E731
                 diff = rel_diff(fn(), want)
-                print(f"| {tp} | {T} | {change or base} | {_graph_us(fn):.1f} | {diff:.1e} |",
+                print(f"| {tp} | {T} | {change or base} | {graph_us(fn):.1f} | {diff:.1e} |",
                       flush=True)
 
 
@@ -186,11 +165,11 @@ def decode_table(bw: float, weights: dict) -> None:
             want = fused_moe_ref(x, w13, w2, tw, ids)
             floor = len(torch.unique(ids)) * 3 * H * I * 2 / bw * 1e6
             cfg = default_config(T * TOPK, E, 2)
-            aligned = _graph_us(lambda: fused_moe(x, w13, w2, tw, ids, cfg))
+            aligned = graph_us(lambda: fused_moe(x, w13, w2, tw, ids, cfg))
             times = {}
             for v in DECODE_VARIANTS:
                 fn = lambda v=v: fused_moe_decode(x, w13, w2, tw, ids, **v)  # noqa: E731
-                times[(v["block_n"], v["block_k"], v["num_warps"])] = (_graph_us(fn), fn)
+                times[(v["block_n"], v["block_k"], v["num_warps"])] = (graph_us(fn), fn)
             best = min(times, key=lambda key: times[key][0])
             cells = ", ".join(f"{key}: {t:.1f}" for key, (t, _) in times.items())
             print(f"| {tp} | {T} | {floor:.1f} | {aligned:.1f} | {cells} | "
