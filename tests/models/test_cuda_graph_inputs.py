@@ -23,6 +23,23 @@ def _decode_batch(h, seqs, tokens, snapshot=None):
     return build_forward_batch(chunks, h.runner.kv_pool, h.runner.state_pool, "cpu")
 
 
+def _plain_vs_static(h, graphs, batch) -> None:
+    """The plain forward of `batch`, then (pools restored) the static-buffer run: the same
+    logits and hidden states (up to the matmul blocking of another batch size), and the same
+    pools except page 0 (token slots 0..3) and slot 0, which absorb the padding rows."""
+    before = copy_pools(h.runner)
+    want = h.runner.model(batch)
+    after = copy_pools(h.runner)
+    restore_pools(h.runner, before)
+    assert graphs.can_run(batch)
+    got = graphs.run(batch)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    for real, graphed, skip in zip(after, copy_pools(h.runner), (4, 4, 1, 1)):
+        torch.testing.assert_close(graphed[:, skip:], real[:, skip:], rtol=1e-5, atol=1e-5)
+
+
 def test_graph_batch_sizes():
     assert graph_batch_sizes(1) == [1]
     assert graph_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
@@ -36,17 +53,7 @@ def test_padded_static_decode_equals_the_plain_forward(tiny_checkpoint):
     graphs = h.runner.make_graphs(eager=True)
     for bs, snapshot in ((5, None), (3, {1: 11}), (6, None)):
         batch = _decode_batch(h, seqs[:bs], [20 + i for i in range(bs)], snapshot)
-        before = copy_pools(h.runner)
-        want, _ = h.runner.model(batch)
-        after = copy_pools(h.runner)
-        restore_pools(h.runner, before)
-        assert graphs.can_run(batch)
-        got, _ = graphs.run(batch)
-        # equal up to the matmul blocking of another batch size
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        # page 0 (token slots 0..3) and slot 0 absorb the padding rows' writes
-        for real, graphed, skip in zip(after, copy_pools(h.runner), (4, 4, 1, 1)):
-            torch.testing.assert_close(graphed[:, skip:], real[:, skip:], rtol=1e-5, atol=1e-5)
+        _plain_vs_static(h, graphs, batch)
         for seq in seqs[:bs]:
             seq.num_cached += 1
 
@@ -80,19 +87,10 @@ def test_padded_static_verify_equals_the_plain_verify(tiny_checkpoint, page_size
                   for b, s in enumerate(seqs[:bs])]
         batch = build_verify_batch(chunks, h.runner.kv_pool, h.runner.state_pool,
                                    plain.rows(bs), "cpu")
-        before = copy_pools(h.runner)
-        want, want_hidden = h.runner.model(batch)
-        after = copy_pools(h.runner)
-        restore_pools(h.runner, before)
-        assert graphs.can_run(batch)
-        got, got_hidden = graphs.run(batch)
-        assert got.shape == want.shape and got_hidden.shape == want_hidden.shape
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        _plain_vs_static(h, graphs, batch)
         torch.testing.assert_close(static.conv_all[:, :bs], plain.conv_all[:, :bs])
         torch.testing.assert_close(static.ssm_all[:, :bs], plain.ssm_all[:, :bs],
                                    rtol=1e-5, atol=1e-5)
-        for real, graphed, skip in zip(after, copy_pools(h.runner), (4, 4, 1, 1)):
-            torch.testing.assert_close(graphed[:, skip:], real[:, skip:], rtol=1e-5, atol=1e-5)
 
 
 def test_verify_graphs_take_only_chains_of_their_length(tiny_checkpoint):

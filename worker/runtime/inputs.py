@@ -15,7 +15,7 @@ from itertools import accumulate
 import torch
 
 from qnext.worker.forward import ForwardBatch, KVCache, SpecStates, StateCache
-from qnext.worker.runtime.transfer import to_device_many
+from qnext.worker.runtime.transfer import padded_rows, to_device_many
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: 
         [c.seq_len for c in chunks],
         [c.state_slot for c in chunks],
         [int(c.prefix_len > 0) for c in chunks],
-        [p for c in chunks for p in c.page_ids + [0] * (max_pages - len(c.page_ids))],
+        padded_rows([c.page_ids for c in chunks], max_pages),
         [loc for c in chunks for loc in _kv_locs(c, page_size)],
         list(range(cu[-1])) if all_logits else [e - 1 for e in cu[1:]],
         *snapshots], device)
