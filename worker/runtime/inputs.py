@@ -9,6 +9,7 @@ slot that receives the recurrent state part-way through the new tokens (prefix-c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
@@ -29,7 +30,7 @@ class SeqChunk:
     token_ids: list[int]
     prefix_len: int
     state_slot: int
-    page_ids: list[int]
+    page_ids: Sequence[int]
     snapshot_slot: int | None = None
     snapshot_len: int = 0
 
@@ -72,16 +73,20 @@ def _kv_locs(chunk: SeqChunk, page_size: int) -> list[int]:
 
 
 def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: StateCache,
-                        device: torch.device | str, all_logits: bool = False) -> ForwardBatch:
+                        device: torch.device | str, all_logits: bool = False,
+                        page_table: torch.Tensor | None = None) -> ForwardBatch:
     """Logits are requested for the last new token of every sequence (every token if
-    `all_logits`, as prompt logprobs and parity checks need)."""
+    `all_logits`, as prompt logprobs and parity checks need). `page_table` [B, >= max pages]
+    on the device (runtime/page_table.py) replaces the one built from the chunks' page ids."""
     page_size = kv_cache.page_size
     for chunk in chunks:
         _check(chunk, page_size)
     cu = [0, *accumulate(len(c.token_ids) for c in chunks)]
     max_pages = max(len(c.page_ids) for c in chunks)
     snapshots = _snapshots(chunks) or ([], [])
-    (input_ids, positions, cu_seqlens, seq_lens, state_slots, has_initial, page_table, kv_locs,
+    table = [] if page_table is not None else padded_rows([c.page_ids for c in chunks],
+                                                         max_pages)
+    (input_ids, positions, cu_seqlens, seq_lens, state_slots, has_initial, host_table, kv_locs,
      logits_indices, snapshot_slots, snapshot_offsets) = to_device_many([
         [t for c in chunks for t in c.token_ids],
         [p for c in chunks for p in range(c.prefix_len, c.seq_len)],
@@ -89,14 +94,16 @@ def build_forward_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: 
         [c.seq_len for c in chunks],
         [c.state_slot for c in chunks],
         [int(c.prefix_len > 0) for c in chunks],
-        padded_rows([c.page_ids for c in chunks], max_pages),
+        table,
         [loc for c in chunks for loc in _kv_locs(c, page_size)],
         list(range(cu[-1])) if all_logits else [e - 1 for e in cu[1:]],
         *snapshots], device)
+    if page_table is None:
+        page_table = host_table.view(len(chunks), max_pages)
     return ForwardBatch(
         input_ids=input_ids, positions=positions, cu_seqlens=cu_seqlens, seq_lens=seq_lens,
         state_slots=state_slots, has_initial_state=has_initial.bool(),
-        page_table=page_table.view(len(chunks), max_pages), kv_locs=kv_locs,
+        page_table=page_table[:, :max_pages], kv_locs=kv_locs,
         logits_indices=logits_indices,
         is_decode=all(len(c.token_ids) == 1 and c.prefix_len > 0 for c in chunks),
         kv_cache=kv_cache, state_cache=state_cache,
@@ -116,7 +123,8 @@ def draft_depths(parents: list[int]) -> list[int]:
 
 def build_verify_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: StateCache,
                        spec_states: SpecStates, device: torch.device | str,
-                       parents: list[list[int]] | None = None) -> ForwardBatch:
+                       parents: list[list[int]] | None = None,
+                       page_table: torch.Tensor | None = None) -> ForwardBatch:
     """A speculative verify forward: each chunk's new tokens are its n draft tokens (the same
     n for every sequence), K/V stored at the n positions after the prefix, RoPE positions by
     depth in the draft (a chain's depth is its index); logits for every draft token.
@@ -125,7 +133,8 @@ def build_verify_batch(chunks: list[SeqChunk], kv_cache: KVCache, state_cache: S
     if any(len(c.token_ids) != n or c.snapshot_slot is not None for c in chunks):
         raise ValueError("a verify batch has the same number of draft tokens per sequence "
                          "and no snapshots")
-    batch = build_forward_batch(chunks, kv_cache, state_cache, device, all_logits=True)
+    batch = build_forward_batch(chunks, kv_cache, state_cache, device, all_logits=True,
+                                page_table=page_table)
     if parents is None:  # a chain's depth is its index: the positions are already right
         return replace(batch, is_decode=False, spec_states=spec_states)
     positions = [c.prefix_len + d for c, tree in zip(chunks, parents)

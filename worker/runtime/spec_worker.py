@@ -77,7 +77,7 @@ class SpecExecutor(PlanExecutor):
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> StepResult:
-        self.prepare(plan)
+        plan = self.prepare(plan)
         self.drafter.release(plan.released)
         tokens: dict[int, list[SampledToken]] = {}
         ordinary = tuple(w for w in plan.work if not w.spec_verify)
@@ -111,11 +111,12 @@ class SpecExecutor(PlanExecutor):
         drafts = [self.drafter.proposals(w.seq_id) for w in work]
         rows = self._rows(work, drafts)
         parents = [[-1, *p] for _, p in drafts] if self.trees else None
-        chunks = [SeqChunk([0] * n, w.prefix_len, w.state_slot, list(w.page_ids))
+        chunks = [SeqChunk([0] * n, w.prefix_len, w.state_slot, w.page_ids)
                   for w in work]
         buffers = self.buffers.rows(len(work))
         batch = replace(build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
-                                           runner.device, parents), input_ids=rows.view(-1))
+                                           runner.device, parents, self.pages_of(work)),
+                        input_ids=rows.view(-1))
         graphed = self.verify_graphs is not None and self.verify_graphs.can_run(batch)
         logits, hidden = self.verify_graphs.run(batch) if graphed else runner.model(batch)
         acc = accept_drafts(rows, logits[:, :vocab].float().reshape(len(work), n, vocab),

@@ -16,11 +16,12 @@ from qnext.worker.config import Config
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
 from qnext.worker.runtime.memory import make_memory_plan
 from qnext.worker.runtime.model_runner import ModelRunner
+from qnext.worker.runtime.page_table import DevicePageTable
 from qnext.worker.runtime.penalties import PenaltyTracker
 from qnext.worker.runtime.sampler import SampleOutput, Sampler
 from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.sched.memory import MemoryPlan
-from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
+from qnext.worker.sched.plan import PageLists, SampledToken, SeqWork, StepPlan, StepResult
 
 
 @dataclass
@@ -38,6 +39,8 @@ class PlanExecutor:
         self.runner = runner
         self.sampler = Sampler(vocab, eos_token_ids, runner.device)
         self.penalties = PenaltyTracker(vocab, runner.device)
+        self.page_lists = PageLists()
+        self.page_table = DevicePageTable(runner.device)
 
     def plan_memory(self, cfg: Config, strategy: str, overlap: bool) -> MemoryPlan:
         """This rank's pool sizes for `cfg` (a collective minimum over TP ranks)."""
@@ -62,12 +65,15 @@ class PlanExecutor:
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
-        self.prepare(plan)
+        plan = self.prepare(plan)
         return self.forward_and_sample(plan, previous)[0]
 
-    def prepare(self, plan: StepPlan) -> None:
-        """Before the forward: drop released sequences' penalties, zero fresh slots, copy
-        cached states, register penalty histories."""
+    def prepare(self, plan: StepPlan) -> StepPlan:
+        """Before the forward: the plan with full page lists (plans carry deltas), released
+        sequences' penalties dropped, fresh slots zeroed, cached states copied, penalty
+        histories registered. Returns the expanded plan."""
+        self.page_table.update(plan)  # (the deltas, before they are expanded)
+        plan = self.page_lists.expand(plan)
         self.penalties.release([s for s in plan.released if s in self.penalties])
         if plan.zero_slots:
             self.runner.state_pool.zero(to_device(plan.zero_slots, self.runner.device))
@@ -76,16 +82,17 @@ class PlanExecutor:
         for work in plan.work:
             if work.history is not None:
                 self.penalties.register(work.seq_id, work.history, work.num_prompt)
+        return plan
 
     def forward_and_sample(self, plan: StepPlan, previous: Launched | None = None
                            ) -> tuple[Launched, torch.Tensor, torch.Tensor]:
         """One forward over `plan.work` and the draws; also returns the final hidden states
         [T, H] and the batch's cu_seqlens (what a draft head consumes)."""
         chunks = [SeqChunk(list(w.token_ids) or [0], w.prefix_len, w.state_slot,
-                           list(w.page_ids), w.snapshot_slot, w.snapshot_len)
+                           w.page_ids, w.snapshot_slot, w.snapshot_len)
                   for w in plan.work]
         batch = build_forward_batch(chunks, self.runner.kv_pool, self.runner.state_pool,
-                                    self.runner.device)
+                                    self.runner.device, page_table=self.pages_of(plan.work))
         self._feed_future_tokens(plan.work, batch.input_ids, batch.cu_seqlens, previous)
         logits, hidden = self.runner.run_model(batch)
         rows = [i for i, w in enumerate(plan.work) if w.sample is not None]
@@ -98,6 +105,12 @@ class PlanExecutor:
         output = self.sampler.sample(logits.float(), seq_ids, specs, self.penalties)
         self.penalties.update(seq_ids, output.token_ids)
         return Launched(plan, seq_ids, output), hidden, batch.cu_seqlens
+
+    def pages_of(self, work) -> torch.Tensor:
+        """The page table of these SeqWorks (full lists, as `prepare` returns them), from the
+        device-resident rows."""
+        width = max(len(w.page_ids) for w in work)
+        return self.page_table.gather([w.seq_id for w in work], width)
 
     def _feed_future_tokens(self, work: tuple[SeqWork, ...], input_ids: torch.Tensor,
                             cu_seqlens: torch.Tensor, previous: Launched | None) -> None:

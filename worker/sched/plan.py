@@ -4,7 +4,7 @@ ints and floats only (rank 0 ships plans to the other TP ranks). Pure Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qnext.worker.sched.request import SamplingParams
 
@@ -37,6 +37,10 @@ class SeqWork:
     the worker holds for the sequence, so it may return several tokens; its snapshot (at most
     one, anywhere in the n positions a verify may keep) is written only if the kept tokens
     reach it. Both need `page_ids` to cover the draft positions too (`sched/spec.py`).
+    Pages travel as deltas: `page_ids` are the sequence's pages from index `pages_from` on;
+    the ones before are those its earlier SeqWorks gave (`PageLists` rebuilds the full list).
+    A plan therefore costs O(new pages), not O(context), to build, ship and read; pages_from
+    is 0 whenever the scheduler rewrote the list (admission, cache dedup, preemption).
     """
 
     seq_id: int
@@ -52,6 +56,7 @@ class SeqWork:
     snapshot_len: int = 0
     spec_draft: bool = False
     spec_verify: bool = False
+    pages_from: int = 0
 
     @property
     def num_new(self) -> int:
@@ -87,3 +92,30 @@ class StepResult:
     # one per SeqWork with `sample`, in plan order; a spec_verify work gives its accepted
     # drafts then the bonus token, in order
     tokens: tuple[SampledToken, ...]
+
+
+class PageLists:
+    """A worker's copy of every sequence's page list, kept from the plans' deltas: `expand`
+    turns a plan's SeqWorks into ones with full `page_ids` (pages_from 0), in plan order, and
+    forgets the plan's released sequences."""
+
+    def __init__(self) -> None:
+        self._lists: dict[int, list[int]] = {}
+
+    def expand(self, plan: StepPlan) -> StepPlan:
+        work = tuple(self._full(w) for w in plan.work)
+        for seq_id in plan.released:
+            self._lists.pop(seq_id, None)
+        return replace(plan, work=work)
+
+    def _full(self, w: SeqWork) -> SeqWork:
+        if w.pages_from == 0:
+            self._lists[w.seq_id] = list(w.page_ids)
+            return w
+        pages = self._lists.get(w.seq_id)
+        if pages is None or len(pages) < w.pages_from:
+            raise RuntimeError(f"sequence {w.seq_id}: a page delta from {w.pages_from} without "
+                               f"the pages before it (plans out of order?)")
+        del pages[w.pages_from:]
+        pages.extend(w.page_ids)
+        return replace(w, page_ids=tuple(pages), pages_from=0)

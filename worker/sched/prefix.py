@@ -85,6 +85,7 @@ class PrefixCache:
         m = self.tree.match(seq.all_ids[:seq.num_tokens - 1])
         self.tree.lock(m.node)
         seq.cache_node, seq.cached_len, seq.page_ids = m.node, m.num_tokens, list(m.page_ids)
+        seq.pages_sent = 0
         branch = m.kv_num_tokens // self.chunk * self.chunk
         if self.strategy == "extra_buffer" and branch > m.num_tokens:
             seq.branch_len = branch
@@ -188,6 +189,7 @@ class PrefixCache:
         if self.tree is not None and seq.cache_node is not None:
             self.tree.unlock(seq.cache_node)
         seq.page_ids, seq.state_slot, seq.track_slots = [], None, []
+        seq.pages_sent = 0
         seq.cache_node, seq.cached_len, seq.branch_len = None, 0, 0
         seq.track_idx, seq.track_len, seq.track_slot = 0, 0, None
 
@@ -202,7 +204,10 @@ class PrefixCache:
         dups = ins.duplicate_page_ids[seq.cached_len // self.page_size:]
         if dups:
             self.pages.free(dups)
-        seq.page_ids[:num_pages] = self.tree.path_page_ids(ins.node)
+        tree_pages = self.tree.path_page_ids(ins.node)
+        if tree_pages != seq.page_ids[:num_pages]:
+            seq.page_ids[:num_pages] = tree_pages
+            seq.pages_sent = 0  # rewritten in place: the workers need the whole list again
         self.counters.inserted_tokens += length - ins.num_cached_tokens
         if keep_lock:
             self.tree.lock(ins.node)

@@ -122,6 +122,7 @@ class Sequence:
     num_computed: int = 0
     state_slot: int | None = None
     page_ids: list[int] = field(default_factory=list)
+    pages_sent: int = 0  # leading page_ids the workers hold (plans send the rest)
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     arrival: int = 0  # order of arrival, for first-come-first-served

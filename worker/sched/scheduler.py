@@ -215,9 +215,10 @@ class Scheduler:
         seq.fresh = False
         reach = start + self.limits.spec_tokens if verify else end  # a verify may keep all
         snapshot_slot, snapshot_len = self.cache.snapshot(seq, start, reach, decode)
+        sent, seq.pages_sent = seq.pages_sent, len(seq.page_ids)
         return SeqWork(
             seq_id=seq.seq_id, token_ids=tokens, prefix_len=start,
-            state_slot=seq.state_slot, page_ids=tuple(seq.page_ids),
+            state_slot=seq.state_slot, page_ids=tuple(seq.page_ids[sent:]), pages_from=sent,
             sample=SampleSpec(params, seq.seed, len(seq.output_ids) + future) if ends else None,
             future_token=future,
             history=tuple(seq.all_ids) if wants_history else None,

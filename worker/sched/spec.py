@@ -81,5 +81,6 @@ def settle_speculation(plan: StepPlan, result: StepResult, epochs: dict[int, int
             if len(seq.page_ids) > keep:
                 pages.free(seq.page_ids[keep:])
                 del seq.page_ids[keep:]
+                seq.pages_sent = min(seq.pages_sent, keep)
         elif seq.status is SequenceStatus.FINISHED and accepted > 0:
             seq.num_computed = seq.cached_len

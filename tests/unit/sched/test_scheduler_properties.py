@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
 from qnext.worker.sched.memory import slots_per_request
-from qnext.worker.sched.plan import SampledToken, StepResult
+from qnext.worker.sched.plan import PageLists, SampledToken, StepResult
 from qnext.worker.sched.request import FinishReason, Request, SamplingParams, Sequence
 from qnext.worker.sched.request import SequenceStatus as Status
 from qnext.worker.sched.scheduler import Scheduler, SchedulerLimits
@@ -51,6 +51,7 @@ class Harness:
         # last: seq -> (epoch, counter) of its last sample.
         self.kv, self.slot, self.refs, self.said, self.ended, self.last = {}, {}, {}, {}, {}, {}
         self.released, self.done = set(), set()  # done: finished, freed and checked
+        self.page_lists = PageLists()  # plans carry page deltas, as a worker rebuilds them
 
     def truth(self, sid: int, n: int) -> list[int]:
         """The first n tokens (prompt, then outputs) the sequence must ever see."""
@@ -114,6 +115,7 @@ class Harness:
 
     def execute(self, plan, previous) -> StepResult:
         """The fake model: checks what each SeqWork reads, writes its tokens, samples."""
+        plan = self.page_lists.expand(plan)
         fed_before = {t.seq_id: t.token_id for t in previous[1].tokens} if previous else {}
         for z in plan.zero_slots:
             self.slot[z] = ()
