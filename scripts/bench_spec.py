@@ -97,14 +97,24 @@ def row(batch: int, steps: int, plain_s: float, spec_s: float, delta: dict, same
             f"{tokens / spec_s:.0f} | {plain_s / spec_s:.2f} | {'yes' if same else 'NO'} |")
 
 
-def describe(args: argparse.Namespace) -> str:
+def describe(args: argparse.Namespace, engines: dict) -> str:
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"{platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads")
-    graphs = "off" if args.disable_cuda_graph or not args.device.startswith("cuda") else "on"
+    graphs = ", ".join(f"{'plain' if steps is None else f'{steps} steps'}: "
+                       f"{_graphs(engine)}" for steps, engine in engines.items())
     return (f"{datetime.date.today()}, torch {torch.__version__}, {device}, {args.dtype}; "
             f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy, best of "
-            f"{args.repeats}; plain decode CUDA graphs {graphs}")
+            f"{args.repeats}; CUDA graphs captured — {graphs}")
+
+
+def _graphs(engine) -> str:
+    """Which of an engine's steps replay CUDA graphs."""
+    ex = engine.executor
+    kinds = [name for name, g in (("decode", engine.runner.graphs),
+                                  ("verify", getattr(ex, "verify_graphs", None)),
+                                  ("draft", getattr(ex, "draft_graphs", None))) if g is not None]
+    return "+".join(kinds) or "none"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning")
     prompts = heldout_prompts(args.model_path, max(args.batches), args.prompt_len, args.heldout)
     engines = {steps: make_engine(args, steps) for steps in [None, *args.steps]}
-    print(describe(args) + "\n")
+    print(describe(args, engines) + "\n")
     print("| batch | steps | accept length | accept rate | plain tok/s | spec tok/s | speed-up "
           "| identical |")
     print("|---|---|---|---|---|---|---|---|")
