@@ -1,4 +1,5 @@
-"""Every running sequence's KV page ids on the device, kept from the plans' page deltas.
+"""Every running sequence's KV page ids on the device (and on the host), kept from the plans'
+page deltas.
 
 A plan sends each sequence only the page ids added since its previous SeqWork
 (`sched/plan.py`), so the page table a forward reads is built on the device: one row per
@@ -14,19 +15,25 @@ from __future__ import annotations
 import torch
 
 from qnext.worker.runtime.transfer import to_device, to_device_many
-from qnext.worker.sched.plan import StepPlan
+from qnext.worker.sched.plan import PageLists, StepPlan
 
 
 class DevicePageTable:
     def __init__(self, device: torch.device | str, rows: int = 16, width: int = 256) -> None:
+        self.lists = PageLists()  # the host copy of the same lists
         self.device = torch.device(device)
         self.table = torch.zeros(rows, width, dtype=torch.int64, device=self.device)
         self.row_of: dict[int, int] = {}
         self.free = list(range(rows - 1, -1, -1))
 
-    def update(self, plan: StepPlan) -> None:
-        """Write the plan's page deltas (as planned, before `PageLists.expand`), then forget
-        its released sequences."""
+    def apply(self, plan: StepPlan) -> StepPlan:
+        """Take in a plan as planned (page deltas): write its deltas into the device rows and
+        return it with full page lists (`PageLists.expand`); its released sequences are
+        forgotten by both."""
+        self._write(plan)
+        return self.lists.expand(plan)
+
+    def _write(self, plan: StepPlan) -> None:
         rows: list[int] = []
         cols: list[int] = []
         vals: list[int] = []

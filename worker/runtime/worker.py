@@ -21,7 +21,7 @@ from qnext.worker.runtime.penalties import PenaltyTracker
 from qnext.worker.runtime.sampler import SampleOutput, Sampler
 from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.sched.memory import MemoryPlan
-from qnext.worker.sched.plan import PageLists, SampledToken, SeqWork, StepPlan, StepResult
+from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
 
 @dataclass
@@ -39,7 +39,6 @@ class PlanExecutor:
         self.runner = runner
         self.sampler = Sampler(vocab, eos_token_ids, runner.device)
         self.penalties = PenaltyTracker(vocab, runner.device)
-        self.page_lists = PageLists()
         self.page_table = DevicePageTable(runner.device)
 
     def plan_memory(self, cfg: Config, strategy: str, overlap: bool) -> MemoryPlan:
@@ -72,8 +71,7 @@ class PlanExecutor:
         """Before the forward: the plan with full page lists (plans carry deltas), released
         sequences' penalties dropped, fresh slots zeroed, cached states copied, penalty
         histories registered. Returns the expanded plan."""
-        self.page_table.update(plan)  # (the deltas, before they are expanded)
-        plan = self.page_lists.expand(plan)
+        plan = self.page_table.apply(plan)
         self.penalties.release([s for s in plan.released if s in self.penalties])
         if plan.zero_slots:
             self.runner.state_pool.zero(to_device(plan.zero_slots, self.runner.device))

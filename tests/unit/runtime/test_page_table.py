@@ -18,7 +18,7 @@ def _work(seq_id: int, pages: list[int], sent: int) -> SeqWork:
 
 def test_random_deltas_rebuild_every_list():
     rng = random.Random(0)
-    lists, sent = PageLists(), {}
+    lists, sent = PageLists(), {}  # the host lists alone, as the scheduler tests use them
     table = DevicePageTable("cpu", rows=2, width=4)  # both grow
     truth: dict[int, list[int]] = {}
     for step in range(200):
@@ -42,8 +42,8 @@ def test_random_deltas_rebuild_every_list():
         if step % 7 == 6 and idle:  # a finished sequence (no work in the plan that says so):
             released = [rng.choice(idle)]  # its row and list go, its id comes back fresh
         plan = StepPlan(step, tuple(work), released=tuple(released))
-        table.update(plan)
         full = lists.expand(plan)
+        assert table.apply(plan) == full
         for w in full.work:
             assert list(w.page_ids) == truth[w.seq_id] and w.pages_from == 0
         got = table.gather([w.seq_id for w in full.work], max(len(p) for p in truth.values()))
