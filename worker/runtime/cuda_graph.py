@@ -105,16 +105,13 @@ class StepGraphs:
                  n: int = 1, spec_states: SpecStates | None = None) -> None:
         if (n > 1) != (spec_states is not None):
             raise ValueError("verify graphs (n > 1) need spec_states; decode graphs take none")
-        self.forward, self.eager, self.n = forward, eager, n
+        self.n = n
         self.kv_cache, self.state_cache, self.spec_states = kv_cache, state_cache, spec_states
         self.sizes = graph_batch_sizes(max_bs)
         self.max_pages = max_pages
         self.static = StaticInputs(max_bs, max_pages, device, n)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.captured = SizeGraphs(self.sizes, lambda bs: forward(self.static_batch(bs)), eager)
         self.runs = 0  # steps served (a replay each, or an eager run of the static buffers)
-        if not eager:
-            self._capture_all()
 
     def can_run(self, batch: ForwardBatch) -> bool:
         if self.n == 1:
@@ -130,11 +127,7 @@ class StepGraphs:
         padded = self.padded_size(bs)
         self.static.load(batch, padded)
         self.runs += 1
-        if self.eager:
-            self.outputs[padded] = self.forward(self.static_batch(padded))
-        else:
-            self.graphs[padded].replay()
-        logits, hidden = self.outputs[padded]
+        logits, hidden = self.captured.replay(padded)
         return logits[:bs * self.n], hidden[:bs * self.n]
 
     def padded_size(self, bs: int) -> int:
@@ -145,13 +138,27 @@ class StepGraphs:
         """The batch of views over the first `bs` static rows (what the graph of `bs` reads)."""
         return self.static.batch(bs, self.kv_cache, self.state_cache, self.spec_states)
 
-    def _capture_all(self) -> None:
-        self.graphs, self.outputs = capture_sizes(
-            self.sizes, lambda bs: self.forward(self.static_batch(bs)))
+
+
+class SizeGraphs:
+    """`run(size)` captured once per size — or, with `eager`, simply run (CPU tests of the
+    static buffers). `replay(size)` returns that size's output: the captured tensors, valid
+    until the next replay."""
+
+    def __init__(self, sizes: list[int], run: Callable[[int], object], eager: bool) -> None:
+        self.run, self.eager = run, eager
+        self.graphs, self.outputs = ({}, {}) if eager else _capture_sizes(sizes, run)
+
+    def replay(self, size: int):
+        if self.eager:
+            self.outputs[size] = self.run(size)
+        else:
+            self.graphs[size].replay()
+        return self.outputs[size]
 
 
 @torch.inference_mode()
-def capture_sizes(sizes: list[int], run: Callable[[int], object]) -> tuple[dict, dict]:
+def _capture_sizes(sizes: list[int], run: Callable[[int], object]) -> tuple[dict, dict]:
     """One graph per size of `run(size)` (largest first, so smaller graphs reuse its memory
     pool), each after two eager warm-up runs (Triton compiles and autotunes outside capture).
     Returns ({size: graph}, {size: the captured run's output})."""

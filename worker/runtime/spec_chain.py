@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from qnext.worker.forward import ForwardBatch
-from qnext.worker.runtime.cuda_graph import StepGraphs, capture_sizes
+from qnext.worker.runtime.cuda_graph import SizeGraphs, StepGraphs
 from qnext.worker.runtime.spec_draft import MTPDrafter
 
 
@@ -58,14 +58,11 @@ class DraftGraphs:
 
     def __init__(self, verify: StepGraphs, drafter: MTPDrafter, eager: bool = False) -> None:
         max_bs, device = verify.sizes[-1], verify.static.input_ids.device
-        self.verify, self.drafter, self.eager = verify, drafter, eager
+        self.verify, self.drafter = verify, drafter
         self.emitted = torch.zeros(max_bs, verify.n, dtype=torch.int64, device=device)
         self.kept = torch.zeros(max_bs, dtype=torch.int64, device=device)
         self.page_lens = torch.full_like(self.kept, drafter.scratch)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        if not eager:
-            self.graphs, self.outputs = capture_sizes(verify.sizes, self._draft)
+        self.captured = SizeGraphs(verify.sizes, self._draft, eager)
 
     def run(self, emitted: torch.Tensor, kept: torch.Tensor,
             page_lens: torch.Tensor) -> torch.Tensor:
@@ -78,14 +75,11 @@ class DraftGraphs:
         self.emitted[bs:padded].zero_()
         self.kept[bs:padded].zero_()
         self.page_lens[bs:padded].fill_(self.drafter.scratch)
-        if self.eager:
-            return self._draft(padded)[:bs].clone()
-        self.graphs[padded].replay()
-        return self.outputs[padded][:bs].clone()
+        return self.captured.replay(padded)[:bs].clone()
 
     def _draft(self, bs: int) -> torch.Tensor:
         verify = self.verify
-        return draft_chains(self.drafter, verify.static_batch(bs), verify.outputs[bs][1],
+        return draft_chains(self.drafter, verify.static_batch(bs), verify.captured.outputs[bs][1],
                             self.emitted[:bs], self.kept[:bs], self.page_lens[:bs])
 
 
