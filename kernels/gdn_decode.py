@@ -4,8 +4,8 @@ Fuses, per (sequence, value head, block of value columns): the gates (g = -exp(A
 softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the recurrence on the slot's
 state in place (decay, delta, write, read) and optionally a copy of the new state into a
 snapshot slot (extra_buffer prefix caching). Its gate and q / k helpers (`softplus`, `gates`,
-`load_qk`) serve the verify and chunked-prefill kernels too. Grouped heads: value head j reads key head
-j // (Hv // Hk); q and k are never repeated in memory.
+`load_qk`) serve the verify and chunked-prefill kernels too. Grouped heads: value head j reads
+key head j // (Hv // Hk); q and k are never repeated in memory.
 
 Reference: `gdn_gating_ref` + `fused_recurrent_gated_delta_rule_ref` (kernels/gdn_ref.py).
 State layout [S, Hv, dk, dv] like the pool; arithmetic in float32 whatever the state dtype.
@@ -89,7 +89,8 @@ def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
                b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, *,
                ssm_states: torch.Tensor, state_indices: torch.Tensor,
                snapshot_slots: torch.Tensor | None = None, scale: float | None = None,
-               use_qk_l2norm: bool = True, eps: float = 1e-6, block_v: int = 32) -> torch.Tensor:
+               use_qk_l2norm: bool = True, eps: float = 1e-6, block_v: int = 64,
+               num_warps: int = 4) -> torch.Tensor:
     """One decode step. q, k [B, Hk, dk]; v [B, Hv, dv]; a, b [B, Hv] (raw gate inputs);
     A_log, dt_bias [Hv] float32; ssm_states [S, Hv, dk, dv] (updated in place at the distinct
     state_indices [B]); snapshot_slots [B] (-1: none) also receive the new state.
@@ -109,7 +110,7 @@ def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
         out.stride(0), out.stride(1),
         DK**-0.5 if scale is None else scale, eps,
         HV=HV, HK=HK, DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=block_v,
-        L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None)
+        L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None, num_warps=num_warps)
     return out
 
 

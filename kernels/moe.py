@@ -20,7 +20,6 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import check_device
-from qnext.kernels.moe_decode import DECODE_TOKENS, fused_moe_decode
 from qnext.kernels.moe_route import moe_align
 
 
@@ -146,12 +145,9 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     """Routed expert mixture, the contract of `fused_moe_ref`: x [T, H] (fp16/bf16/fp32,
     contiguous rows); w13 [E, 2I, H] (gate rows first) and w2 [E, H, I], contiguous in their
     last dim, cast to x.dtype in registers; topk_weights [T, k] float; topk_ids [T, k] int32/int64
-    contiguous, ids outside [0, E) contribute nothing. Returns [T, H] in x.dtype. Up to
-    DECODE_TOKENS tokens without `config` take the two-launch path of kernels/moe_decode.py."""
+    contiguous, ids outside [0, E) contribute nothing. Returns [T, H] in x.dtype."""
     _check(x, w13, w2, topk_weights, topk_ids)
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
-    if config is None and T <= DECODE_TOKENS:
-        return fused_moe_decode(x, w13, w2, topk_weights, topk_ids)
     I, n = I2 // 2, T * k
     out = torch.empty_like(x)
     if T == 0:

@@ -10,10 +10,15 @@ an illegal memory access there on H100 (it would poison the CUDA context).
 qnext is also timed replayed from a CUDA graph (L2 flushed before each replay), as a decode
 step runs it; the state traffic is read against the copy bandwidth of the same run.
 
-    PYTHONPATH=$PWD:$PWD/scripts python scripts/bench_gdn_decode.py
+    PYTHONPATH=$PWD:$PWD/scripts python scripts/bench_gdn_decode.py [--sweep]
+
+--sweep: instead, qnext alone, graph-timed, over the launcher's block_v and num_warps at
+B = 64 and 256 (the bandwidth target's batches), as a fraction of the copy bandwidth.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import triton.testing
@@ -88,5 +93,25 @@ def main() -> None:
                   f"{cells[2]} | {traffic:.0f} | {traffic / gbps:.0%} | {cells[3]} |")
 
 
+def sweep() -> None:
+    gbps = copy_gbps()
+    print(f"{torch.cuda.get_device_name()}; copy bandwidth {gbps:.0f} GB/s; graph-timed µs "
+          "(fraction of copy bw)\n")
+    knobs = [(bv, w) for bv in (16, 32, 64, 128) for w in (1, 2, 4, 8, 16)
+             if bv * 128 // (32 * w) <= 128]  # at most 128 state floats a thread
+    print("| B | Hv | " + " | ".join(f"bv {bv}, {w} warps" for bv, w in knobs) + " |")
+    print("|---|---|" + "---|" * len(knobs))
+    for hv, B in ((32, 64), (32, 256), (8, 64), (8, 256)):
+        x, states, slots = _case(B, hv)
+        cells = []
+        for bv, w in knobs:
+            fn = lambda: gdn_decode(**x, ssm_states=states, state_indices=slots,  # noqa: E731
+                                    block_v=bv, num_warps=w)
+            us = graph_us(fn)
+            share = 2 * B * hv * 128 * 128 * 4 / (us * 1e-6) / 1e9 / gbps
+            cells.append(f"{us:.1f} ({share:.0%})")
+        print(f"| {B} | {hv} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    sweep() if "--sweep" in sys.argv else main()

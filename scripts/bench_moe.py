@@ -7,9 +7,8 @@ Floor: the weight bytes of the distinct experts the routing touches (3·H·I·2 
 HBM bandwidth measured in the same run by a 1 GiB device-to-device copy. qnext runs eagerly
 (`triton.testing.do_bench`, median, Python launches included) and from a CUDA graph (median of
 graph replays with L2 flushed before each — a captured decode step); the reference syncs with
-the host (torch.unique) so it runs eagerly only. Also: the few-token path (kernels/moe_decode.py,
-what fused_moe runs up to DECODE_TOKENS tokens) against the aligned path, the shared expert as a dense torch MLP vs
-as an 11th fused expert, the routing kernel, and (--sweep) alternative tile configs.
+the host (torch.unique) so it runs eagerly only. Also: the shared expert as a dense torch MLP
+vs as an 11th fused expert, the routing kernel, and (--sweep) alternative tile configs.
 
     python scripts/bench_moe.py [--sweep [SECONDS]]
 """
@@ -25,7 +24,6 @@ import triton.testing
 
 from qnext.kernels import fused_moe_ref, moe_route_ref
 from qnext.kernels.moe import MoeConfig, default_config, fused_moe
-from qnext.kernels.moe_decode import fused_moe_decode
 from qnext.kernels.moe_route import moe_route
 from bench_common import copy_gbps, graph_us, rel_diff
 
@@ -147,35 +145,6 @@ def sweep(weights: dict, deadline: float) -> None:
                       flush=True)
 
 
-DECODE_VARIANTS = [dict(block_n=16, block_k=256, num_warps=4), dict(block_n=16, block_k=512,
-                   num_warps=4), dict(block_n=32, block_k=256, num_warps=8),
-                   dict(block_n=8, block_k=512, num_warps=2)]
-
-
-def decode_table(bw: float, weights: dict) -> None:
-    """The few-token path (kernels/moe_decode.py) against the aligned path, both graph-timed:
-    the data for DECODE_TOKENS and the decode tiles."""
-    print("\n| TP | T | floor µs | aligned µs | few-token path µs by (block_n, block_k, warps) "
-          "| rel. diff vs ref (best) |")
-    print("|---|---|---|---|---|---|")
-    for tp, I in ((1, 512), (4, 128)):
-        w13, w2 = (w[:E] for w in weights[I])
-        for T in (1, 2, 4, 8, 16):
-            x, tw, ids = _tokens(T, T)
-            want = fused_moe_ref(x, w13, w2, tw, ids)
-            floor = len(torch.unique(ids)) * 3 * H * I * 2 / bw * 1e6
-            cfg = default_config(T * TOPK, E, 2)
-            aligned = graph_us(lambda: fused_moe(x, w13, w2, tw, ids, cfg))
-            times = {}
-            for v in DECODE_VARIANTS:
-                fn = lambda v=v: fused_moe_decode(x, w13, w2, tw, ids, **v)  # noqa: E731
-                times[(v["block_n"], v["block_k"], v["num_warps"])] = (graph_us(fn), fn)
-            best = min(times, key=lambda key: times[key][0])
-            cells = ", ".join(f"{key}: {t:.1f}" for key, (t, _) in times.items())
-            print(f"| {tp} | {T} | {floor:.1f} | {aligned:.1f} | {cells} | "
-                  f"{rel_diff(times[best][1](), want):.1e} |", flush=True)
-
-
 def main() -> None:
     start = time.time()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
@@ -184,7 +153,6 @@ def main() -> None:
     print(f"HBM bandwidth (1 GiB device-to-device copy): {bw / 1e12:.2f} TB/s\n")
     weights = {I: _weights(I, E + 1, I) for I in (512, 128)}  # expert E: the shared expert
     main_table(bw, weights)
-    decode_table(bw, weights)
     shared_table(weights)
     deadline = _sweep_deadline(start)
     if deadline is not None:

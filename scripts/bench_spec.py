@@ -58,7 +58,8 @@ def make_engine(args: argparse.Namespace, steps: int | None):
                                  device=args.device),
                  cache=CacheConfig(cpu_memory_bytes=256 << 20, disable_radix_cache=True,
                                    max_total_tokens=1 << 16, max_mamba_cache_size=64),
-                 sched=SchedConfig(disable_cuda_graph=args.disable_cuda_graph))
+                 sched=SchedConfig(disable_cuda_graph=args.disable_cuda_graph,
+                                   disable_overlap_schedule=args.disable_overlap_schedule))
     spec = SpecConfig("NEXTN", num_steps=steps) if steps else SpecConfig()
     return Engine(replace(cfg, spec=spec))
 
@@ -102,10 +103,11 @@ def describe(args: argparse.Namespace, engines: dict) -> str:
               else f"{platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads")
     graphs = ", ".join(f"{'plain' if steps is None else f'{steps} steps'}: "
-                       f"{_graphs(engine)}" for steps, engine in engines.items())
+                       f"{_graphs(engine)} ({type(engine.loop).__name__})"
+                       for steps, engine in engines.items())
     return (f"{datetime.date.today()}, torch {torch.__version__}, {device}, {args.dtype}; "
             f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy, best of "
-            f"{args.repeats}; CUDA graphs captured — {graphs}")
+            f"{args.repeats}; CUDA graphs captured (and loop) — {graphs}")
 
 
 def _graphs(engine) -> str:
@@ -130,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--heldout", type=int, default=32, help="as in train_tiny_mtp.py")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads")
     ap.add_argument("--disable-cuda-graph", action="store_true")
+    ap.add_argument("--disable-overlap-schedule", action="store_true",
+                    help="the normal loop for every engine (else plain and chains overlap)")
     return ap.parse_args(argv)
 
 

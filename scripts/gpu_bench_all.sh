@@ -3,7 +3,8 @@
 # benchmark, each under its own time limit, each writing $OUT/<name>.txt — one device call
 # for a whole round of checks and numbers. Wheels the GPU image lacks come from .whl/ (carry
 # it); FLA anchors from .whl/anchor. Usage: bash scripts/gpu_bench_all.sh [names...]
-# (default: all, in the order below). Budget the call's timeout as the sum of the limits used.
+# (default: all, in the order below). Budget the call's timeout as the sum of the limits used
+# (the whole GPU test directory takes longer than one call: name test files with pytest).
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -14,11 +15,12 @@ anchored="$site:/tmp/anchor"  # FLA on the path: only for the benchmarks that ti
 
 # name, time limit (s), python path, command
 steps=(
-  "tests|240|$site|-m pytest tests/gpu -q -p no:cacheprovider --ignore=tests/gpu/test_gpu_tp.py --ignore=tests/gpu/test_gpu_allreduce.py"
+  "tests|600|$site|-m pytest tests/gpu -q -p no:cacheprovider --ignore=tests/gpu/test_gpu_tp.py --ignore=tests/gpu/test_gpu_allreduce.py"
   "gdn_prefill|150|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "moe|120|$site|scripts/bench_moe.py"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
+  "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
   "vs_hf|240|$site|scripts/bench_vs_hf.py --repeats 2 --profile"
 )

@@ -41,11 +41,13 @@ def _oracle(engine: Engine, want: dict[str, list[int]]) -> None:
     token (the kept path skips tree indices, so its K/V must be compacted)."""
     drafter, calls = engine.executor.drafter, [0]
     rid = {seq_id: f"r{seq_id}" for seq_id in range(len(want))}
+    previous = _record_previous(engine.executor)
 
     def proposals(seq_id: int) -> tuple[list[int], list[int]]:
         drafter.proposed.pop(seq_id, None)
         seq = engine.scheduler.seqs[seq_id]
-        ref = want[rid[seq_id]][len(seq.output_ids):] + [0] * drafter.k
+        done = len(seq.output_ids) + _in_flight(previous[0], seq_id)
+        ref = want[rid[seq_id]][done:] + [0] * drafter.k
         calls[0] += 1
         bad = (calls[0] + seq_id) % (drafter.k + 1)
         ref = [t if i != bad else (t + 1) % 384 for i, t in enumerate(ref[:drafter.k])]
@@ -59,6 +61,28 @@ def _oracle(engine: Engine, want: dict[str, list[int]]) -> None:
         return tokens[:drafter.k], parents[:drafter.k]
 
     drafter.proposals = proposals
+
+
+def _record_previous(executor) -> list:
+    """[the step in flight when the executor's current launch began] (the overlap loop's
+    `previous`; None in the normal loop), kept up to date by wrapping `launch`."""
+    launch, previous = executor.launch, [None]
+
+    def recording(plan, prev=None):
+        previous[0] = prev
+        return launch(plan, prev)
+
+    executor.launch = recording
+    return previous
+
+
+def _in_flight(previous, seq_id: int) -> int:
+    """Tokens the step in flight emits for the sequence (the test reads them early)."""
+    if previous is None:
+        return 0
+    if previous.verified and seq_id in previous.verified:
+        return int(previous.acc.num_accepted[previous.verified.index(seq_id)]) + 1
+    return int(seq_id in previous.seq_ids)
 
 
 def _reference(path, prompts, params, **kwargs) -> dict[str, list[int]]:
@@ -99,6 +123,25 @@ def test_oracle_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps,
     assert_pools_at_baseline(engine)
 
 
+@pytest.mark.parametrize("steps", [1, 3, 5])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_overlap_loop_gives_the_tokens_of_plain_decoding(tiny_checkpoint, steps, params):
+    """Chains in the overlap loop: each verify is planned while the previous one is in
+    flight (its root, prefix and sampling counter come from the device)."""
+    from qnext.worker.engine.loop import OverlapLoop
+
+    path = tiny_checkpoint("tiny")
+    prompts = random_prompts(6, 1, 40, 384, seed=steps + 7)
+    want = _reference(path, prompts, params)
+    engine = _engine(path, steps, overlap=True)
+    assert isinstance(engine.loop, OverlapLoop)
+    _oracle(engine, want)
+    assert run_with_changes(engine, prompts, params) == want
+    stats = engine.stats()["spec"]
+    assert 0 < stats["accepted"] < stats["proposed"]
+    assert_pools_at_baseline(engine)
+
+
 @pytest.mark.parametrize("steps,topk,draft_tokens", [(3, 1, None), (3, 2, 6)])
 def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, steps, topk,
                                                            draft_tokens):
@@ -111,19 +154,24 @@ def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, step
     assert_pools_at_baseline(engine)
 
 
-def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint):
+@pytest.mark.parametrize("radix,overlap,shared_len,tail,pool", [
+    ("no_buffer", False, 30, 30, 150), ("extra_buffer", True, 66, 10, 130)])
+def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint, radix, overlap,
+                                                      shared_len, tail, pool):
     """A pool too small for all requests (preemptions, scratch pages for drafts) and shared
-    prefixes with the no_buffer prefix cache (hits); stop tokens end requests inside the
-    kept drafts."""
+    prefixes with the prefix cache (hits; extra_buffer snapshots prompts at multiples of 64
+    tokens); stop tokens end requests inside the kept drafts. extra_buffer runs the overlap
+    loop (chains; trees run the normal loop)."""
     path = tiny_checkpoint("tiny")
-    shared = random_prompts(1, 30, 31, 384, seed=3)[0]
-    prompts = [shared + p for p in random_prompts(6, 1, 30, 384, seed=4)]
-    kwargs = dict(max_total_tokens=150, radix="no_buffer", chunk=8)
+    shared = random_prompts(1, shared_len, shared_len + 1, 384, seed=3)[0]
+    prompts = [shared + p for p in random_prompts(6, 1, tail, 384, seed=4)]
+    kwargs = dict(max_total_tokens=pool, radix=radix, chunk=8, overlap=overlap)
     want = _reference(path, prompts, GREEDY, **kwargs)
     stop = SamplingParams(temperature=0.0, max_new_tokens=14,
                           stop_token_ids=(want["r0"][5], want["r3"][2]))
     want_stop = _reference(path, prompts, stop, **kwargs)
-    for (params, expected), topk in zip(((GREEDY, want), (stop, want_stop)), (1, 2)):
+    for (params, expected), topk in zip(((GREEDY, want), (stop, want_stop)),
+                                        (1, 1 if overlap else 2)):
         engine = _engine(path, 3, topk, None if topk == 1 else 6, **kwargs)
         _oracle(engine, expected)
         assert run_with_changes(engine, prompts, params) == expected
@@ -132,21 +180,23 @@ def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint):
         assert_pools_at_baseline(engine)
 
 
-def test_tp2_speculation_equals_plain_tp1(tiny_checkpoint):
-    """Two real ranks (gloo) run every speculative step on the same plan: draft trees, verify
+@pytest.mark.parametrize("topk,draft_tokens,overlap", [(2, 5, False), (1, None, True)])
+def test_tp2_speculation_equals_plain_tp1(tiny_checkpoint, topk, draft_tokens, overlap):
+    """Two real ranks (gloo) run every speculative step on the same plan: draft trees (normal
+    loop) or chains (overlap loop: each rank feeds its own verify's results forward), verify
     and acceptance agree across ranks, and the tokens are those of plain decoding at TP 1."""
     from qnext.worker.config import ParallelConfig
     from qnext.worker.layers.parallel import reset_tp_info
 
     path = tiny_checkpoint("tiny-tp")
     prompts = random_prompts(4, 1, 30, 384, seed=9)
-    cfg = engine_config(path, max_total_tokens=600, chunk=8)
+    cfg = engine_config(path, max_total_tokens=600, chunk=8, overlap=overlap)
     cfg = replace(cfg, load=replace(cfg.load, dtype="float64"))  # TP sums in another order
     want = run_with_changes(Engine(cfg), prompts, GREEDY)
     reset_tp_info()
     engine = Engine(replace(cfg, parallel=ParallelConfig(tp_size=2),
-                            spec=SpecConfig("NEXTN", num_steps=2, eagle_topk=2,
-                                            num_draft_tokens=5)))
+                            spec=SpecConfig("NEXTN", num_steps=2, eagle_topk=topk,
+                                            num_draft_tokens=draft_tokens)))
     try:
         assert run_with_changes(engine, prompts, GREEDY) == want
         assert engine.stats()["spec"]["verify_seqs"] > 0
@@ -155,8 +205,10 @@ def test_tp2_speculation_equals_plain_tp1(tiny_checkpoint):
         engine.close()
 
 
-@pytest.mark.parametrize("topk,draft_tokens", [(1, None), (2, 6)])
-def test_extra_buffer_snapshots_inside_kept_drafts(tiny_checkpoint, topk, draft_tokens):
+@pytest.mark.parametrize("topk,draft_tokens,overlap", [(1, None, False), (2, 6, False),
+                                                       (1, None, True)])
+def test_extra_buffer_snapshots_inside_kept_drafts(tiny_checkpoint, topk, draft_tokens,
+                                                   overlap):
     """extra_buffer, track interval 64: decodes cross position 64 inside a verify; the
     snapshot is taken when the kept path reaches it (dropped otherwise). A second round whose
     prompts extend the first round's sequences hits those snapshots and still gives the tokens
@@ -164,7 +216,8 @@ def test_extra_buffer_snapshots_inside_kept_drafts(tiny_checkpoint, topk, draft_
     path = tiny_checkpoint("tiny")
     params = SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True)
     first = random_prompts(5, 44, 63, 384, seed=12)
-    kwargs = dict(radix="extra_buffer", track_interval=64, chunk=16, max_prefill_tokens=64)
+    kwargs = dict(radix="extra_buffer", track_interval=64, chunk=16, max_prefill_tokens=64,
+                  overlap=overlap)
     want = _reference(path, first, params, **kwargs)
     engine = _engine(path, 3, topk, draft_tokens, **kwargs)
     _oracle(engine, want)

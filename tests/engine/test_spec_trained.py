@@ -76,3 +76,30 @@ def test_graph_buffers_draft_what_the_eager_path_drafts(plain_outputs, steps):
     assert 0 < ex.verify_graphs.runs < ex.counters["verify_steps"]
     assert engine.stats()["spec"] == eager.stats()["spec"]
     assert_pools_at_baseline(engine)
+
+
+SAMPLED = SamplingParams(temperature=0.7, top_k=20, max_new_tokens=40, ignore_eos=True,
+                         seed=11)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_overlap_loop_speculates_with_the_same_tokens_and_acceptance(steps, params):
+    """The overlap loop plans each verify while the sequence's previous one is in flight
+    (root, prefix and sampling counter only on the device): the tokens of plain decoding
+    with the same seeds, and the acceptance of the normal loop — whose drafts it therefore
+    reproduces — but for one verify per request wasted after its last token."""
+    from qnext.worker.engine.loop import OverlapLoop
+
+    plain = Engine(engine_config(CHECKPOINT))
+    want = [o.output_ids for o in plain.generate(_prompts(), params, progress=False)]
+    spec = SpecConfig("NEXTN", num_steps=steps)
+    normal = Engine(replace(engine_config(CHECKPOINT), spec=spec))
+    assert [o.output_ids for o in normal.generate(_prompts(), params, progress=False)] == want
+    engine = Engine(replace(engine_config(CHECKPOINT, overlap=True), spec=spec))
+    assert isinstance(engine.loop, OverlapLoop)
+    assert [o.output_ids for o in engine.generate(_prompts(), params, progress=False)] == want
+    got, ref = engine.stats()["spec"], normal.stats()["spec"]
+    assert ref["verify_seqs"] <= got["verify_seqs"] <= ref["verify_seqs"] + len(SNIPPETS)
+    assert abs(got["accept_length"] - ref["accept_length"]) < 0.1, (got, ref)
+    assert_pools_at_baseline(engine)

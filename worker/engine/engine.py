@@ -73,13 +73,14 @@ class Engine:
     @staticmethod
     def overlap_for(cfg: Config, strategy: str, explain: bool = False) -> bool:
         """no_buffer snapshots read the live working slot, which an in-flight step of the
-        overlap loop would be advancing: that strategy runs the normal loop."""
+        overlap loop would be advancing: that strategy runs the normal loop; so do draft
+        trees (their steps wait for the kept paths, runtime/spec_worker.py)."""
         if cfg.sched.disable_overlap_schedule:
             return False
-        if cfg.spec.enabled:
+        if cfg.spec.enabled and cfg.spec.topk > 1:
             if explain:
-                log.info("overlap_schedule_disabled", reason="speculative decoding runs the "
-                         "normal loop")
+                log.info("overlap_schedule_disabled", reason="speculative decoding with draft "
+                         "trees (--speculative-eagle-topk > 1) runs the normal loop")
             return False
         if strategy == "no_buffer":
             if explain:

@@ -104,11 +104,7 @@ class TPExecutor(PlanExecutor):
 
 class TPSpecExecutor(TPExecutor, SpecExecutor):
     """Rank 0's executor with speculative decoding: commands broadcast (TPExecutor), steps
-    run by SpecExecutor on every rank (a plain TPExecutor's steps go through `launch`)."""
-
-    def run(self, plan: StepPlan):
-        self.send("run", plan)
-        return super().run(plan)  # SpecExecutor.run
+    launched by SpecExecutor on every rank."""
 
 
 def start_tp(cfg: Config) -> TPExecutor:
@@ -165,8 +161,6 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
             if previous is not None:
                 assert last is not None and last.plan.step_id == previous, "plans out of step"
             last = executor.launch(plan, last if previous is not None else None)
-        elif kind == "run":  # a speculative step (the normal loop)
-            executor.run(*args)
     dist.destroy_process_group()
     # NOTE: skip interpreter finalization: gloo's worker threads can still hold tensors then,
     # and tearing them down sometimes aborts the process (SIGABRT) after a clean stop

@@ -60,8 +60,10 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def hash_uniform(seeds: Sequence[int], counters: Sequence[int], vocab_size: int,
-                 device: torch.device | str) -> torch.Tensor:
-    """[M, V] float32 uniforms in (0, 1), a pure function of (seed, counter, vocab index).
+                 device: torch.device | str,
+                 counter_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """[M, V] float32 uniforms in (0, 1), a pure function of (seed, counter, vocab index);
+    `counter_shift` [M] (on the device) is added to the counters there.
 
     The 64-bit seed is hashed (low half, then high half folded in), mixed with the counter and
     hashed again to a 32-bit row key; each vocab index is combined with the key and hashed
@@ -70,6 +72,8 @@ def hash_uniform(seeds: Sequence[int], counters: Sequence[int], vocab_size: int,
     seed_bits = [s & 0xFFFFFFFFFFFFFFFF for s in seeds]
     rows = [[s & _MASK32, s >> 32, c & _MASK32] for s, c in zip(seed_bits, counters, strict=True)]
     lo, hi, ctr = to_device(rows, device).view(-1, 3).unbind(1)
+    if counter_shift is not None:
+        ctr = (ctr + counter_shift) & _MASK32
     key = _mix32(_mix32(lo ^ _GOLDEN32) ^ hi)
     key = _mix32(key ^ _mul32(ctr, _GOLDEN32))[:, None]  # [M, 1]
     vocab = _mul32(torch.arange(vocab_size, dtype=torch.long, device=device), _GOLDEN32)

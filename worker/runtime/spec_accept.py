@@ -67,11 +67,14 @@ def target_probs(logits: torch.Tensor, specs: Sequence[SampleSpec]) -> torch.Ten
 
 def accept_drafts(tokens: torch.Tensor, logits: torch.Tensor, specs: Sequence[SampleSpec],
                   parents: list[list[int]] | None = None,
-                  draft_probs: torch.Tensor | None = None) -> Acceptance:
+                  draft_probs: torch.Tensor | None = None,
+                  counter_shift: torch.Tensor | None = None) -> Acceptance:
     """Decide a verify step. tokens [B, n] int64 (column 0: the roots), logits [B, n, V] (the
     vocabulary only, padding columns sliced off), specs[b] for sequence b, parents [B][n] with
-    parents[b][0] == -1 (None: chains), draft_probs [B, n, V] or None (module docstring).
-    Nothing waits on the device; the only host work is on `parents` and `specs`."""
+    parents[b][0] == -1 (None: chains), draft_probs [B, n, V] or None (module docstring),
+    counter_shift [B] int64 on the device: added to each spec's counter (a counter known only
+    there, `SeqWork.after_verify`). Nothing waits on the device; the only host work is on
+    `parents` and `specs`."""
     num_seqs, n, vocab_size = logits.shape
     depths = _check(tokens, logits, specs, parents, draft_probs)
     device = logits.device
@@ -79,18 +82,18 @@ def accept_drafts(tokens: torch.Tensor, logits: torch.Tensor, specs: Sequence[Sa
         [[p for row in (parents or [list(range(-1, n - 1))] * num_seqs) for p in row],
          [d for row in depths for d in row]], device))
     if draft_probs is None:
-        choices = _target_choices(logits, specs, depths)
+        choices = _target_choices(logits, specs, depths, counter_shift)
         node, kept = _walk_choices(tokens, parent_ids, choices)
         bonus = choices.gather(1, node[:, None]).squeeze(1)
     else:
         probs = target_probs(logits.reshape(num_seqs * n, vocab_size),
                              [s for s in specs for _ in range(n)]).view(num_seqs, n, vocab_size)
         coins = hash_uniform([s.seed ^ _COIN_STREAM for s in specs], [s.counter for s in specs],
-                             n, device)
+                             n, device, counter_shift)
         node, kept, residual = _walk_sampled(tokens, parent_ids, probs, draft_probs.float(),
                                              coins)
         bonus = _draw_bonus(residual, specs, depth_ids.gather(1, node[:, None]).squeeze(1),
-                            max(map(max, depths)))
+                            max(map(max, depths)), counter_shift)
     return _result(tokens, kept, node, bonus)
 
 
@@ -115,7 +118,7 @@ def _check(tokens: torch.Tensor, logits: torch.Tensor, specs: Sequence[SampleSpe
 
 
 def _target_choices(logits: torch.Tensor, specs: Sequence[SampleSpec],
-                    depths: list[list[int]]) -> torch.Tensor:
+                    depths: list[list[int]], shift: torch.Tensor | None) -> torch.Tensor:
     """[B, n] int64: the token the sampler would emit after each tree token (argmax, or the
     race with counter + depth)."""
     choices = logits.argmax(dim=2)
@@ -128,7 +131,7 @@ def _target_choices(logits: torch.Tensor, specs: Sequence[SampleSpec],
     probs = target_probs(logits.index_select(0, index).reshape(-1, vocab_size), rows)
     uniform = hash_uniform([s.seed for s in rows],
                            [specs[b].counter + d for b in drawn for d in depths[b]], vocab_size,
-                           logits.device)
+                           logits.device, _rows_of(shift, index, n))
     picked = (probs / -torch.log(uniform)).argmax(dim=1).view(len(drawn), n)
     return choices.index_copy(0, index, picked)
 
@@ -181,7 +184,7 @@ def _minus(residual: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
 
 
 def _draw_bonus(residual: torch.Tensor, specs: Sequence[SampleSpec], depth: torch.Tensor,
-                max_depth: int) -> torch.Tensor:
+                max_depth: int, shift: torch.Tensor | None) -> torch.Tensor:
     """[B] int64: the seeded race on the residual with counter + depth of the last kept node
     (greedy rows: the argmax, their residual stays one-hot)."""
     bonus = residual.argmax(dim=1)
@@ -191,10 +194,18 @@ def _draw_bonus(residual: torch.Tensor, specs: Sequence[SampleSpec], depth: torc
     index = to_device(drawn, residual.device)
     uniform = hash_uniform([specs[b].seed for b in drawn for _ in range(max_depth + 1)],
                            [specs[b].counter + d for b in drawn for d in range(max_depth + 1)],
-                           residual.shape[1], residual.device).view(len(drawn), max_depth + 1, -1)
+                           residual.shape[1], residual.device,
+                           _rows_of(shift, index, max_depth + 1)
+                           ).view(len(drawn), max_depth + 1, -1)
     uniform = uniform[torch.arange(len(drawn), device=residual.device), depth[index]]
     picked = (residual.index_select(0, index) / -torch.log(uniform)).argmax(dim=1)
     return bonus.index_copy(0, index, picked)
+
+
+def _rows_of(shift: torch.Tensor | None, index: torch.Tensor, repeats: int
+             ) -> torch.Tensor | None:
+    """The counter shifts of sequences `index`, each repeated for its `repeats` draw rows."""
+    return None if shift is None else shift.index_select(0, index).repeat_interleave(repeats)
 
 
 def _result(tokens: torch.Tensor, kept: torch.Tensor, node: torch.Tensor,

@@ -1,21 +1,26 @@
 """`SpecExecutor`: a `PlanExecutor` that speculates (NEXTN). One step runs, in order:
 1. the forward of the ordinary work (prompt chunks, decodes of sequences that do not
    speculate) and its draws; the draft head then follows every speculating prompt chunk
-   and drafts after the ones that end their prompt;
+   and drafts after the ones that end their prompt (this reads the draws: such a step waits
+   for the device);
 2. one verify forward over the speculating decodes — root + k proposals each, a chain or a
    tree (ancestor mask, positions by depth), the recurrent states of every step kept apart
    (`SpecStateBuffers`), the pool untouched;
-3. acceptance (`accept_drafts`), the commit of each sequence's last kept step into its slot,
-   for trees the kept path's K/V moved to consecutive positions, and the draft head over the
-   kept path, which drafts the next proposals.
-Only the normal loop drives it (the overlap loop would need the accepted lengths before
-planning). Chains (topk 1) are drafted on the device right after their verify
-(`spec_chain.py`); on CUDA both replay CUDA graphs, captured at every pool install (the
-verify's with the verify buffers as inputs). Trees, and the head over prompt chunks, run
-eagerly with host-side drafting (`spec_draft.py`). Under TP every rank runs it on the same
-plan (engine/tp.py): logits and hidden states are identical on all ranks, so drafts and
-acceptance agree.
-Counters for `stats()`: verify steps, verified sequences, proposals, accepted.
+3. acceptance (`accept_drafts`), the commit of each sequence's last kept step into its slot
+   and of a planned snapshot when the kept path reaches it (on the device: a missed one goes
+   to the dummy slot 0); chains then draft their next proposals on the device
+   (`spec_chain.py`). Trees need the kept paths on the host for their K/V compaction and
+   the draft head over the kept path: a tree step waits for the device, so trees run in the
+   normal loop only.
+`launch` queues all of it without waiting for the device (but for prompt drafting and
+trees); `resolve` reads the tokens. In the overlap loop a verify planned while the sequence's last
+one is in flight (`SeqWork.after_verify`) takes its root (that verify's bonus token), its
+prefix shift and its sampling-counter shift (the accepted count) on the device. On CUDA the
+chain verify and drafting replay CUDA graphs, captured at every pool install (the verify's
+with the verify buffers as inputs); trees and the head over prompt chunks run eagerly with
+host-side drafting (`spec_draft.py`). Under TP every rank runs it on the same plan
+(engine/tp.py): logits and hidden states are identical on all ranks, so drafts and acceptance
+agree. Counters for `stats()`: verify steps, verified sequences, proposals, accepted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ from qnext.worker.runtime.model_runner import ModelRunner, capture_or_log
 from qnext.worker.runtime.spec_accept import accept_drafts
 from qnext.worker.runtime.spec_chain import DraftGraphs, draft_chains
 from qnext.worker.runtime.spec_draft import Extend, MTPDrafter
+from qnext.worker.runtime.spec_launch import (
+    SpecLaunched,
+    future_roots,
+    shifted_verify,
+    snapshot_kept,
+)
 from qnext.worker.runtime.spec_states import SpecStateBuffers
 from qnext.worker.runtime.transfer import to_device, to_device_many
 from qnext.worker.runtime.worker import Launched, PlanExecutor
@@ -66,9 +77,6 @@ class SpecExecutor(PlanExecutor):
         self.verify_graphs = self.draft_graphs = None  # before the decode graphs (NCCL work)
         super().close()
 
-    def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
-        raise RuntimeError("speculative decoding runs in the normal loop (run), not launch")
-
     def spec_stats(self) -> dict[str, float]:
         c = self.counters
         return {**c, "accept_length": (c["accepted"] / c["verify_seqs"] + 1
@@ -76,22 +84,31 @@ class SpecExecutor(PlanExecutor):
                 "accept_rate": c["accepted"] / c["proposed"] if c["proposed"] else 0.0}
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan) -> StepResult:
+    def launch(self, plan: StepPlan, previous: Launched | None = None) -> SpecLaunched:
         plan = self.prepare(plan)
         self.drafter.release(plan.released)
-        tokens: dict[int, list[SampledToken]] = {}
+        launched = SpecLaunched(plan, [], None)
         ordinary = tuple(w for w in plan.work if not w.spec_verify)
         if ordinary:
-            launched, hidden, cu = self.forward_and_sample(replace(plan, work=ordinary))
-            for token in self.resolve(launched).tokens:
-                tokens[token.seq_id] = [token]
+            part, hidden, cu = self.forward_and_sample(replace(plan, work=ordinary), previous)
+            launched.ordinary, launched.seq_ids, launched.output = part, part.seq_ids, part.output
             if any(w.spec_draft for w in ordinary):  # (reading cu_seqlens waits for the device)
-                self._follow_prompts(ordinary, hidden, cu.tolist(), tokens)
+                launched.host = {t.seq_id: [t] for t in super().resolve(part).tokens}
+                self._follow_prompts(ordinary, hidden, cu.tolist(), launched.host)
         verify = [w for w in plan.work if w.spec_verify]
         if verify:
-            tokens.update(self._verify(verify))
-        return StepResult(plan.step_id, tuple(t for w in plan.work
-                                              for t in tokens.get(w.seq_id, ())))
+            self._launch_verify(verify, previous, launched)
+        return launched
+
+    def resolve(self, launched: Launched) -> StepResult:
+        tokens = launched.host
+        if tokens is None:
+            part = launched.ordinary
+            tokens = {t.seq_id: [t] for t in super().resolve(part).tokens} if part else {}
+        if launched.verified:
+            tokens.update(self._resolve_verify(launched))
+        return StepResult(launched.plan.step_id, tuple(t for w in launched.plan.work
+                                                       for t in tokens.get(w.seq_id, ())))
 
     def _follow_prompts(self, work: tuple[SeqWork, ...], hidden: torch.Tensor,
                         cu: list[int], tokens: dict[int, list[SampledToken]]) -> None:
@@ -106,10 +123,12 @@ class SpecExecutor(PlanExecutor):
                 items.append(item)
         self.drafter.extend(items, self.runner.state_pool)
 
-    def _verify(self, work: list[SeqWork]) -> dict[int, list[SampledToken]]:
+    def _launch_verify(self, work: list[SeqWork], previous: Launched | None,
+                       launched: SpecLaunched) -> None:
         runner, n, vocab = self.runner, self.n, self.runner.cfg.model.vocab_size
         drafts = [self.drafter.proposals(w.seq_id) for w in work]
-        rows = self._rows(work, drafts)
+        roots, shift = future_roots(work, previous, runner.device)
+        rows = self._rows(roots, drafts)
         parents = [[-1, *p] for _, p in drafts] if self.trees else None
         chunks = [SeqChunk([0] * n, w.prefix_len, w.state_slot, w.page_ids)
                   for w in work]
@@ -117,26 +136,37 @@ class SpecExecutor(PlanExecutor):
         batch = replace(build_verify_batch(chunks, runner.kv_pool, runner.state_pool, buffers,
                                            runner.device, parents, self.pages_of(work)),
                         input_ids=rows.view(-1))
+        if shift is not None:
+            batch = shifted_verify(batch, shift, n)
         graphed = self.verify_graphs is not None and self.verify_graphs.can_run(batch)
         logits, hidden = self.verify_graphs.run(batch) if graphed else runner.model(batch)
         acc = accept_drafts(rows, logits[:, :vocab].float().reshape(len(work), n, vocab),
-                            [w.sample for w in work], parents)
+                            [w.sample for w in work], parents, counter_shift=shift)
         buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
-        if not self.trees:  # queued before the host waits for the accepted counts
-            self._draft_chains(work, batch, hidden, acc, graphed)
-        kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
-        paths = ([path[:a + 1] for path, a in zip(acc.path.tolist(), kept)] if self.trees
-                 else [list(range(a + 1)) for a in kept])
-        self._snapshots(work, paths, buffers)
+        snapshot_kept(work, acc, buffers, runner.state_pool, runner.device, shift)
+        launched.verified, launched.acc = [w.seq_id for w in work], acc
         if self.trees:
-            self._compact_kv(work, paths)
-            self.drafter.extend([Extend(w.seq_id, w.prefix_len, ids[b][:kept[b] + 1],
-                                        hidden[[b * n + t for t in paths[b]]],
-                                        list(w.page_ids), True)
-                                 for b, w in enumerate(work)], runner.state_pool)
-        self._count(len(work), sum(kept))
-        return {w.seq_id: [SampledToken(w.seq_id, t) for t in ids[b][:kept[b] + 1]]
-                for b, w in enumerate(work)}
+            self._finish_trees(work, hidden, acc)
+        else:
+            self._draft_chains(work, batch, hidden, acc, graphed)
+
+    def _finish_trees(self, work: list[SeqWork], hidden: torch.Tensor, acc) -> None:
+        """The kept paths' K/V moved into place and the head run over them: both read the
+        paths on the host, so a tree step waits for the device here (every rank does)."""
+        n, kept, ids = self.n, acc.num_accepted.tolist(), acc.token_ids.tolist()
+        paths = [path[:a + 1] for path, a in zip(acc.path.tolist(), kept)]
+        self._compact_kv(work, paths)
+        self.drafter.extend([Extend(w.seq_id, w.prefix_len, ids[b][:kept[b] + 1],
+                                    hidden[[b * n + t for t in paths[b]]],
+                                    list(w.page_ids), True)
+                             for b, w in enumerate(work)], self.runner.state_pool)
+
+    def _resolve_verify(self, launched: SpecLaunched) -> dict[int, list[SampledToken]]:
+        acc = launched.acc
+        kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
+        self._count(len(kept), sum(kept))
+        return {seq_id: [SampledToken(seq_id, t) for t in ids[b][:kept[b] + 1]]
+                for b, seq_id in enumerate(launched.verified)}
 
     def _draft_chains(self, work: list[SeqWork], batch, hidden: torch.Tensor, acc,
                       graphed: bool) -> None:
@@ -149,11 +179,10 @@ class SpecExecutor(PlanExecutor):
                                   acc.num_accepted, lens)
         self.drafter.propose_chains([w.seq_id for w in work], chains)
 
-    def _rows(self, work: list[SeqWork], drafts: list) -> torch.Tensor:
-        """[B, n] int64 on the device: each sequence's root token, then its proposals (host
-        lists, or device rows from `draft_chains`)."""
+    def _rows(self, roots: torch.Tensor, drafts: list) -> torch.Tensor:
+        """[B, n] int64 on the device: each sequence's root, then its proposals (host lists,
+        or device rows from `draft_chains`)."""
         device = self.runner.device
-        roots = to_device([w.token_ids[0] for w in work], device)
         props = torch.stack([t if isinstance(t, torch.Tensor) else to_device(t, device)
                              for t, _ in drafts])
         return torch.cat([roots[:, None], props.to(torch.int64)], dim=1)
@@ -163,21 +192,6 @@ class SpecExecutor(PlanExecutor):
         self.counters["verify_seqs"] += seqs
         self.counters["proposed"] += seqs * (self.n - 1)
         self.counters["accepted"] += accepted
-
-    def _snapshots(self, work: list[SeqWork], paths: list[list[int]],
-                   buffers: SpecStateBuffers) -> None:
-        """extra_buffer: a track boundary planned inside the verify's range is snapshotted
-        when the kept path reaches it (the scheduler drops the snapshot otherwise)."""
-        slots, rows, steps = [], [], []
-        for b, (w, path) in enumerate(zip(work, paths)):
-            step = w.snapshot_len - w.prefix_len - 1  # the state after `step + 1` tokens
-            if w.snapshot_slot is not None and step < len(path):
-                slots.append(w.snapshot_slot)
-                rows.append(b)
-                steps.append(path[step])
-        if slots:  # extra_buffer snapshots inside the kept tokens
-            dev = self.runner.device
-            buffers.copy_out(self.runner.state_pool, *to_device_many((slots, rows, steps), dev))
 
     def _compact_kv(self, work: list[SeqWork], paths: list[list[int]]) -> None:
         """Tree verify wrote node t's K/V at position root + t; the kept path's node at depth

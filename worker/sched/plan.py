@@ -37,6 +37,10 @@ class SeqWork:
     the worker holds for the sequence, so it may return several tokens; its snapshot (at most
     one, anywhere in the n positions a verify may keep) is written only if the kept tokens
     reach it. Both need `page_ids` to cover the draft positions too (`sched/spec.py`).
+    `after_verify` (overlap loop): the previous step, still in flight, verifies this sequence
+    too; this verify's root is that one's bonus token and its prefix (and sampling counter)
+    are `prefix_len` (`sample.counter`) plus that verify's accepted count, known on the device
+    only (so is whether the kept tokens reach its snapshot).
     Pages travel as deltas: `page_ids` are the sequence's pages from index `pages_from` on;
     the ones before are those its earlier SeqWorks gave (`PageLists` rebuilds the full list).
     A plan therefore costs O(new pages), not O(context), to build, ship and read; pages_from
@@ -57,6 +61,7 @@ class SeqWork:
     spec_draft: bool = False
     spec_verify: bool = False
     pages_from: int = 0
+    after_verify: bool = False
 
     @property
     def num_new(self) -> int:

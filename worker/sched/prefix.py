@@ -157,8 +157,9 @@ class PrefixCache:
         replaced by a fresh one) and move its lock there. Called before each chunk and each
         decode, so a prompt is cached as soon as it is computed — concurrent requests sharing
         it hit (or learn its branching point) without waiting for it to finish. The snapshot
-        may still be in flight: every later reader of the slot runs after it on the stream."""
-        if self.strategy != "extra_buffer" or seq.track_slot is None \
+        may still be in flight: every later reader of the slot runs after it on the stream;
+        a verify's (`track_plans`) waits until its accepted count says it was taken."""
+        if self.strategy != "extra_buffer" or seq.track_slot is None or seq.track_plans \
                 or seq.track_len <= seq.cached_len or not self.ensure_free_slots(1):
             return
         fresh, donated = self.slots.allocate_one(), seq.track_slot

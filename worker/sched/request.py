@@ -141,6 +141,13 @@ class Sequence:
     track_len: int = 0
     track_slot: int | None = None
     branch_len: int = 0
+    # speculative decoding (sched/spec.py): the step of the newest planned verify; verifies
+    # planned to take the snapshot in `track_slot` and not settled yet, and whether a settled
+    # one took it; the accepted count of the newest settled verify
+    verify_step: int | None = None
+    track_plans: int = 0
+    track_reached: bool = False
+    last_accepted: int = 0
 
     @property
     def prompt_len(self) -> int:

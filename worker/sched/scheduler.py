@@ -169,17 +169,22 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted while making room for an older sequence
             future = seq.num_computed == seq.num_tokens  # its last token is still in flight
+            after_verify = seq.verify_step in self._in_flight
             # speculation never preempts anyone: short of pages, the sequence decodes plainly
+            # (after a verify in flight: it waits one step, its prefix is not known yet)
+            most = seq.num_computed + (self.limits.spec_tokens - 1 if after_verify else 0)
             verify = self._speculates(seq) and self._reserve_pages(
-                seq, verify_tokens(seq.num_computed, self.limits.spec_tokens,
-                                   self.limits.spec_scratch), preempt=False)
+                seq, verify_tokens(most, self.limits.spec_tokens, self.limits.spec_scratch),
+                preempt=False)
             # NOTE: a decode whose input is still in flight never preempts: its token may
             # finish it; without a page it waits one step and then decodes normally
-            if not self._reserve_pages(seq, seq.num_computed + 1, preempt=not future):
+            if (after_verify and not verify) or not self._reserve_pages(
+                    seq, seq.num_computed + 1, preempt=not future):
                 continue
             self.cache.publish_snapshot(seq)
             tokens = () if future else (seq.all_ids[seq.num_computed],)
-            work.append(self._work(seq, tokens, future=future, decode=True, verify=verify))
+            work.append(self._work(seq, tokens, future=future, decode=True, verify=verify,
+                                   after_verify=after_verify))
             seq.num_computed += 1
 
     def _chunk_size(self, seq: Sequence, budget: int) -> int:
@@ -206,15 +211,25 @@ class Scheduler:
         return speculates(seq.request.sampling, self.limits.spec_tokens)
 
     def _work(self, seq: Sequence, tokens: tuple[int, ...], future: bool = False,
-              decode: bool = False, draft: bool = False, verify: bool = False) -> SeqWork:
+              decode: bool = False, draft: bool = False, verify: bool = False,
+              after_verify: bool = False) -> SeqWork:
         start = seq.num_computed
         end = start + max(len(tokens), future)
         ends = future or end == seq.num_tokens
         params = seq.request.sampling
         wants_history = seq.fresh and _uses_penalties(params)
         seq.fresh = False
-        reach = start + self.limits.spec_tokens if verify else end  # a verify may keep all
-        snapshot_slot, snapshot_len = self.cache.snapshot(seq, start, reach, decode)
+        # a verify may keep all its tokens, after a verify in flight up to n - 1 positions on
+        reach = start + self.limits.spec_tokens * (1 + after_verify) - after_verify \
+            if verify else end
+        if seq.track_plans:  # a verify in flight may take it: this one may take it instead
+            again = after_verify and start < seq.track_len <= reach
+            snapshot_slot, snapshot_len = (seq.track_slot, seq.track_len) if again else (None, 0)
+        else:
+            snapshot_slot, snapshot_len = self.cache.snapshot(seq, start, reach, decode)
+        if verify:
+            seq.verify_step = self._step + 1
+            seq.track_plans += snapshot_slot is not None
         sent, seq.pages_sent = seq.pages_sent, len(seq.page_ids)
         return SeqWork(
             seq_id=seq.seq_id, token_ids=tokens, prefix_len=start,
@@ -224,7 +239,7 @@ class Scheduler:
             history=tuple(seq.all_ids) if wants_history else None,
             num_prompt=seq.prompt_len if wants_history else 0,
             snapshot_slot=snapshot_slot, snapshot_len=snapshot_len, spec_draft=draft,
-            spec_verify=verify)
+            spec_verify=verify, after_verify=after_verify)
 
     def _try_admit(self, budget: int, zero_slots: list[int],
                    copies: list[tuple[int, int]]) -> bool:
@@ -285,6 +300,7 @@ class Scheduler:
         self.cache.release(seq, cache=False)
         self.running.remove(seq)
         seq.status, seq.num_computed = SequenceStatus.WAITING, 0
+        seq.verify_step, seq.track_plans, seq.track_reached = None, 0, False
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
@@ -308,8 +324,9 @@ class Scheduler:
                                          seq.num_cached_tokens if reason else None,
                                          _queue_time(seq) if reason else None))
         if self.limits.spec_tokens:
+            busy = {sid for later in self._in_flight.values() for sid in later}
             settle_speculation(plan, result, epochs, self.seqs, self.pages,
-                               self.limits.page_size)
+                               self.limits.page_size, busy)
         self._collect_finished()
         return self.take_events() + outputs
 

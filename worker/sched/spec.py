@@ -11,9 +11,19 @@ chunk (ending at c tokens) drafts after position c - 1: c + scratch. Pages past 
 length are scratch: after the step the sequence keeps only the pages of its c + a + 1 cached
 tokens (`trimmed_page_count`), the next step reserves again.
 
+In the overlap loop a sequence's next verify is planned while its last one is in flight
+(`SeqWork.after_verify`): not knowing how many proposals that one keeps, the scheduler
+reserves for all of them (the next verify's root then sits at most n - 1 positions further),
+keeps the scratch pages until no step in flight uses them, and may plan a snapshot anywhere
+in the 2n - 1 positions it might keep; the worker takes it if the kept tokens reach it, the
+scheduler learns whether they did when both verifies are settled (`last_accepted`). A
+verify's snapshot stays pending (`track_plans`: unpublished, no other planned) until the
+verifies planned to take it are settled; the next one may plan the same snapshot again, as
+at most one of two consecutive verifies can keep its position.
+
 Speculation never preempts or waits for pages: when the extra pages cannot be had (after
-evicting cached ones), that step decodes the sequence plainly (or its last prompt chunk runs
-without drafting), and its next verify starts from stale or empty proposals, which are merely
+evicting cached ones), that step decodes the sequence plainly (after a verify in flight it
+sits the step out; its last prompt chunk runs without drafting), and its next verify starts from stale or empty proposals, which are merely
 rejected.
 
 A request speculates when acceptance can reproduce its sampler exactly: no penalties (they
@@ -60,11 +70,13 @@ def trimmed_page_count(num_cached: int, page_size: int) -> int:
 
 
 def settle_speculation(plan: StepPlan, result: StepResult, epochs: dict[int, int],
-                       seqs: dict[int, Sequence], pages: PageAllocator, page_size: int) -> None:
+                       seqs: dict[int, Sequence], pages: PageAllocator, page_size: int,
+                       busy: set[int] = frozenset()) -> None:
     """After a step with speculative work (`Scheduler.update`, before finished sequences are
     freed): verified sequences advance by their accepted proposals; one that finished inside
     them holds a state past its kept tokens, so it is not cached; a snapshot planned past the
-    kept tokens is dropped; every speculating sequence gives back its scratch pages."""
+    kept tokens is dropped (one reached is no longer pending); every speculating sequence
+    gives back its scratch pages, unless a later step in flight (`busy`) still uses them."""
     counts = accepted_counts(result.tokens, {w.seq_id for w in plan.work if w.spec_verify})
     for work in plan.work:
         seq = seqs.get(work.seq_id)
@@ -72,15 +84,29 @@ def settle_speculation(plan: StepPlan, result: StepResult, epochs: dict[int, int
                 seq.num_preemptions != epochs[work.seq_id]:
             continue
         accepted = counts.get(work.seq_id, 0)
-        if work.snapshot_slot is not None and seq.track_slot == work.snapshot_slot and \
-                work.snapshot_len > min(work.prefix_len + 1 + accepted, seq.num_tokens):
-            seq.track_slot = None
+        start = work.prefix_len + (seq.last_accepted if work.after_verify else 0)
+        if work.snapshot_slot is not None and seq.track_plans:
+            _settle_snapshot(seq, start < work.snapshot_len <= min(start + 1 + accepted,
+                                                                   seq.num_tokens))
+        if work.spec_verify:
+            seq.last_accepted = accepted
         if seq.status is SequenceStatus.RUNNING:
             seq.num_computed += max(accepted, 0)
             keep = trimmed_page_count(seq.num_computed, page_size)
-            if len(seq.page_ids) > keep:
+            if len(seq.page_ids) > keep and work.seq_id not in busy:
                 pages.free(seq.page_ids[keep:])
                 del seq.page_ids[keep:]
                 seq.pages_sent = min(seq.pages_sent, keep)
         elif seq.status is SequenceStatus.FINISHED and accepted > 0:
             seq.num_computed = seq.cached_len
+
+
+def _settle_snapshot(seq: Sequence, reached: bool) -> None:
+    """One verify planned to take `seq`'s pending snapshot is settled: once the last is, the
+    snapshot is kept if one of them took it (their kept tokens never overlap), else dropped."""
+    seq.track_reached |= reached
+    seq.track_plans -= 1
+    if not seq.track_plans:
+        if not seq.track_reached:
+            seq.track_slot = None
+        seq.track_reached = False
