@@ -4,6 +4,7 @@ ints and floats only (rank 0 ships plans to the other TP ranks). Pure Python.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from qnext.worker.sched.request import SamplingParams
@@ -99,10 +100,39 @@ class StepResult:
     tokens: tuple[SampledToken, ...]
 
 
+class PageView(Sequence):
+    """The first `length` ids of a live page list, read in place: what `PageLists.expand`
+    hands out instead of copying O(context) ids a step. Valid until the next plan of the
+    same sequence is expanded (which may shorten the list); a worker reads a step's pages
+    only while it launches that step."""
+
+    __slots__ = ("_pages", "_length")
+    __hash__ = None  # like the list it shows
+
+    def __init__(self, pages: list[int], length: int) -> None:
+        self._pages, self._length = pages, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._pages[slice(*index.indices(self._length))]
+        if not -self._length <= index < self._length:
+            raise IndexError(f"page {index} of {self._length}")
+        return self._pages[index % self._length]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (list, tuple, PageView)) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"PageView({list(self)})"
+
+
 class PageLists:
     """A worker's copy of every sequence's page list, kept from the plans' deltas: `expand`
-    turns a plan's SeqWorks into ones with full `page_ids` (pages_from 0), in plan order, and
-    forgets the plan's released sequences."""
+    turns a plan's SeqWorks into ones with full `page_ids` (`PageView`s, pages_from 0), in
+    plan order, and forgets the plan's released sequences."""
 
     def __init__(self) -> None:
         self._lists: dict[int, list[int]] = {}
@@ -115,12 +145,12 @@ class PageLists:
 
     def _full(self, w: SeqWork) -> SeqWork:
         if w.pages_from == 0:
-            self._lists[w.seq_id] = list(w.page_ids)
-            return w
+            pages = self._lists[w.seq_id] = list(w.page_ids)
+            return replace(w, page_ids=PageView(pages, len(pages)))
         pages = self._lists.get(w.seq_id)
         if pages is None or len(pages) < w.pages_from:
             raise RuntimeError(f"sequence {w.seq_id}: a page delta from {w.pages_from} without "
                                f"the pages before it (plans out of order?)")
         del pages[w.pages_from:]
         pages.extend(w.page_ids)
-        return replace(w, page_ids=tuple(pages), pages_from=0)
+        return replace(w, page_ids=PageView(pages, len(pages)), pages_from=0)
