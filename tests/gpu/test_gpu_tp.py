@@ -77,3 +77,39 @@ def test_nccl_tp2_cuda_graphs_equal_eager(tiny_checkpoint, dtype):
         finally:
             engine.close()
     assert outputs[True] == outputs[False]
+
+
+def test_nccl_tp2_speculation_in_the_overlap_loop(tiny_checkpoint):
+    """NEXTN chains at TP=2 over NCCL in the overlap loop, verify and draft replaying CUDA
+    graphs on every rank (each feeds its own verify's results forward): the greedy tokens of
+    plain TP=2 decoding, float32."""
+    from dataclasses import replace
+
+    from qnext.worker.config import ParallelConfig
+    from qnext.worker.engine import Engine
+    from qnext.worker.engine.loop import OverlapLoop
+    from qnext.worker.layers.parallel import reset_tp_info
+    from qnext.worker.sched.request import SamplingParams
+    from qnext.worker.spec_config import SpecConfig
+    from tests.engine.helpers import engine_config, random_prompts
+
+    cfg = engine_config(tiny_checkpoint("tiny-tp"), max_total_tokens=2000, overlap=True)
+    cfg = replace(cfg, load=replace(cfg.load, dtype="float32", device="cuda"),
+                  parallel=ParallelConfig(tp_size=2),
+                  sched=replace(cfg.sched, cuda_graph_max_bs=8))
+    prompts = random_prompts(6, 3, 60, 384, seed=13)
+    params = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    outputs = []
+    for spec in (SpecConfig(), SpecConfig("NEXTN", num_steps=2)):
+        reset_tp_info()
+        engine = Engine(replace(cfg, spec=spec))
+        try:
+            assert isinstance(engine.loop, OverlapLoop)
+            if spec.enabled:
+                assert engine.executor.verify_graphs is not None
+            outputs.append([o.output_ids for o in engine.generate(prompts, params)])
+            if spec.enabled:
+                assert engine.stats()["spec"]["verify_seqs"] > 0
+        finally:
+            engine.close()
+    assert outputs[0] == outputs[1]
