@@ -68,8 +68,9 @@ def main() -> None:
           f"{triton.__version__}")
     gbps = copy_gbps()
     print(f"HBM copy bandwidth (1 GiB device-to-device, same run): {gbps:.0f} GB/s\n")
-    print("| B | Hv | qnext µs | qnext graph µs | FLA fused gates µs | FLA precomputed gates µs "
-          "| best FLA / qnext | qnext state GB/s (graph) | of copy bw | rel. diff vs FLA |")
+    print("| B | Hv | qnext µs | qnext graph µs | FLA fused gates µs "
+          "| FLA precomputed gates µs | best FLA / qnext | qnext state GB/s (graph) "
+          "| of copy bw | rel. diff vs FLA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for hv, batches in ((32, (1, 32, 64, 256)), (8, (1, 32, 64, 256))):
         for B in batches:

@@ -23,8 +23,8 @@ at most one of two consecutive verifies can keep its position.
 
 Speculation never preempts or waits for pages: when the extra pages cannot be had (after
 evicting cached ones), that step decodes the sequence plainly (after a verify in flight it
-sits the step out; its last prompt chunk runs without drafting), and its next verify starts from stale or empty proposals, which are merely
-rejected.
+sits the step out; its last prompt chunk runs without drafting), and its next verify starts
+from stale or empty proposals, which are merely rejected.
 
 A request speculates when acceptance can reproduce its sampler exactly: no penalties (they
 depend on the path), no min_new_tokens (it blocks EOS per position), no logprobs (verify does
