@@ -155,7 +155,8 @@ def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, step
 
 
 @pytest.mark.parametrize("radix,overlap,shared_len,tail,pool", [
-    ("no_buffer", False, 30, 30, 150), ("extra_buffer", True, 66, 10, 130)])
+    ("no_buffer", False, 30, 30, 150), ("extra_buffer", False, 66, 10, 120),
+    ("extra_buffer", True, 66, 10, 130)])
 def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint, radix, overlap,
                                                       shared_len, tail, pool):
     """A pool too small for all requests (preemptions, scratch pages for drafts) and shared
@@ -178,6 +179,21 @@ def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint, radix, ov
         assert engine.stats()["num_preemptions"] > 0
         assert engine.stats()["prefix_cache"]["cached_tokens"] > 0
         assert_pools_at_baseline(engine)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_speculating_prompts_are_cached(tiny_checkpoint, overlap):
+    """extra_buffer: the snapshot in a speculating request's last prompt chunk is cached like
+    any prompt's (settling the step's speculation once dropped it), so a later request with
+    that prefix hits it."""
+    path = tiny_checkpoint("tiny")
+    prompt = random_prompts(1, 70, 71, 384, seed=21)[0]
+    engine = _engine(path, 3, radix="extra_buffer", chunk=128, overlap=overlap)
+    run_with_changes(engine, [prompt], GREEDY)
+    before = engine.stats()["prefix_cache"]["cached_tokens"]
+    run_with_changes(engine, [prompt[:66] + [5, 6]], GREEDY)
+    assert engine.stats()["prefix_cache"]["cached_tokens"] - before >= 64
+    assert_pools_at_baseline(engine)
 
 
 @pytest.mark.parametrize("topk,draft_tokens,overlap", [(2, 5, False), (1, None, True)])

@@ -85,7 +85,7 @@ def settle_speculation(plan: StepPlan, result: StepResult, epochs: dict[int, int
             continue
         accepted = counts.get(work.seq_id, 0)
         start = work.prefix_len + (seq.last_accepted if work.after_verify else 0)
-        if work.snapshot_slot is not None and seq.track_plans:
+        if work.spec_verify and work.snapshot_slot is not None and seq.track_plans:
             _settle_snapshot(seq, start < work.snapshot_len <= min(start + 1 + accepted,
                                                                    seq.num_tokens))
         if work.spec_verify:

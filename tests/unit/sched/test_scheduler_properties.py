@@ -107,11 +107,15 @@ class Harness:
             epoch, old = seq.num_preemptions, self.last.get(w.seq_id)
             assert w.sample.counter == end - seq.prompt_len and w.sample.seed == seq.seed
             if old is not None and old[0] == epoch:
-                assert w.sample.counter == old[1] + 1
+                assert self.next_counter_ok(old[1], w.sample.counter)
             else:  # first sample, or first after a preemption: continues from the outputs
                 assert not w.future_token and w.sample.counter == len(seq.output_ids)
             self.last[w.seq_id] = (epoch, w.sample.counter)
         assert prefill <= self.lim.max_prefill_tokens
+
+    def next_counter_ok(self, last: int, counter: int) -> bool:
+        """A sequence's next sample follows its last one."""
+        return counter == last + 1
 
     def execute(self, plan, previous) -> StepResult:
         """The fake model: checks what each SeqWork reads, writes its tokens, samples."""
@@ -122,29 +126,38 @@ class Harness:
         for src, dst in plan.copy_slots:  # in order: a snapshot may be copied on by a hit
             assert src in self.slot and src != dst
             self.slot[dst] = self.slot[src]
-        out, ps, snaps = [], self.ps, [w.snapshot_slot for w in plan.work if w.snapshot_slot]
+        out, snaps = [], [w.snapshot_slot for w in plan.work if w.snapshot_slot]
         assert len(set(snaps)) == len(snaps) and not set(snaps) & {w.state_slot for w in plan.work}
         for w in plan.work:
-            sid, pre, end = w.seq_id, w.prefix_len, w.prefix_len + w.num_new
             assert w.state_slot and 0 not in w.page_ids and len(set(w.page_ids)) == len(w.page_ids)
-            assert len(w.page_ids) == -(-end // ps)
-            truth = tuple(self.truth(sid, end))
-            # the slot holds exactly this prefix (zeroed, its own, or a cached copy)
-            assert self.slot.get(w.state_slot) == truth[:pre]
-            for p in range(end):  # read back the prefix (own or cached), write the rest
-                assert p >= pre or self.kv[w.page_ids[p // ps], p % ps] == truth[:p + 1]
-                if p >= pre:
-                    self.kv[w.page_ids[p // ps], p % ps] = truth[:p + 1]
-            fed = (fed_before[sid],) if w.future_token else w.token_ids
-            assert fed == truth[pre:end]
-            self.slot[w.state_slot] = truth
-            if w.snapshot_slot is not None:  # aligned in prefill, as the chunked kernel needs
-                at = w.snapshot_len
-                assert pre < at <= end and ((at - pre) % self.s.cache.chunk == 0 or at == end)
-                self.slot[w.snapshot_slot] = truth[:at]
-            if w.sample is not None:
-                out.append(SampledToken(sid, sample_token(sid, w.sample.params, w.sample.counter)))
+            out += self.run_work(w, fed_before)
         return StepResult(plan.step_id, tuple(out))
+
+    def run_work(self, w, fed_before: dict[int, int]) -> list[SampledToken]:
+        """One SeqWork of the fake model; returns its draws."""
+        ps, sid, pre, end = self.ps, w.seq_id, w.prefix_len, w.prefix_len + w.num_new
+        assert self.pages_fit(w, end)
+        truth = tuple(self.truth(sid, end))
+        # the slot holds exactly this prefix (zeroed, its own, or a cached copy)
+        assert self.slot.get(w.state_slot) == truth[:pre]
+        for p in range(end):  # read back the prefix (own or cached), write the rest
+            assert p >= pre or self.kv[w.page_ids[p // ps], p % ps] == truth[:p + 1]
+            if p >= pre:
+                self.kv[w.page_ids[p // ps], p % ps] = truth[:p + 1]
+        fed = (fed_before[sid],) if w.future_token else w.token_ids
+        assert fed == truth[pre:end]
+        self.slot[w.state_slot] = truth
+        if w.snapshot_slot is not None:  # aligned in prefill, as the chunked kernel needs
+            at = w.snapshot_len
+            assert pre < at <= end and ((at - pre) % self.s.cache.chunk == 0 or at == end)
+            self.slot[w.snapshot_slot] = truth[:at]
+        if w.sample is None:
+            return []
+        return [SampledToken(sid, sample_token(sid, w.sample.params, w.sample.counter))]
+
+    def pages_fit(self, w, end: int) -> bool:
+        """A SeqWork's pages are those of its tokens."""
+        return len(w.page_ids) == -(-end // self.ps)
 
     def note(self, outputs) -> None:
         for o in outputs:
@@ -177,6 +190,10 @@ class Harness:
             idle = 0 if progress() > before else idle + 1
             assert idle < 1000, "livelock: 1000 steps without a token or a finish"
 
+    def holds_its_pages(self, q: Sequence) -> bool:
+        """Between steps a sequence holds the pages of its computed tokens."""
+        return len(q.page_ids) == -(-q.num_computed // self.ps)
+
     def check(self) -> None:
         s = self.s
         s.pages.check_integrity(), s.slots.check_integrity(), s.cache.check_integrity()
@@ -191,7 +208,7 @@ class Harness:
         for held, alloc in ((pages, s.pages), (slots, s.slots)):
             assert 0 not in held and len(set(held)) == len(held)
             assert len(held) == alloc.num_total - alloc.num_free
-        assert all(len(q.page_ids) == -(-q.num_computed // self.ps) for q in live)
+        assert all(self.holds_its_pages(q) for q in live)
         assert all(w.seq_id in s.seqs for w in (self.flight[0].work if self.flight else ()))
         run, wait = {q.seq_id for q in s.running}, {q.seq_id for q in s.waiting}
         assert not run & wait and len(run) == len(s.running) <= self.lim.max_running_requests
