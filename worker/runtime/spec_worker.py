@@ -20,7 +20,9 @@ chain verify and drafting replay CUDA graphs, captured at every pool install (th
 with the verify buffers as inputs); trees and the head over prompt chunks run eagerly with
 host-side drafting (`spec_draft.py`). Under TP every rank runs it on the same plan
 (engine/tp.py): logits and hidden states are identical on all ranks, so drafts and acceptance
-agree. Counters for `stats()`: verify steps, verified sequences, proposals, accepted.
+agree. Counters for `stats()`: verify steps, verified sequences, proposals, accepted — of every
+verify run, including the one the overlap loop spends on a sequence its previous verify
+finished (its tokens are dropped).
 """
 
 from __future__ import annotations
