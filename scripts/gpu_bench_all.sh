@@ -16,7 +16,7 @@ anchored="$site:/tmp/anchor"  # FLA on the path: only for the benchmarks that ti
 # name, time limit (s), python path, command
 steps=(
   "tests|600|$site|-m pytest tests/gpu -q -p no:cacheprovider --ignore=tests/gpu/test_gpu_tp.py --ignore=tests/gpu/test_gpu_allreduce.py"
-  "gdn_prefill|150|$anchored|scripts/bench_gdn_prefill.py"
+  "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "moe|120|$site|scripts/bench_moe.py"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
