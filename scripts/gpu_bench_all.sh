@@ -4,7 +4,9 @@
 # for a whole round of checks and numbers. Wheels the GPU image lacks come from .whl/ (carry
 # it); FLA anchors from .whl/anchor. Usage: bash scripts/gpu_bench_all.sh [names...]
 # (default: all, in the order below). Budget the call's timeout as the sum of the limits used
-# (the whole GPU test directory takes longer than one call: name test files with pytest).
+# (the single-GPU tests come in two steps of one call each: together they take longer
+# than one call's 10 minutes; the multi-GPU ones are tests/gpu/test_gpu_tp.py and
+# test_gpu_allreduce.py, run on a 2- or 4-GPU kind).
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -13,9 +15,14 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/anchor .whl/anchor/
 site="/tmp/site:$PWD:$PWD/scripts"
 anchored="$site:/tmp/anchor"  # FLA on the path: only for the benchmarks that time it
 
+pytest="-m pytest -q -p no:cacheprovider -rfE --durations=10"
+gpu_tests() { for name in "$@"; do printf 'tests/gpu/test_gpu_%s.py ' "$name"; done; }
+
 # name, time limit (s), python path, command
 steps=(
-  "tests|600|$site|-m pytest tests/gpu -q -p no:cacheprovider --ignore=tests/gpu/test_gpu_tp.py --ignore=tests/gpu/test_gpu_allreduce.py"
+  "tests_kernels|560|$site|$pytest $(gpu_tests attention conv_decode conv_prefill gdn_decode \
+                                            gdn_prefill moe norms rope verify)"
+  "tests_model|560|$site|$pytest $(gpu_tests parity engine cuda_graph spec)"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "moe|120|$site|scripts/bench_moe.py"
