@@ -4,8 +4,13 @@ expert scaled by sigmoid(shared_expert_gate(x))) and the dense SwiGLU MLP.
 TP splits every expert along its intermediate dim (w13 column-, w2 row-parallel); the router is
 replicated; routed and shared partial sums are added locally and reduced once. On CUDA the
 routing and the routed experts run the Triton kernels (`kernels/moe_route.py`, `kernels/moe.py`),
-elsewhere the torch references (`layers/backend.py`); the shared expert stays a dense MLP
-(docs/perf/moe.md says why).
+elsewhere the torch references (`layers/backend.py`).
+When the shared expert is as wide as a routed one (Qwen3-Next: 512), it is fused: expert E of
+the stacked weights, picked by every token as an extra (k+1)-th choice with weight
+sigmoid(shared_expert_gate(x)), whose weight row is row E of the router — one grouped GEMM
+pair instead of three more GEMMs and a gated add (docs/perf/moe.md: ≈ 10 µs a layer at
+decode). Other widths keep a dense shared MLP. The checkpoint's `shared_expert.*` tensors load
+into those slots (`CHECKPOINT_RULES` in models/qwen3_next.py).
 Legend: T = tokens, H = hidden, E = experts, I = local intermediate size, k = experts per token.
 """
 
@@ -54,14 +59,18 @@ class FusedExperts(nn.Module):
         self.w2 = set_loader(nn.Parameter(torch.empty(num_experts, hidden_size, local)),
                              self._load_w2, num_loads=num_experts)
 
-    def _load_w13(self, param: nn.Parameter, tensor: torch.Tensor, expert: str,
-                  shard: str) -> None:
+    def _load_w13(self, param: nn.Parameter, tensor: torch.Tensor, shard: str,
+                  expert: str | None = None) -> None:
+        """Expert `expert`'s gate or up rows; no expert: the fused shared expert (the last)."""
         local = param.shape[1] // 2
         rows = slice(0, local) if shard == "gate" else slice(local, 2 * local)
-        copy_checked(param.data[int(expert), rows], tensor[self.cols[0]:self.cols[1]])
+        index = -1 if expert is None else int(expert)
+        copy_checked(param.data[index, rows], tensor[self.cols[0]:self.cols[1]])
 
-    def _load_w2(self, param: nn.Parameter, tensor: torch.Tensor, expert: str) -> None:
-        copy_checked(param.data[int(expert)], tensor[:, self.cols[0]:self.cols[1]])
+    def _load_w2(self, param: nn.Parameter, tensor: torch.Tensor,
+                 expert: str | None = None) -> None:
+        index = -1 if expert is None else int(expert)
+        copy_checked(param.data[index], tensor[:, self.cols[0]:self.cols[1]])
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
@@ -76,21 +85,40 @@ class SparseMoE(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, intermediate_size: int,
                  shared_intermediate_size: int, norm_topk_prob: bool) -> None:
         super().__init__()
-        self.top_k = top_k
+        self.num_experts, self.top_k = num_experts, top_k
         self.norm_topk_prob = norm_topk_prob
         self.comm = get_tp_info().comm
-        self.gate = ReplicatedLinear(hidden_size, num_experts)
-        self.experts = FusedExperts(num_experts, hidden_size, intermediate_size)
-        self.shared_expert = (MLP(hidden_size, shared_intermediate_size, reduce_results=False)
-                              if shared_intermediate_size else None)
-        self.shared_expert_gate = ReplicatedLinear(hidden_size, 1) if self.shared_expert else None
+        self.fused_shared = shared_intermediate_size == intermediate_size > 0
+        self.gate = ReplicatedLinear(hidden_size, num_experts + self.fused_shared)
+        self.experts = FusedExperts(num_experts + self.fused_shared, hidden_size,
+                                    intermediate_size)
+        self.shared_expert = self.shared_expert_gate = None
+        if self.fused_shared:  # the checkpoint's router and shared gate fill it
+            set_loader(self.gate.weight, self._load_gate, num_loads=2)
+        elif shared_intermediate_size:
+            self.shared_expert = MLP(hidden_size, shared_intermediate_size, reduce_results=False)
+            self.shared_expert_gate = ReplicatedLinear(hidden_size, 1)
+
+    def _load_gate(self, param: nn.Parameter, tensor: torch.Tensor, row: str | None = None) -> None:
+        """The router's rows, or (row "shared") the shared expert's gate as the last row."""
+        copy_checked(param.data[-1:] if row else param.data[:self.num_experts], tensor)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(topk_weights float32 [T, k'], topk_ids int64 [T, k']): k' = k, or k + 1 with the
+        fused shared expert (id E, weight sigmoid of its gate) last."""
+        logits = self.gate(x)
+        routed = logits[:, :self.num_experts]
         if use_triton(x):
             from qnext.kernels.moe_route import moe_route
 
-            return moe_route(self.gate(x), self.top_k, self.norm_topk_prob)
-        return moe_route_ref(self.gate(x), self.top_k, self.norm_topk_prob)
+            weights, ids = moe_route(routed, self.top_k, self.norm_topk_prob)
+        else:
+            weights, ids = moe_route_ref(routed, self.top_k, self.norm_topk_prob)
+        if not self.fused_shared:
+            return weights, ids
+        shared = torch.sigmoid(logits[:, self.num_experts:].float())
+        return (torch.cat([weights, shared], dim=1),
+                torch.cat([ids, torch.full_like(ids[:, :1], self.num_experts)], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         topk_weights, topk_ids = self.route(x)

@@ -24,6 +24,11 @@ CHECKPOINT_RULES = (
     (r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<shard>gate|up)_proj\.weight$",
      r"\g<prefix>.w13"),
     (r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.down_proj\.weight$", r"\g<prefix>.w2"),
+    # a shared expert fused into the stacked experts (layers/moe.py), and its gate in the router
+    (r"^(?P<prefix>.+\.mlp)\.shared_expert\.(?P<shard>gate|up)_proj\.weight$",
+     r"\g<prefix>.experts.w13"),
+    (r"^(?P<prefix>.+\.mlp)\.shared_expert\.down_proj\.weight$", r"\g<prefix>.experts.w2"),
+    (r"^(?P<prefix>.+\.mlp)\.(?P<row>shared)_expert_gate\.weight$", r"\g<prefix>.gate.weight"),
 )
 
 

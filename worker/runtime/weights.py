@@ -57,18 +57,19 @@ class WeightMapper:
         self.prefix, self.skip = prefix, skip
 
     def resolve(self, name: str) -> tuple[str, dict[str, str]] | None:
-        """None for tensors this model ignores; CheckpointError for unknown ones."""
+        """None for tensors this model ignores; CheckpointError for unknown ones. A name that
+        is one of the model's parameters loads there; the rules map the others."""
         if any(name.startswith(s) for s in self.skip) or not name.startswith(self.prefix):
             return None
         local = name[len(self.prefix):]
+        if local in self.params:
+            return local, {}
         for pattern, template in self.rules:
             match = pattern.match(local)
             if match:
                 kwargs = {k: v for k, v in match.groupdict().items() if k != "prefix"}
                 return match.expand(template), kwargs
-        if local not in self.params:
-            raise CheckpointError(f"unexpected tensor {name!r} in checkpoint")
-        return local, {}
+        raise CheckpointError(f"unexpected tensor {name!r} in checkpoint")
 
 
 def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
