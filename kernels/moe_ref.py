@@ -13,16 +13,25 @@ from torch import Tensor
 from qnext.kernels.precision import acc, acc_dtype
 
 
-def moe_route_ref(router_logits: Tensor, top_k: int, renormalize: bool) -> tuple[Tensor, Tensor]:
+def moe_route_ref(router_logits: Tensor, top_k: int, renormalize: bool,
+                  shared: bool = False) -> tuple[Tensor, Tensor]:
     """router_logits [T, E] -> (topk_weights float32 [T, k], topk_ids int64 [T, k]).
 
     Softmax over experts in float32, keep the top k; if renormalize, rescale them to sum to 1.
+    With `shared` the last logit column is a shared expert's gate: the expert E = columns - 1
+    is appended to every token's choices with weight sigmoid(that logit).
     """
-    probs = torch.softmax(acc(router_logits), dim=-1)
+    routed = router_logits[:, :-1] if shared else router_logits
+    probs = torch.softmax(acc(routed), dim=-1)
     weights, ids = torch.topk(probs, top_k, dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids.to(torch.int64)
+    ids = ids.to(torch.int64)
+    if not shared:
+        return weights, ids
+    gate = torch.sigmoid(router_logits[:, -1:].float())
+    return (torch.cat([weights, gate], dim=1),
+            torch.cat([ids, torch.full_like(ids[:, :1], routed.shape[1])], dim=1))
 
 
 def _expert_mlp(x: Tensor, w13: Tensor, w2: Tensor) -> Tensor:

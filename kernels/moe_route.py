@@ -1,7 +1,9 @@
 """Triton kernels: MoE routing (softmax top-k) and the sort/align step of the fused MoE.
 
 `moe_route`: router logits [T, E] -> softmax in float32, top k, optional renormalisation; one
-program per token. Reference: `moe_route_ref` (kernels/moe_ref.py).
+program per token. With `shared`, the logits carry one more column, the gate of a shared expert
+fused as expert E (layers/moe.py): every token also picks it, last, with weight sigmoid(logit).
+Reference: `moe_route_ref` (kernels/moe_ref.py).
 
 `moe_align`: groups the N = T·k assignments (flat index t·k + j) by expert, each group padded to
 a multiple of `block_m` rows, so that a grouped GEMM gives each block of rows to one expert (the
@@ -24,7 +26,7 @@ from qnext.kernels.launch import check_device
 
 @triton.jit
 def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_K: tl.constexpr, RENORM: tl.constexpr):
+                  BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, BLOCK_E)
     x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"))
@@ -42,31 +44,37 @@ def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: 
         p = tl.where(lanes == i, -2.0, p)
     if RENORM:
         w = w / tl.sum(w, 0)
-    tl.store(w_ptr + t * K + slots, w, mask=slots < K)
-    tl.store(ids_ptr + t * K + slots, ids, mask=slots < K)
+    if SHARED:  # slot K: the shared expert E, weight sigmoid of its gate logit (column E)
+        gate = tl.sigmoid(tl.load(logits_ptr + t * s_t + E).to(tl.float32))
+        w = tl.where(slots == K, gate, w)
+        ids = tl.where(slots == K, E, ids)
+    tl.store(w_ptr + t * (K + SHARED) + slots, w, mask=slots < K + SHARED)
+    tl.store(ids_ptr + t * (K + SHARED) + slots, ids, mask=slots < K + SHARED)
 
 
-def moe_route(router_logits: torch.Tensor, top_k: int,
-              renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """router_logits [T, E] (float dtype, contiguous experts) -> (topk_weights float32 [T, k],
-    topk_ids int64 [T, k]), like `moe_route_ref`; ties may pick a different expert."""
+def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool,
+              shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """router_logits [T, E (+ 1 with `shared`)] (float dtype, contiguous experts) ->
+    (topk_weights float32 [T, k'], topk_ids int64 [T, k']), k' = k (+ 1: the shared expert
+    E last), like `moe_route_ref`; ties may pick a different expert."""
     if router_logits.dim() != 2 or router_logits.stride(1) != 1 \
             or not router_logits.dtype.is_floating_point:
         raise ValueError(f"router_logits must be a float [T, E] tensor with contiguous experts, "
                          f"got {tuple(router_logits.shape)} {router_logits.dtype}")
-    T, E = router_logits.shape
+    T, E = router_logits.shape[0], router_logits.shape[1] - shared
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k={top_k} must be in [1, E={E}]")
     check_device("moe_route", router_logits)
     dev = router_logits.device
-    weights = torch.empty(T, top_k, dtype=torch.float32, device=dev)
-    ids = torch.empty(T, top_k, dtype=torch.int64, device=dev)
+    weights = torch.empty(T, top_k + shared, dtype=torch.float32, device=dev)
+    ids = torch.empty(T, top_k + shared, dtype=torch.int64, device=dev)
     if T == 0:
         return weights, ids
     block_e = triton.next_power_of_2(E)
     _route_kernel[(T,)](router_logits, weights, ids, router_logits.stride(0), E, K=top_k,
-                        BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k),
-                        RENORM=renormalize, num_warps=4 if block_e >= 512 else 1)
+                        BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k + shared),
+                        RENORM=renormalize, SHARED=shared,
+                        num_warps=4 if block_e >= 512 else 1)
     return weights, ids
 
 

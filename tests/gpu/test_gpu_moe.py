@@ -42,15 +42,18 @@ def _ids(gen, T, k, E, dropped=0.0):
                          + ([(64, 512, 10), (2048, 512, 10)] if ON_GPU else []))
 @pytest.mark.parametrize("renormalize", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if ON_GPU else []))
-def test_route_matches_reference(T, E, k, renormalize, dtype):
+@pytest.mark.parametrize("shared", [False, True])
+def test_route_matches_reference(T, E, k, renormalize, dtype, shared):
+    """shared: one more logit column, the fused shared expert's gate (picked last by all)."""
     from qnext.kernels.moe_route import moe_route
 
     # distinct logits, exact in bf16 (steps of 8/E within [-4, 4)): no ties to order differently
-    order = torch.rand(T, E, generator=generator(T + E), device=DEVICE).argsort(dim=1)
+    order = torch.rand(T, E + shared, generator=generator(T + E), device=DEVICE).argsort(dim=1)
     logits = ((order - E // 2) * (8 / E)).to(dtype)
-    want_w, want_ids = moe_route_ref(logits, k, renormalize)
+    want_w, want_ids = moe_route_ref(logits, k, renormalize, shared)
     _poison()
-    got_w, got_ids = moe_route(logits, k, renormalize)
+    got_w, got_ids = moe_route(logits, k, renormalize, shared)
+    assert got_ids.shape == (T, k + shared) and (not shared or (got_ids[:, -1] == E).all())
     assert not torch.isnan(got_w).any()
     assert torch.equal(got_ids, want_ids)
     assert rel_err(got_w, want_w) <= 1e-5

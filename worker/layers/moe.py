@@ -7,9 +7,9 @@ routing and the routed experts run the Triton kernels (`kernels/moe_route.py`, `
 elsewhere the torch references (`layers/backend.py`).
 When the shared expert is as wide as a routed one (Qwen3-Next: 512), it is fused: expert E of
 the stacked weights, picked by every token as an extra (k+1)-th choice with weight
-sigmoid(shared_expert_gate(x)), whose weight row is row E of the router — one grouped GEMM
-pair instead of three more GEMMs and a gated add (docs/perf/moe.md: ≈ 10 µs a layer at
-decode). Other widths keep a dense shared MLP. The checkpoint's `shared_expert.*` tensors load
+sigmoid(shared_expert_gate(x)), whose weight row is row E of the router and whose slot the
+routing kernel writes — one grouped GEMM pair instead of three more GEMMs and a gated add
+(docs/perf/moe.md: ≈ 10 µs a layer at decode). Other widths keep a dense shared MLP. The checkpoint's `shared_expert.*` tensors load
 into those slots (`CHECKPOINT_RULES` in models/qwen3_next.py).
 Legend: T = tokens, H = hidden, E = experts, I = local intermediate size, k = experts per token.
 """
@@ -106,19 +106,12 @@ class SparseMoE(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(topk_weights float32 [T, k'], topk_ids int64 [T, k']): k' = k, or k + 1 with the
         fused shared expert (id E, weight sigmoid of its gate) last."""
-        logits = self.gate(x)
-        routed = logits[:, :self.num_experts]
+        args = (self.gate(x), self.top_k, self.norm_topk_prob, self.fused_shared)
         if use_triton(x):
             from qnext.kernels.moe_route import moe_route
 
-            weights, ids = moe_route(routed, self.top_k, self.norm_topk_prob)
-        else:
-            weights, ids = moe_route_ref(routed, self.top_k, self.norm_topk_prob)
-        if not self.fused_shared:
-            return weights, ids
-        shared = torch.sigmoid(logits[:, self.num_experts:].float())
-        return (torch.cat([weights, shared], dim=1),
-                torch.cat([ids, torch.full_like(ids[:, :1], self.num_experts)], dim=1))
+            return moe_route(*args)
+        return moe_route_ref(*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         topk_weights, topk_ids = self.route(x)
