@@ -68,32 +68,35 @@ def main_table(bw: float, weights: dict) -> None:
 
 
 def shared_table(weights: dict) -> None:
-    """The shared expert (intermediate = I here, as in Qwen3-Next) as the layer runs it (dense
-    torch MLP + sigmoid gate) vs as expert E of the fused call with weight sigmoid(gate(x))."""
-    print("\n| TP | T | routed top-10 graph µs | routed + dense shared graph µs "
-          "| fused top-11 graph µs |")
+    """The whole MoE layer (router GEMV, routing, experts, shared expert; I = shared
+    intermediate, as in Qwen3-Next) with the shared expert as a dense torch MLP + sigmoid
+    gate vs fused as expert E (layers/moe.py: its gate is router row E, its slot written by
+    moe_route), graph-timed."""
+    print("\n| TP | T | router + routed top-10 graph µs | layer, dense shared graph µs "
+          "| layer, fused shared graph µs |")
     print("|---|---|---|---|---|")
     for tp, I in ((1, 512), (4, 128)):
         w13, w2 = weights[I]
         wg, wu, wd = w13[E, :I], w13[E, I:], w2[E]
-        gate = torch.randn(1, H, device="cuda", dtype=torch.bfloat16) * H**-0.5
+        router = torch.randn(E + 1, H, device="cuda", dtype=torch.bfloat16) * H**-0.5
         for T in (1, 16, 64, 256):
-            x, tw, ids = _tokens(T, T)
+            x = _tokens(T, T)[0]
+
+            def routed():
+                tw, ids = moe_route(F.linear(x, router[:E]), TOPK, True)
+                return fused_moe(x, w13[:E], w2[:E], tw, ids)
 
             def dense():
-                out = fused_moe(x, w13[:E], w2[:E], tw, ids)
                 mlp = F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
-                return out + torch.sigmoid(F.linear(x, gate)) * mlp
+                return routed() + torch.sigmoid(F.linear(x, router[E:])) * mlp
 
             def fused():
-                s = torch.sigmoid(F.linear(x, gate).float())
-                return fused_moe(x, w13, w2, torch.cat([tw, s], 1),
-                                 torch.cat([ids, torch.full_like(ids[:, :1], E)], 1))
+                tw, ids = moe_route(F.linear(x, router), TOPK, True, shared=True)
+                return fused_moe(x, w13, w2, tw, ids)
 
             diff = rel_diff(fused(), dense())
             assert diff < 2e-2, diff
-            routed = graph_us(lambda: fused_moe(x, w13[:E], w2[:E], tw, ids))
-            print(f"| {tp} | {T} | {routed:.1f} | {graph_us(dense):.1f} | "
+            print(f"| {tp} | {T} | {graph_us(routed):.1f} | {graph_us(dense):.1f} | "
                   f"{graph_us(fused):.1f} |", flush=True)
 
 
