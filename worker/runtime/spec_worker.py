@@ -155,8 +155,10 @@ class SpecExecutor(PlanExecutor):
     def _finish_trees(self, work: list[SeqWork], hidden: torch.Tensor, acc) -> None:
         """The kept paths' K/V moved into place and the head run over them: both read the
         paths on the host, so a tree step waits for the device here (every rank does)."""
-        n, kept, ids = self.n, acc.num_accepted.tolist(), acc.token_ids.tolist()
-        paths = [path[:a + 1] for path, a in zip(acc.path.tolist(), kept)]
+        n = self.n  # one device-to-host copy: [kept, tokens (n), path (n)] per row
+        rows = torch.cat([acc.num_accepted[:, None], acc.token_ids, acc.path], dim=1).tolist()
+        kept, ids = [row[0] for row in rows], [row[1:n + 1] for row in rows]
+        paths = [row[n + 1:n + 2 + a] for row, a in zip(rows, kept)]
         self._compact_kv(work, paths)
         self.drafter.extend([Extend(w.seq_id, w.prefix_len, ids[b][:kept[b] + 1],
                                     hidden[[b * n + t for t in paths[b]]],
@@ -164,11 +166,11 @@ class SpecExecutor(PlanExecutor):
                              for b, w in enumerate(work)], self.runner.state_pool)
 
     def _resolve_verify(self, launched: SpecLaunched) -> dict[int, list[SampledToken]]:
-        acc = launched.acc
-        kept, ids = acc.num_accepted.tolist(), acc.token_ids.tolist()
-        self._count(len(kept), sum(kept))
-        return {seq_id: [SampledToken(seq_id, t) for t in ids[b][:kept[b] + 1]]
-                for b, seq_id in enumerate(launched.verified)}
+        acc = launched.acc  # one device-to-host copy: [kept, tokens...] per row
+        rows = torch.cat([acc.num_accepted[:, None], acc.token_ids], dim=1).tolist()
+        self._count(len(rows), sum(row[0] for row in rows))
+        return {seq_id: [SampledToken(seq_id, t) for t in row[1:row[0] + 2]]
+                for seq_id, row in zip(launched.verified, rows)}
 
     def _draft_chains(self, work: list[SeqWork], batch, hidden: torch.Tensor, acc,
                       graphed: bool) -> None:
