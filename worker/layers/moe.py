@@ -9,8 +9,9 @@ When the shared expert is as wide as a routed one (Qwen3-Next: 512), it is fused
 the stacked weights, picked by every token as an extra (k+1)-th choice with weight
 sigmoid(shared_expert_gate(x)), whose weight row is row E of the router and whose slot the
 routing kernel writes — one grouped GEMM pair instead of three more GEMMs and a gated add
-(docs/perf/moe.md: ≈ 10 µs a layer at decode). Other widths keep a dense shared MLP. The checkpoint's `shared_expert.*` tensors load
-into those slots (`CHECKPOINT_RULES` in models/qwen3_next.py).
+(docs/perf/moe.md: ≈ 10 µs a layer at decode). Other widths keep a dense shared MLP. The
+checkpoint's `shared_expert.*` tensors load into those slots (`CHECKPOINT_RULES` in
+models/qwen3_next.py).
 Legend: T = tokens, H = hidden, E = experts, I = local intermediate size, k = experts per token.
 """
 

@@ -21,7 +21,7 @@ from qnext.worker.forward import ForwardBatch
 from qnext.worker.runtime.spec_accept import Acceptance
 from qnext.worker.runtime.spec_states import SpecStateBuffers
 from qnext.worker.runtime.transfer import to_device, to_device_many
-from qnext.worker.runtime.worker import Launched
+from qnext.worker.runtime.worker import Launched, rows_in
 from qnext.worker.sched.plan import SampledToken, SeqWork
 
 
@@ -54,20 +54,13 @@ def future_roots(work: list[SeqWork], previous: Launched | None, device: torch.d
     shift = None
     if after:
         acc = previous.acc
-        index, rows = _rows_in(previous.verified, work, after, device)
+        index, rows = rows_in(previous.verified, work, after, device)
         roots[index] = acc.bonus_ids[rows]
         shift = torch.zeros_like(roots).index_copy_(0, index, acc.num_accepted[rows])
     if drawn:
-        index, rows = _rows_in(previous.seq_ids, work, drawn, device)
+        index, rows = rows_in(previous.seq_ids, work, drawn, device)
         roots[index] = previous.output.token_ids[rows]
     return roots, shift
-
-
-def _rows_in(seq_ids: list[int], work: list[SeqWork], which: list[int], device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices `which` into work, their sequences' rows in `seq_ids`) on the device."""
-    row_of = {seq_id: row for row, seq_id in enumerate(seq_ids)}
-    return to_device_many([which, [row_of[work[b].seq_id] for b in which]], device)
 
 
 def shifted_verify(batch: ForwardBatch, shift: torch.Tensor, n: int) -> ForwardBatch:

@@ -118,9 +118,7 @@ class PlanExecutor:
             return
         if previous is None or previous.output is None:
             raise RuntimeError("a future token needs the previous step's sampled tokens")
-        row_of = {seq_id: row for row, seq_id in enumerate(previous.seq_ids)}
-        rows, index = to_device_many([[row_of[work[i].seq_id] for i in future], future],
-                                     input_ids.device)
+        index, rows = rows_in(previous.seq_ids, work, future, input_ids.device)
         input_ids[cu_seqlens[index]] = previous.output.token_ids[rows]
 
     def resolve(self, launched: Launched) -> StepResult:
@@ -138,6 +136,14 @@ class PlanExecutor:
 
     def run(self, plan: StepPlan) -> StepResult:
         return self.resolve(self.launch(plan))
+
+
+def rows_in(seq_ids: list[int], work, which: list[int], device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the indices `which` into `work`, their sequences' rows in `seq_ids`) on the device:
+    where the previous step's outputs for this step's sequences are."""
+    row_of = {seq_id: row for row, seq_id in enumerate(seq_ids)}
+    return to_device_many([which, [row_of[work[b].seq_id] for b in which]], device)
 
 
 def _top_lists(out: SampleOutput, work: tuple[SeqWork, ...]) -> list[tuple]:

@@ -219,9 +219,9 @@ class Scheduler:
         params = seq.request.sampling
         wants_history = seq.fresh and _uses_penalties(params)
         seq.fresh = False
-        # a verify may keep all its tokens, after a verify in flight up to n - 1 positions on
-        reach = start + self.limits.spec_tokens * (1 + after_verify) - after_verify \
-            if verify else end
+        # a verify may keep all its n tokens, after a verify in flight from n - 1 positions on
+        n = self.limits.spec_tokens
+        reach = start + n + (n - 1 if after_verify else 0) if verify else end
         if seq.track_plans:  # a verify in flight may take it: this one may take it instead
             again = after_verify and start < seq.track_len <= reach
             snapshot_slot, snapshot_len = (seq.track_slot, seq.track_len) if again else (None, 0)
@@ -323,11 +323,11 @@ class Scheduler:
                                          token.top_logprobs, reason,
                                          seq.num_cached_tokens if reason else None,
                                          _queue_time(seq) if reason else None))
+        busy = self._busy()
         if self.limits.spec_tokens:
-            busy = {sid for later in self._in_flight.values() for sid in later}
             settle_speculation(plan, result, epochs, self.seqs, self.pages,
                                self.limits.page_size, busy)
-        self._collect_finished()
+        self._collect_finished(busy)
         return self.take_events() + outputs
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
@@ -357,9 +357,13 @@ class Scheduler:
         events, self._events = self._events, []
         return events
 
-    def _collect_finished(self) -> None:
-        """Free finished sequences no in-flight step still references."""
-        busy = {sid for epochs in self._in_flight.values() for sid in epochs}
+    def _busy(self) -> set[int]:
+        """The sequences a step still in flight references."""
+        return {sid for epochs in self._in_flight.values() for sid in epochs}
+
+    def _collect_finished(self, busy: set[int] | None = None) -> None:
+        """Free finished sequences no in-flight step (`busy`, if known) still references."""
+        busy = self._busy() if busy is None else busy
         for seq_id in [sid for sid, s in self.seqs.items() if s.is_finished and sid not in busy]:
             self.cache.release(self.seqs.pop(seq_id), cache=True)
             self._released.append(seq_id)

@@ -37,13 +37,15 @@ class Harness:
     """A Scheduler, its loop, and a fake executor checking each SeqWork on modelled pages/slots."""
 
     def __init__(self, overlap, num_pages, page_size, num_slots, chunk, max_prefill, running,
-                 strategy="off", align=4, interval=8):
+                 strategy="off", align=4, interval=8, spec=(0, 0)):
         """`strategy`: the prefix cache; extra_buffer snapshots at multiples of `align` in
-        prefill and of `interval` in decode (64 and 256 in the engine)."""
+        prefill and of `interval` in decode (64 and 256 in the engine); `spec`: speculation's
+        (tokens per verify, draft scratch) limits."""
         lim = SchedulerLimits(running, max_prefill, chunk, page_size, 10**6, strategy=strategy,
                               track_interval=interval, num_track_slots=1 + overlap,
                               snapshot_chunk=align,
-                              admission_slots=slots_per_request(strategy, overlap))
+                              admission_slots=slots_per_request(strategy, overlap),
+                              spec_tokens=spec[0], spec_scratch=spec[1])
         self.s = Scheduler(lim, PageAllocator(num_pages), StateSlotAllocator(num_slots), (EOS,))
         self.lim, self.overlap, self.flight, self.ps = self.s.limits, overlap, None, page_size
         # kv: (page, offset) -> the tokens up to and including that position; slot -> the

@@ -8,28 +8,21 @@ and every page and slot comes back."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import initialize, rule
 
-from qnext.worker.sched.cache import PageAllocator, StateSlotAllocator
 from qnext.worker.sched.plan import SampledToken
 from qnext.worker.sched.request import SamplingParams as SP, Sequence
-from qnext.worker.sched.scheduler import Scheduler
 from tests.unit.sched.test_prefix_properties import NoBufferMachine, radix_config, shared_prompt
-from tests.unit.sched.test_scheduler_properties import EOS, Harness
+from tests.unit.sched.test_scheduler_properties import Harness
 
 N = 3  # tokens per verify (root + 2 proposals); chains: scratch = N - 2
 
 
 class SpecHarness(Harness):
     def __init__(self, overlap, **cfg) -> None:
-        super().__init__(overlap, **cfg)
-        lim = replace(self.lim, spec_tokens=N, spec_scratch=N - 2)
-        self.s = Scheduler(lim, PageAllocator(cfg["num_pages"]),
-                           StateSlotAllocator(cfg["num_slots"]), (EOS,))
-        self.lim, self.scratch = self.s.limits, N - 2
+        super().__init__(overlap, **cfg, spec=(N, N - 2))
+        self.scratch = N - 2
         self.accepted: dict[int, int] = {}  # seq -> proposals its newest verify kept
 
     def run_work(self, w, fed_before):
