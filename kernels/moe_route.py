@@ -12,7 +12,9 @@ classic fused-MoE layout). Within an expert the assignments keep their flat orde
 chunks; each chunk is sorted by (expert, index) in registers and scattered to its expert's rows
 at an offset given by the per-chunk expert counts (vector look-ups go through a small scratch
 buffer in global memory). A single chunk needs one launch, more need a
-counting launch first. Reference semantics: `fused_moe_ref` groups `torch.nonzero(ids == e)`.
+counting launch first. Up to `SMALL_N` assignments (decode) one program computes the layout
+from pairwise comparisons instead: what the general path pays in histograms and look-ups over
+all E experts was most of its time at T = 1. Reference semantics: `fused_moe_ref` groups `torch.nonzero(ids == e)`.
 """
 
 from __future__ import annotations
@@ -166,6 +168,39 @@ def _align_kernel(ids_ptr, counts_ptr, scratch_ptr, sorted_ptr, expert_ptr, npad
                      total, N, NUM_BLOCKS, BM, BB, BLOCK_E)
 
 
+@triton.jit
+def _align_small_kernel(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, NUM_BLOCKS,
+                        BM: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
+                        RB: tl.constexpr):
+    """The whole layout in one program for N <= C assignments (decode): every quantity from
+    the C x C comparisons of the assignments' experts, no sort, no scratch look-ups."""
+    i = tl.arange(0, C)
+    e = _chunk_ids(ids_ptr, 0, N, E, C)
+    valid = e < E
+    same = (e[:, None] == e[None, :]) & valid[:, None] & valid[None, :]
+    pos = tl.sum((same & (i[None, :] < i[:, None])).to(tl.int32), axis=1)  # rank in expert
+    first = valid & (pos == 0)
+    pad = (tl.sum(same.to(tl.int32), axis=1) + BM - 1) // BM * BM
+    below = first[None, :] & (e[None, :] < e[:, None])
+    start = tl.sum(tl.where(below, pad[None, :], 0), axis=1)  # the expert's first row
+    r = 0
+    while r < ROWS:  # padding everywhere first; the barrier orders it before the scatter
+        rows = r + tl.arange(0, RB)
+        tl.store(sorted_ptr + rows, tl.zeros([RB], tl.int32) + N, mask=rows < ROWS)
+        r += RB
+    tl.debug_barrier()
+    tl.store(sorted_ptr + start + pos, i, mask=valid)
+    row0 = tl.arange(0, NB) * BM
+    owns = first[None, :] & (start[None, :] <= row0[:, None]) \
+        & (row0[:, None] < start[None, :] + pad[None, :])
+    eb = tl.max(tl.where(owns, e[None, :], -1), axis=1)
+    tl.store(expert_ptr + tl.arange(0, NB), eb, mask=tl.arange(0, NB) < NUM_BLOCKS)
+    tl.store(npad_ptr, tl.sum(tl.where(first, pad, 0), axis=0))
+
+
+SMALL_N = 64  # up to this many assignments (decode batches) one small program does it all
+
+
 def padded_rows(num_assignments: int, num_experts: int, block_m: int) -> int:
     """Upper bound of the padded row count: each non-empty expert pads fewer than block_m rows."""
     return num_assignments + min(num_assignments, num_experts) * (block_m - 1)
@@ -193,6 +228,12 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     if n == 0:
         return sorted_ids, block_expert.fill_(-1), num_padded.zero_()
+    if n <= SMALL_N:
+        _align_small_kernel[(1,)](topk_ids, sorted_ids, block_expert, num_padded, n,
+                                  num_experts, rows, num_blocks, BM=block_m,
+                                  C=max(16, triton.next_power_of_2(n)),
+                                  NB=triton.next_power_of_2(num_blocks), RB=256)
+        return sorted_ids, block_expert, num_padded
     chunk = min(chunk, max(16, triton.next_power_of_2(n)))
     num_chunks, block_e, bb = triton.cdiv(n, chunk), triton.next_power_of_2(num_experts), 32
     grid = num_chunks + triton.cdiv(num_blocks, bb)

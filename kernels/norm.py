@@ -37,18 +37,19 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, eps,
 
 
 @triton.jit
-def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, eps, BR: tl.constexpr,
+def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, ZH, s_zt, eps, BR: tl.constexpr,
                            BD: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     mask = (rows[:, None] < R) & (cols[None, :] < D)
     at = rows[:, None] * D + cols[None, :]
+    z_at = ((rows // ZH) * s_zt + (rows % ZH) * D)[:, None] + cols[None, :]
     x = tl.load(x_ptr + at, mask=mask, other=0.0)
     xf = x.to(tl.float32)
     scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
     normed = (xf * scale[:, None]).to(x.dtype).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + z_at, mask=mask, other=0.0).to(tl.float32)
     y = (w[None, :] * normed).to(x.dtype).to(tl.float32) * (z * tl.sigmoid(z))
     tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -79,16 +80,31 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
                    eps: float) -> torch.Tensor:
-    """x, z [..., D] contiguous, same shape; weight [D]. Returns y in x.dtype, like
-    `gated_rms_norm_ref`."""
+    """x [..., D] contiguous; z of x's shape, contiguous or a [T, H, D] view whose heads are
+    contiguous (a column slice of a projection's output); weight [D]. Returns y in x.dtype,
+    like `gated_rms_norm_ref`."""
     D = x.shape[-1]
-    _check_rows(x, weight, z)
+    _check_rows(x, weight, None)
+    heads, s_zt = _z_layout(x, z)
     y = torch.empty_like(x)
     rows = x.numel() // D if D else 0
     if rows:
         grid, br, bd = _blocks(rows, D)
-        _gated_rms_norm_kernel[grid](x, z, weight, y, rows, D, eps, BR=br, BD=bd)
+        _gated_rms_norm_kernel[grid](x, z, weight, y, rows, D, heads, s_zt, eps, BR=br, BD=bd)
     return y
+
+
+def _z_layout(x: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
+    """(rows per z token, z's token stride): (1, D) for a contiguous z."""
+    D = x.shape[-1]
+    if z.shape != x.shape or z.dtype != x.dtype:
+        raise ValueError(f"z {tuple(z.shape)} {z.dtype} must match x {tuple(x.shape)} {x.dtype}")
+    if z.is_contiguous():
+        return 1, D
+    if z.dim() == 3 and z.stride(2) == 1 and z.stride(1) == D:
+        return z.shape[1], z.stride(0)
+    raise ValueError(f"z strides {z.stride()} must be contiguous or [T, H, D] with contiguous "
+                     "heads")
 
 
 def _check_rows(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None) -> None:

@@ -22,7 +22,7 @@ gpu_tests() { for name in "$@"; do printf 'tests/gpu/test_gpu_%s.py ' "$name"; d
 steps=(
   "tests_kernels|560|$site|$pytest $(gpu_tests attention conv_decode conv_prefill gdn_decode \
                                             gdn_prefill moe norms rope verify)"
-  "tests_model|560|$site|$pytest $(gpu_tests parity engine cuda_graph spec)"
+  "tests_model|560|$site|$pytest $(gpu_tests parity engine cuda_graph spec transfer)"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "moe|120|$site|scripts/bench_moe.py"

@@ -61,7 +61,7 @@ def test_route_matches_reference(T, E, k, renormalize, dtype, shared):
 
 @pytest.mark.parametrize("T,E,k,block_m,chunk", [
     (1, 7, 3, 16, 1024), (5, 16, 4, 16, 16), (33, 8, 2, 64, 16), (300, 64, 10, 16, 256),
-    (300, 5, 3, 32, 1024)])
+    (300, 5, 3, 32, 1024), (1, 513, 11, 16, 1024), (8, 12, 8, 16, 1024), (32, 2, 2, 16, 1024)])
 def test_align_layout(T, E, k, block_m, chunk):
     from qnext.kernels.moe_route import moe_align
 

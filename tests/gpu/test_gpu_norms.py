@@ -51,6 +51,20 @@ def test_gated_rms_norm(rows, dim, dtype, tol):
     assert not torch.isnan(y).any() and rel_err(y, gated_rms_norm_ref(x, z, w, 1e-6)) <= tol
 
 
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_gated_rms_norm_reads_z_as_a_column_slice(dtype, tol):
+    """z as the GDN projection hands it over: [T, H, D] heads of a wider row, not contiguous."""
+    from qnext.kernels.norm import gated_rms_norm
+
+    T, H, D = 5, 3, 64
+    proj = _rand((T, 2 * H * D + 9), dtype, 7)
+    z = proj[:, 9:9 + H * D].unflatten(-1, (H, D))
+    x, w = _rand((T, H, D), dtype, 8), 1.0 + _rand((D,), dtype, 9) * 0.1
+    y = gated_rms_norm(x, z, w, 1e-6)
+    assert not z.is_contiguous() and not torch.isnan(y).any()
+    assert rel_err(y, gated_rms_norm_ref(x, z, w, 1e-6)) <= tol
+
+
 def test_launchers_reject_bad_inputs():
     from qnext.kernels.norm import add_rms_norm, gated_rms_norm
 

@@ -1,7 +1,7 @@
 """Gated DeltaNet (linear attention) with its recurrent state in the state pool.
 
-in_proj_qkvz / in_proj_ba are interleaved per key-head group ([q | k | v | z] and [b | a]);
-the de-interleaved [q | k | v] goes through a causal depthwise conv1d + SiLU whose last K-1
+in_proj_qkvz / in_proj_ba (interleaved per key-head group in the checkpoint) load as one
+regrouped GEMM (`layers/gdn_proj.py`); its [q | k | v] columns go through a causal depthwise conv1d + SiLU whose last K-1
 pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule; gates are
 beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
 a rank's conv and recurrent state hold only its heads.
@@ -25,9 +25,9 @@ from qnext.kernels import (
 )
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.layers.backend import use_triton
+from qnext.worker.layers.gdn_proj import GroupedInProj
 from qnext.worker.layers.gdn_verify import verify_conv, verify_delta_rule
 from qnext.worker.layers.linear import (
-    ColumnParallelLinear,
     RowParallelLinear,
     load_blocks,
     load_rows,
@@ -58,8 +58,8 @@ class GatedDeltaNet(nn.Module):
         self.dk, self.dv = head_k_dim, head_v_dim
         self.state_layer = state_layer
         key_dim, value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
-        self.in_proj_qkvz = ColumnParallelLinear(hidden_size, 2 * key_dim + 2 * value_dim)
-        self.in_proj_ba = ColumnParallelLinear(hidden_size, 2 * num_v_heads)
+        self.in_proj = GroupedInProj(hidden_size, num_k_heads, num_v_heads, head_k_dim,
+                                     head_v_dim)
         self.conv1d = Conv1dWeight((key_dim, key_dim, value_dim), conv_kernel)
         # NOTE: the gate parameters stay float32 whatever the model dtype (g is computed in fp32)
         self.A_log = set_loader(nn.Parameter(torch.empty(self.hv, dtype=torch.float32)), load_rows)
@@ -67,17 +67,6 @@ class GatedDeltaNet(nn.Module):
                                   load_rows)
         self.norm = GatedRMSNorm(head_v_dim, eps)
         self.out_proj = RowParallelLinear(value_dim, hidden_size)
-
-    def _split_projections(self, x: torch.Tensor):
-        """De-interleave the per-group projections into flat q|k|v, z, b, a."""
-        num_tokens, r = x.shape[0], self.hv // self.hk
-        qkvz = self.in_proj_qkvz(x).view(num_tokens, self.hk, -1)
-        q, k, v, z = qkvz.split([self.dk, self.dk, r * self.dv, r * self.dv], dim=-1)
-        b, a = self.in_proj_ba(x).view(num_tokens, self.hk, 2 * r).split([r, r], dim=-1)
-        mixed = torch.cat([q.reshape(num_tokens, -1), k.reshape(num_tokens, -1),
-                           v.reshape(num_tokens, -1)], dim=-1)  # [T, C]
-        return (mixed, z.reshape(num_tokens, self.hv, self.dv),
-                b.reshape(num_tokens, self.hv), a.reshape(num_tokens, self.hv))
 
     def _conv(self, mixed: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         conv_states = batch.state_cache.conv(self.state_layer)
@@ -107,8 +96,7 @@ class GatedDeltaNet(nn.Module):
     def _delta_rule(self, q, k, v, a, b, batch: ForwardBatch) -> torch.Tensor:
         ssm_states = batch.state_cache.ssm(self.state_layer)
         if use_triton(q):  # gates fused in the kernels
-            return self._delta_rule_triton(q, k, v, a.contiguous(), b.contiguous(), batch,
-                                           ssm_states)
+            return self._delta_rule_triton(q, k, v, a, b, batch, ssm_states)
         g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
         if batch.is_decode:
             return fused_recurrent_gated_delta_rule_ref(
@@ -136,7 +124,7 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         num_tokens = x.shape[0]
-        mixed, z, b, a = self._split_projections(x)
+        mixed, z, b, a = self.in_proj(x)
         mixed = verify_conv(self, mixed, batch) if batch.is_verify else self._conv(mixed, batch)
         q, k, v = mixed.split([self.hk * self.dk, self.hk * self.dk, self.hv * self.dv], dim=-1)
         q = q.reshape(num_tokens, self.hk, self.dk)

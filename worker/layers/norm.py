@@ -41,6 +41,5 @@ class GatedRMSNorm(nn.Module):
         if use_triton(x):
             from qnext.kernels.norm import gated_rms_norm
 
-            return gated_rms_norm(x.contiguous(), z.to(x.dtype).contiguous(), self.weight,
-                                  self.eps)
+            return gated_rms_norm(x.contiguous(), z.to(x.dtype), self.weight, self.eps)
         return gated_rms_norm_ref(x, z, self.weight, self.eps)

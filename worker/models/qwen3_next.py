@@ -2,7 +2,8 @@
 full attention (per `ModelConfig.layer_types`) and whose MLP is sparse MoE or dense SwiGLU.
 
 Parameter names follow the Hugging Face checkpoint; `CHECKPOINT_RULES` maps the per-expert
-checkpoint tensors onto the stacked expert parameters. Legend: T = new tokens, H = hidden.
+checkpoint tensors onto the stacked expert parameters and the GDN input projections onto
+their one regrouped weight. Legend: T = new tokens, H = hidden.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ CHECKPOINT_RULES = (
      r"\g<prefix>.experts.w13"),
     (r"^(?P<prefix>.+\.mlp)\.shared_expert\.down_proj\.weight$", r"\g<prefix>.experts.w2"),
     (r"^(?P<prefix>.+\.mlp)\.(?P<row>shared)_expert_gate\.weight$", r"\g<prefix>.gate.weight"),
+    # the GDN input projections, regrouped into one GEMM (layers/gdn_proj.py)
+    (r"^(?P<prefix>.+\.linear_attn)\.in_proj_(?P<part>qkvz|ba)\.weight$",
+     r"\g<prefix>.in_proj.weight"),
 )
 
 

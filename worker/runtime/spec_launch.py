@@ -20,7 +20,7 @@ import torch
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.runtime.spec_accept import Acceptance
 from qnext.worker.runtime.spec_states import SpecStateBuffers
-from qnext.worker.runtime.transfer import to_device, to_device_many
+from qnext.worker.runtime.transfer import Download, to_device, to_device_many
 from qnext.worker.runtime.worker import Launched, rows_in
 from qnext.worker.sched.plan import SampledToken, SeqWork
 
@@ -35,6 +35,7 @@ class SpecLaunched(Launched):
     ordinary: Launched | None = None
     verified: list[int] | None = None
     acc: Acceptance | None = None
+    accepted: Download | None = None  # [kept, tokens, (tree path)] per row, to the host
     host: dict[int, list[SampledToken]] | None = None
 
 

@@ -44,7 +44,7 @@ from qnext.worker.runtime.spec_launch import (
     snapshot_kept,
 )
 from qnext.worker.runtime.spec_states import SpecStateBuffers
-from qnext.worker.runtime.transfer import to_device, to_device_many
+from qnext.worker.runtime.transfer import Download, to_device, to_device_many
 from qnext.worker.runtime.worker import Launched, PlanExecutor
 from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
@@ -147,16 +147,20 @@ class SpecExecutor(PlanExecutor):
         buffers.commit(runner.state_pool, batch.state_slots, acc.commit_steps)
         snapshot_kept(work, acc, buffers, runner.state_pool, runner.device, shift)
         launched.verified, launched.acc = [w.seq_id for w in work], acc
+        # one device-to-host copy, queued now: [kept, tokens (n), tree path (n)] per row
+        launched.accepted = Download([torch.cat(
+            [acc.num_accepted[:, None], acc.token_ids, *([acc.path] if self.trees else [])],
+            dim=1)])
         if self.trees:
-            self._finish_trees(work, hidden, acc)
+            self._finish_trees(work, hidden, launched.accepted.lists()[0])
         else:
             self._draft_chains(work, batch, hidden, acc, graphed)
 
-    def _finish_trees(self, work: list[SeqWork], hidden: torch.Tensor, acc) -> None:
+    def _finish_trees(self, work: list[SeqWork], hidden: torch.Tensor, rows: list) -> None:
         """The kept paths' K/V moved into place and the head run over them: both read the
-        paths on the host, so a tree step waits for the device here (every rank does)."""
-        n = self.n  # one device-to-host copy: [kept, tokens (n), path (n)] per row
-        rows = torch.cat([acc.num_accepted[:, None], acc.token_ids, acc.path], dim=1).tolist()
+        paths on the host (`rows`: [kept, tokens (n), path (n)] each), so a tree step waits
+        for the device here (every rank does)."""
+        n = self.n
         kept, ids = [row[0] for row in rows], [row[1:n + 1] for row in rows]
         paths = [row[n + 1:n + 2 + a] for row, a in zip(rows, kept)]
         self._compact_kv(work, paths)
@@ -166,8 +170,7 @@ class SpecExecutor(PlanExecutor):
                              for b, w in enumerate(work)], self.runner.state_pool)
 
     def _resolve_verify(self, launched: SpecLaunched) -> dict[int, list[SampledToken]]:
-        acc = launched.acc  # one device-to-host copy: [kept, tokens...] per row
-        rows = torch.cat([acc.num_accepted[:, None], acc.token_ids], dim=1).tolist()
+        rows = launched.accepted.lists()[0]  # [kept, tokens (n), ...] per row
         self._count(len(rows), sum(row[0] for row in rows))
         return {seq_id: [SampledToken(seq_id, t) for t in row[1:row[0] + 2]]
                 for seq_id, row in zip(launched.verified, rows)}

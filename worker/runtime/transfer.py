@@ -1,4 +1,5 @@
-"""Host lists to device tensors without waiting for the device.
+"""Host lists to device tensors without waiting for the device, and device tensors back to
+host lists without making the host wait for work queued after them.
 
 `torch.tensor(values, device="cuda")` copies from pageable host memory, and such a copy
 synchronises the stream: the host waits for every kernel already queued. In the overlap loop
@@ -8,6 +9,12 @@ copy, ordered on the stream like a kernel (torch's pinned-memory cache keeps the
 alive until the copy has run). `to_device_many` also packs several lists into one copy.
 Host buffers are built with numpy, whose list conversion is several times faster than
 `torch.tensor`'s. Off CUDA the tensors stay on the CPU.
+
+The way back (`Download`) matters as much: `t.tolist()` copies at the stream's *current*
+position, so in the overlap loop, reading step N's tokens after step N+1 was launched waited
+for N+1's whole forward too, and the device then idled while the host planned N+2. A
+`Download` queues the copy right after step N's sampling, into pinned memory, and waits only
+for that copy.
 """
 
 from __future__ import annotations
@@ -60,3 +67,26 @@ def padded_rows(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
     out = np.zeros((len(rows), width), dtype=np.int64)
     out[np.arange(width)[None, :] < lens[:, None]] = flat
     return out
+
+
+class Download:
+    """Device tensors copied to pinned host memory at this point of the stream; `lists()` waits
+    for that copy only (not for work queued later) and returns them as lists (None stays
+    None). Off CUDA the tensors are simply kept."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor | None]) -> None:
+        self.event = None
+        self.host: list[torch.Tensor | None] = []
+        for t in tensors:
+            if t is not None and t.device.type == "cuda":
+                pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                t = pinned.copy_(t, non_blocking=True)
+                self.event = self.event or torch.cuda.Event()
+            self.host.append(t)
+        if self.event is not None:
+            self.event.record()
+
+    def lists(self) -> list:
+        if self.event is not None:
+            self.event.synchronize()
+        return [None if t is None else t.tolist() for t in self.host]

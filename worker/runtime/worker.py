@@ -19,7 +19,7 @@ from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.page_table import DevicePageTable
 from qnext.worker.runtime.penalties import PenaltyTracker
 from qnext.worker.runtime.sampler import SampleOutput, Sampler
-from qnext.worker.runtime.transfer import to_device, to_device_many
+from qnext.worker.runtime.transfer import Download, to_device, to_device_many
 from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
@@ -31,6 +31,7 @@ class Launched:
     plan: StepPlan
     seq_ids: list[int]  # sequences that sampled, in output order
     output: SampleOutput | None
+    download: Download | None = None  # the output on its way to the host (`resolve` reads it)
 
 
 class PlanExecutor:
@@ -102,7 +103,7 @@ class PlanExecutor:
             logits = logits.index_select(0, to_device(rows, logits.device))
         output = self.sampler.sample(logits.float(), seq_ids, specs, self.penalties)
         self.penalties.update(seq_ids, output.token_ids)
-        return Launched(plan, seq_ids, output), hidden, batch.cu_seqlens
+        return Launched(plan, seq_ids, output, Download(output)), hidden, batch.cu_seqlens
 
     def pages_of(self, work) -> torch.Tensor:
         """The page table of these SeqWorks (full lists, as `prepare` returns them), from the
@@ -123,12 +124,10 @@ class PlanExecutor:
 
     def resolve(self, launched: Launched) -> StepResult:
         """Wait for the step and return its tokens as plain data."""
-        out = launched.output
-        if out is None:
+        if launched.output is None:
             return StepResult(launched.plan.step_id, ())
-        token_ids = out.token_ids.tolist()
-        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
-        top = _top_lists(out, launched.plan.work)
+        token_ids, logprobs, top_ids, top_lps = launched.download.lists()
+        top = _top_lists(top_ids, top_lps, launched.plan.work)
         tokens = tuple(
             SampledToken(seq_id, token_ids[i], logprobs[i] if logprobs else None, top[i])
             for i, seq_id in enumerate(launched.seq_ids))
@@ -146,10 +145,9 @@ def rows_in(seq_ids: list[int], work, which: list[int], device: torch.device
     return to_device_many([which, [row_of[work[b].seq_id] for b in which]], device)
 
 
-def _top_lists(out: SampleOutput, work: tuple[SeqWork, ...]) -> list[tuple]:
+def _top_lists(ids: list | None, lps: list | None, work: tuple[SeqWork, ...]) -> list[tuple]:
     specs = [w.sample for w in work if w.sample is not None]
-    if out.top_ids is None:
+    if ids is None:
         return [()] * len(specs)
-    ids, lps = out.top_ids.tolist(), out.top_logprobs.tolist()
     return [tuple(zip(ids[i][:s.params.top_logprobs], lps[i][:s.params.top_logprobs]))
             for i, s in enumerate(specs)]

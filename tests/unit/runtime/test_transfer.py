@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qnext.worker.runtime.transfer import padded_rows, to_device, to_device_many
+from qnext.worker.runtime.transfer import Download, padded_rows, to_device, to_device_many
 
 
 def test_packed_segments_keep_values_and_alignment():
@@ -29,3 +29,9 @@ def test_padded_rows():
     got = padded_rows(rows, 5)
     assert got.dtype == np.int64 and got.shape == (4, 5)
     assert got.tolist() == [[7, 8, 9, 0, 0], [0] * 5, [4, 0, 0, 0, 0], [1, 2, 3, 5, 0]]
+
+
+def test_download_off_cuda_keeps_the_tensors():
+    t = torch.tensor([[1, 2], [3, 4]])
+    got = Download([t, None, torch.tensor([0.5])]).lists()
+    assert got == [[[1, 2], [3, 4]], None, [0.5]]
