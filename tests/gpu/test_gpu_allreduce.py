@@ -168,7 +168,10 @@ def _capture(run) -> torch.cuda.CUDAGraph:
 CHECKS = {"exact": _check_exact, "floats": _check_floats, "graph": _check_graph}
 
 
-def _rank_main(rank: int, world: int, port: int, check: str, result_file: str) -> None:
+def _rank_main(rank: int, world: int, port: int, check: str, result_file: str,
+               lamport: bool) -> None:
+    if lamport:
+        os.environ["QNEXT_LAMPORT_ALLREDUCE"] = "1"
     reset_tp_info()
     device = torch.device("cuda", rank)
     tp = init_distributed(rank, world, f"tcp://127.0.0.1:{port}", f"cuda:{rank}")
@@ -181,10 +184,11 @@ def _rank_main(rank: int, world: int, port: int, check: str, result_file: str) -
     os._exit(0)  # NOTE: skip interpreter teardown (gloo / NCCL threads), as the TP tests do
 
 
-def _spawn(world: int, check: str, tmp_path: Path) -> str:
+def _spawn(world: int, check: str, tmp_path: Path, lamport: bool) -> str:
     """Run `check` on `world` ranks; kill them all past DEADLINE_S."""
     result_file = tmp_path / f"{check}_{world}.txt"
-    ctx = mp.start_processes(_rank_main, args=(world, free_port(), check, str(result_file)),
+    ctx = mp.start_processes(_rank_main, args=(world, free_port(), check, str(result_file),
+                                               lamport),
                              nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + DEADLINE_S
     while not ctx.join(timeout=5):
@@ -199,8 +203,12 @@ WORLDS = [2, pytest.param(4, marks=pytest.mark.skipif(
     torch.cuda.device_count() < 4, reason="needs four CUDA GPUs"))]
 
 
+@pytest.mark.parametrize("lamport", [False, True], ids=["one-shot", "lamport"])
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("check", list(CHECKS))
-def test_symm_all_reduce_matches_nccl(world, check, tmp_path):
-    report = _spawn(world, check, tmp_path)
-    print(f"\n[{world} GPUs, {check}]\n{report}", end="")
+def test_symm_all_reduce_matches_nccl(world, check, lamport, tmp_path):
+    """Both small-message paths: torch's one-shot kernel, and (QNEXT_LAMPORT_ALLREDUCE=1) the
+    barrier-free kernel for contiguous bf16 messages."""
+    report = _spawn(world, check, tmp_path, lamport)
+    print(f"\n[{world} GPUs, {check}, {'lamport' if lamport else 'one-shot'}]\n{report}",
+          end="")

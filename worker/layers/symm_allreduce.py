@@ -4,6 +4,11 @@ reads all ranks' copies and sums them in rank order (torch's one-shot all-reduce
 `torch.ops.symm_mem`). No host sync and no allocation per call, so CUDA graphs capture it.
 NVLink multicast stays off: no multimem op is used and TORCH_SYMM_MEM_DISABLE_MULTICAST=1.
 NCCL (`dist.all_reduce`) is the reference, and the path for every other message.
+
+With QNEXT_LAMPORT_ALLREDUCE=1, contiguous bf16 messages take a barrier-free one-shot kernel
+instead (`kernels/allreduce.py`: each rank pushes into its peers' buffers, lanes flag their
+own arrival): one launch, no copy-in, no signal-pad round trips. Opt-in until it is measured
+and checked on multi-GPU machines (tests/gpu/test_gpu_allreduce.py runs both paths).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class SymmAllReduce:
         self.handle = symm_mem.rendezvous(self.buffer, group.group_name)  # peers map it
         self.staging = torch.zeros(max_bytes, dtype=torch.uint8, device=device)  # padded sums
         self.multicast = bool(getattr(self.handle, "multicast_ptr", 0))
+        self.lamport = _Lamport(symm_mem, group, device, max_bytes) \
+            if os.environ.get("QNEXT_LAMPORT_ALLREDUCE") == "1" else None
         global _set_up_in_process
         _set_up_in_process = True
 
@@ -76,6 +83,8 @@ class SymmAllReduce:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place; returns `x`. Needs `fits(x)`."""
+        if self.lamport is not None and self.lamport.takes(x):
+            return self.lamport.all_reduce(x)
         if _aligned(x):
             self._direct(x.view(-1))
         else:
@@ -100,6 +109,32 @@ class SymmAllReduce:
         peer[:n].view(x.shape).copy_(x)
         torch.ops.symm_mem.one_shot_all_reduce_out(peer, "sum", self.group_name, out)
         x.copy_(out[:n].view(x.shape))
+
+
+class _Lamport:
+    """The barrier-free path's buffer (symmetric memory, every lane empty before any peer can
+    push), the peers' addresses and the per-program call state."""
+
+    def __init__(self, symm_mem, group: dist.ProcessGroup, device: torch.device,
+                 max_bytes: int) -> None:
+        from qnext.kernels.allreduce import empty_buffer, new_state
+
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        self.cap = max_bytes // 2
+        buffer = symm_mem.empty(3 * self.world * self.cap, dtype=torch.bfloat16, device=device)
+        self.buffer = empty_buffer(buffer)
+        torch.cuda.synchronize(device)  # emptied before the (collective) rendezvous returns
+        handle = symm_mem.rendezvous(self.buffer, group.group_name)
+        self.peers = torch.tensor(list(handle.buffer_ptrs), dtype=torch.int64, device=device)
+        self.state = new_state(device)
+
+    def takes(self, x: torch.Tensor) -> bool:
+        return x.dtype == torch.bfloat16 and x.is_contiguous() and x.numel() <= self.cap
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        from qnext.kernels.allreduce import lamport_all_reduce
+
+        return lamport_all_reduce(x, x, self.peers, self.state, self.rank, self.world, self.cap)
 
 
 def create_symm_all_reduce(group: dist.ProcessGroup, device: torch.device,
