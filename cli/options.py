@@ -77,6 +77,8 @@ MaxMamba = Annotated[Optional[int], typer.Option(help="Fixed number of state slo
 NoOverlap = Annotated[bool, typer.Option(help="Use the normal loop instead of the overlap loop.")]
 NoGraph = Annotated[bool, typer.Option(help="Run decode steps eagerly (no CUDA graphs).")]
 GraphMaxBs = Annotated[int, typer.Option(help="Largest decode batch captured in a CUDA graph.")]
+SkipWarmup = Annotated[bool, typer.Option(
+    help="Skip the start-up warm-up forwards that compile the GPU kernels before requests.")]
 SpecAlgo = Annotated[Optional[SpecAlgorithm], typer.Option(
     help="Speculative decoding: NEXTN (the checkpoint's MTP head) or EAGLE (a draft model).")]
 SpecDraft = Annotated[Optional[str], typer.Option(help="EAGLE: the draft checkpoint.")]
@@ -117,6 +119,7 @@ ENGINE_FLAGS = (
     ("speculative_num_steps", SpecSteps, None), ("speculative_eagle_topk", SpecTopk, None),
     ("speculative_num_draft_tokens", SpecTokens, None),
     ("disable_radix_cache", DisableRadix, False), ("mamba_track_interval", TrackInterval, 256),
+    ("skip_server_warmup", SkipWarmup, False),
 )
 
 
@@ -169,7 +172,8 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                    nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
                    disable_custom_all_reduce: bool = False,
                    disable_cuda_graph: bool = False, cuda_graph_max_bs: int = 256,
-                   max_queued_requests: int | None = None, **spec_flags) -> dict:
+                   max_queued_requests: int | None = None, skip_server_warmup: bool = False,
+                   **spec_flags) -> dict:
     """Every Config section but the model's (so flags can be checked without a checkpoint)."""
     return dict(
         spec=_spec_section(**spec_flags),
@@ -194,7 +198,8 @@ def build_sections(model_path: Path, *, dtype: Dtype, device: str, load_format: 
                           max_prefill_tokens=max_prefill_tokens, context_length=context_length,
                           disable_overlap_schedule=disable_overlap_schedule,
                           random_seed=random_seed, disable_cuda_graph=disable_cuda_graph,
-                          cuda_graph_max_bs=cuda_graph_max_bs))
+                          cuda_graph_max_bs=cuda_graph_max_bs,
+                          skip_server_warmup=skip_server_warmup))
 
 
 def _spec_section(speculative_algorithm: SpecAlgorithm | None = None,

@@ -97,6 +97,10 @@ def main() -> None:
             profile_table(lambda: engine.generate([prompt], more),
                           "128-token prompt + 16 decode steps, batch 1")
         for c in conc:
+            # warm-up at this concurrency: Triton compiles a kernel per shape class (batch of
+            # one or more sequences, sizes by 16) the first time it meets one
+            engine.generate([ids(1024) for _ in range(c)],
+                            SamplingParams(temperature=0, max_new_tokens=2, ignore_eos=True))
             sp = SamplingParams(temperature=0, max_new_tokens=args.out_len, ignore_eos=True)
             t0 = time.perf_counter()
             outs = engine.generate([ids(1024) for _ in range(c)], sp)

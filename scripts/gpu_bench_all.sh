@@ -3,16 +3,18 @@
 # benchmark, each under its own time limit, each writing $OUT/<name>.txt — one device call
 # for a whole round of checks and numbers. Wheels the GPU image lacks come from .whl/ (carry
 # it); FLA anchors from .whl/anchor. Usage: bash scripts/gpu_bench_all.sh [names...]
-# (default: all, in the order below). Budget the call's timeout as the sum of the limits used
-# (the single-GPU tests come in two steps of one call each: together they take longer
-# than one call's 10 minutes; the multi-GPU ones are tests/gpu/test_gpu_tp.py and
-# test_gpu_allreduce.py, run on a 2- or 4-GPU kind).
+# (default: every single-GPU step, in the order below). Budget the call's timeout as the sum of
+# the limits used (the single-GPU tests come in two steps of one call each: together they take
+# longer than one call's 10 minutes). Steps named tp4_* need a 4-GPU kind and run only when
+# named; a step whose name ends in _lamport runs with QNEXT_LAMPORT_ALLREDUCE=1.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 python3 -m pip install -q --no-index --no-deps --target /tmp/anchor .whl/anchor/*.whl 2>/dev/null
+python3 -m pip install -q --no-index --no-deps --target /tmp/serve .whl/serve/*.whl 2>/dev/null
 site="/tmp/site:$PWD:$PWD/scripts"
+served="/tmp/serve:$site"  # grpc / protobuf newer than the image's: only for qnext serve
 anchored="$site:/tmp/anchor"  # FLA on the path: only for the benchmarks that time it
 
 pytest="-m pytest -q -p no:cacheprovider -rfE --durations=10"
@@ -21,7 +23,7 @@ gpu_tests() { for name in "$@"; do printf 'tests/gpu/test_gpu_%s.py ' "$name"; d
 # name, time limit (s), python path, command
 steps=(
   "tests_kernels|560|$site|$pytest $(gpu_tests attention conv_decode conv_prefill gdn_decode \
-                                            gdn_prefill moe norms rope verify)"
+                                            gdn_prefill moe norms rope verify lamport)"
   "tests_model|560|$site|$pytest $(gpu_tests parity engine cuda_graph spec transfer)"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
@@ -30,14 +32,23 @@ steps=(
   "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
   "vs_hf|240|$site|scripts/bench_vs_hf.py --repeats 2 --profile"
+  "tp4_tests|560|$site|$pytest tests/gpu/test_gpu_allreduce.py tests/gpu/test_gpu_tp.py"
+  "tp4_b1|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32 --trace $out/b1"
+  "tp4_b1_lamport|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
+  "tp4_b8|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --batch 8 --trace $out/b8"
+  "tp4_full|400|$site|scripts/bench_full_size.py --tp 4"
+  "tp4_serve|500|$served|scripts/bench_serve.py --tp 4 --out $out/serve"
 )
 wanted=" $* "
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/env.txt"
 for step in "${steps[@]}"; do
   IFS="|" read -r name limit path cmd <<< "$step"
-  [ $# -eq 0 ] || [[ "$wanted" == *" $name "* ]] || continue
+  if [ $# -eq 0 ]; then [[ "$name" != tp4_* ]] || continue
+  else [[ "$wanted" == *" $name "* ]] || continue; fi
+  lamport=0; [[ "$name" != *_lamport ]] || lamport=1
   start=$(date +%s)
   # shellcheck disable=SC2086  # cmd is a word list on purpose
-  PYTHONPATH="$path" timeout "$limit" python3 $cmd > "$out/$name.txt" 2>&1
+  QNEXT_LAMPORT_ALLREDUCE=$lamport PYTHONPATH="$path" timeout "$limit" python3 $cmd \
+    > "$out/$name.txt" 2>&1
   echo "$name: exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
 done

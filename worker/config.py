@@ -305,6 +305,7 @@ class SchedConfig:
     random_seed: int = 0
     disable_cuda_graph: bool = False  # decode steps replay CUDA graphs on GPUs unless set
     cuda_graph_max_bs: int = 256  # largest captured decode batch; larger batches run eagerly
+    skip_server_warmup: bool = False  # on GPUs: no kernel warm-up forwards at start-up
 
     def __post_init__(self) -> None:
         for flag, value in (("--max-running-requests", self.max_running_requests),

@@ -170,8 +170,7 @@ CHECKS = {"exact": _check_exact, "floats": _check_floats, "graph": _check_graph}
 
 def _rank_main(rank: int, world: int, port: int, check: str, result_file: str,
                lamport: bool) -> None:
-    if lamport:
-        os.environ["QNEXT_LAMPORT_ALLREDUCE"] = "1"
+    os.environ["QNEXT_LAMPORT_ALLREDUCE"] = "1" if lamport else "0"
     reset_tp_info()
     device = torch.device("cuda", rank)
     tp = init_distributed(rank, world, f"tcp://127.0.0.1:{port}", f"cuda:{rank}")

@@ -67,8 +67,19 @@ class Engine:
         self._requests: dict[int, str] = {}
         self._arrivals = itertools.count()
         self._counters = {"requests": 0, "finished": 0, "tokens": 0, "steps": 0}
+        if self.runner.device.type == "cuda" and not cfg.sched.skip_server_warmup:
+            self._warm_up()
         log.info("engine_ready", overlap=isinstance(self.loop, OverlapLoop),
                  radix_strategy=self.strategy, **self.memory.describe())
+
+    def _warm_up(self) -> None:
+        """Triton's compilations of the usual shape classes, before any request waits."""
+        sched = self.cfg.sched
+        start = time.monotonic()
+        limit = min(sched.chunked_prefill_size or sched.max_prefill_tokens,
+                    sched.max_prefill_tokens)
+        forwards = self.executor.warm_up(limit)
+        log.info("warmup", forwards=forwards, seconds=round(time.monotonic() - start, 1))
 
     @staticmethod
     def overlap_for(cfg: Config, strategy: str, explain: bool = False) -> bool:

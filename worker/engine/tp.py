@@ -85,6 +85,10 @@ class TPExecutor(PlanExecutor):
         self.send("install", cfg, plan)
         super().install_pools(cfg, plan)
 
+    def warm_up(self, max_tokens: int | None = None) -> int:
+        self.send("warmup", max_tokens)
+        return super().warm_up(max_tokens)
+
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
         self.send("launch", plan, previous.plan.step_id if previous else None)
         return super().launch(plan, previous)
@@ -156,6 +160,8 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
             executor.plan_memory(rank_config(args[0], rank), *args[1:])
         elif kind == "install":
             executor.install_pools(rank_config(args[0], rank), args[1])
+        elif kind == "warmup":
+            executor.warm_up(*args)
         elif kind == "launch":
             plan, previous = args
             if previous is not None:

@@ -57,6 +57,12 @@ class PlanExecutor:
         runner.cfg = cfg
         runner.allocate_pools(plan.num_pages, plan.num_state_slots)
 
+    def warm_up(self, max_tokens: int | None = None) -> int:
+        """Compile the kernels' shape classes now (runtime/warmup.py); returns the forwards."""
+        from qnext.worker.runtime.warmup import warm_up
+
+        return warm_up(self.runner, max_tokens)
+
     def close(self) -> None:
         """Release the decode graphs: NCCL work captured in them holds the communicator,
         and destroy_process_group waits until such graphs are gone."""
