@@ -8,6 +8,10 @@ Two kernels, chunks of 64 tokens ([s, s + 64) inside each sequence, the last one
   2. kernels/gdn_chunk_scan.py, parallel over (value block, value head, sequence), sequential
      over the chunks of the sequence: the state recurrence in float32 registers, the outputs
      of each chunk, the final state (in place in its slot) and the optional snapshot.
+With `split=True` stage 2 is instead two kernels (kernels/gdn_chunk_split.py): a walk that
+keeps only the state recurrence and stores the state entering each chunk, then the outputs of
+every chunk in parallel, for long sequences whose walk would otherwise do all the work on
+few programs (a workspace of one dk x dv state per chunk and value head).
 The chunk map is found on the device (each program of kernel 1 locates its chunk from
 cu_seqlens), so the launcher does not read cu_seqlens on the host; only the snapshot checks do.
 Grouped heads: value head j reads key head j // (Hv // Hk); q, k are never repeated in memory.
@@ -31,6 +35,7 @@ import triton
 
 from qnext.kernels.gdn_chunk_prep import CHUNK, chunk_prep_kernel
 from qnext.kernels.gdn_chunk_scan import chunk_scan_kernel
+from qnext.kernels.gdn_chunk_split import chunk_output_kernel, chunk_state_kernel
 from qnext.kernels.launch import check_device, interpreting
 from qnext.kernels.varlen import snapshot_targets
 
@@ -44,7 +49,7 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
                 snapshot_offsets: torch.Tensor | None = None, scale: float | None = None,
                 use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool | None = None,
                 block_v: int | None = None, num_warps: tuple[int, int] = (4, 4),
-                check_snapshots: bool = True) -> torch.Tensor:
+                check_snapshots: bool = True, split: bool = False) -> torch.Tensor:
     """Prefill of B sequences packed in T tokens.
 
     q, k [T, Hk, dk] (rows may be strided, last dim contiguous); v [T, Hv, dv]; q, k, v of one
@@ -59,7 +64,8 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     dk ** -0.5.
     fast_dots: dots in the 16-bit input dtype (default: whenever q is 16-bit); False: every
     dot in float32 (3 x tf32). block_v (value columns per program of the sequential kernel;
-    default 64 with 16-bit dots, else 32) and num_warps (of the two kernels) are tuning knobs.
+    default 64 with 16-bit dots, else 32) and num_warps (of the two kernels) are tuning knobs;
+    split: the two-kernel sequential stage (see the module docstring).
     Returns o [T, Hv, dv] in v.dtype.
     """
     T, HK, DK = q.shape
@@ -79,8 +85,9 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     work = prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, B,
                        DK**-0.5 if scale is None else scale, use_qk_l2norm, eps,
                        q.dtype if fast_dots else torch.float32, num_warps[0])
-    scan_chunks(work, q, k, out, ssm_states, cu_seqlens, state_indices, has_initial_state,
-                snapshot_slots, snapshot_offsets, block_v, num_warps[1])
+    stage = split_chunks if split else scan_chunks
+    stage(work, q, k, out, ssm_states, cu_seqlens, state_indices, has_initial_state,
+          snapshot_slots, snapshot_offsets, block_v, num_warps[1])
     return out
 
 
@@ -137,6 +144,28 @@ def scan_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indice
         HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v, PREC=_precision(work.w.dtype),
         HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(), num_warps=num_warps,
         num_stages=2)  # fp32: 3 stages overflow shared memory; 16-bit: verified with 2
+
+
+def split_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indices,
+                 has_initial_state, snapshot_slots=None, snapshot_offsets=None,
+                 block_v: int = 32, num_warps: int = 4) -> None:
+    """Stage 2 as a state-only walk (V' written over work.u) and a parallel output kernel."""
+    (T, HK, DK), (HV, DV) = q.shape, out.shape[1:]
+    B = state_indices.shape[0]
+    chunks = T // CHUNK + B  # >= the number of chunks
+    h = torch.empty(chunks, HV, DK, DV, device=q.device, dtype=work.w.dtype)
+    snaps = snapshot_slots if snapshot_slots is not None else state_indices
+    snap_at = snapshot_offsets if snapshot_offsets is not None else state_indices
+    meta = dict(HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v, BB=_pow2(B),
+                PREC=_precision(work.w.dtype), num_warps=num_warps)
+    chunk_state_kernel[(triton.cdiv(DV, block_v), HV, B)](
+        k, work.w, work.u, work.g, work.rk, h, ssm_states, cu_seqlens, state_indices,
+        has_initial_state, snaps, snap_at, T, B, k.stride(0), k.stride(1),
+        ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
+        HAS_SNAP=snapshot_slots is not None, num_stages=2, **meta)
+    chunk_output_kernel[(chunks, HV, triton.cdiv(DV, block_v))](
+        q, work.u, work.p, work.g, work.rq, h, out, cu_seqlens, T, B, q.stride(0),
+        q.stride(1), out.stride(0), out.stride(1), **meta)
 
 
 def _pow2(n: int) -> int:

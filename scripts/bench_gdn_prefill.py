@@ -10,7 +10,7 @@ Its output is checked against the torch reference (4K-token cases) and against q
 cases) before timing. The Hv = 8 anchor runs last, in a subprocess: FLA 0.6.0 hit an illegal
 memory access at 8 value heads on H100 before, which would poison this process's CUDA context.
 
-    python scripts/bench_gdn_prefill.py            # the table
+    python scripts/bench_gdn_prefill.py            # the table (qnext fused and split stage 2)
     python scripts/bench_gdn_prefill.py --sweep    # launcher knobs and a per-kernel breakdown
     (either with --fp32-dots: qnext with float32 dots instead of bf16, see kernels/gdn_prefill.py)
 """
@@ -115,11 +115,13 @@ def _floor_us(hv: int, lengths: list[int]) -> float:
 def _table() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}, qnext fast_dots={FAST_DOTS}")
-    ours = {}
+    ours, split = {}, {}
     for hv, lengths in CASES:
         x, kw = _case(hv, lengths)
         ours[hv, len(lengths), sum(lengths)] = us = _time(_ours(x, kw))
-        print(f"qnext {len(lengths)} x {lengths[0]} tokens, Hv = {hv}: {us:.0f} µs", flush=True)
+        split[hv, len(lengths), sum(lengths)] = us_split = _time(_ours(x, kw, split=True))
+        print(f"qnext {len(lengths)} x {lengths[0]} tokens, Hv = {hv}: {us:.0f} µs (split "
+              f"stage {us_split:.0f} µs)", flush=True)
         del x, kw
     torch.cuda.empty_cache()
     fla = {}
@@ -137,10 +139,10 @@ def _table() -> None:
             print(f"FLA {key}: {res}", flush=True)
         if rc:
             print(f"anchor at Hv = {hv} failed: {err.strip().splitlines()[-1:]}", flush=True)
-    print("| tokens | seqs | Hv | floor µs | qnext µs | FLA µs (gates precomputed) | FLA µs "
-          "(fused gates) | best FLA / qnext | qnext M tok/s | rel. diff vs FLA | vs ref "
-          "(FLA, qnext) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| tokens | seqs | Hv | floor µs | qnext µs | qnext split µs | FLA µs (gates "
+          "precomputed) | FLA µs (fused gates) | best FLA / qnext | qnext M tok/s | rel. diff "
+          "vs FLA | vs ref (FLA, qnext) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for hv, lengths in CASES:
         T, B = sum(lengths), len(lengths)
         us = ours[hv, B, T]
@@ -150,11 +152,14 @@ def _table() -> None:
             ref = f"{res['ref'][0]:.1e}, {res['ref'][1]:.1e}" if res["ref"] else "—"
             cells = [f"{res['us'][0]:.0f}", f"{res['us'][1]:.0f}",
                      f"{min(res['us']) / us:.2f}", f"{max(res['diff']):.1e}", ref]
-        print(f"| {T} | {B} | {hv} | {_floor_us(hv, lengths):.0f} | {us:.0f} | {cells[0]} | "
+        print(f"| {T} | {B} | {hv} | {_floor_us(hv, lengths):.0f} | {us:.0f} | "
+              f"{split[hv, B, T]:.0f} | {cells[0]} | "
               f"{cells[1]} | {cells[2]} | {T / us:.1f} | {cells[3]} | {cells[4]} |")
     print("qnext kernels at 16K tokens, 1 and 4 sequences, Hv = 32:")
     for lengths in ([16384], [4096] * 4):
-        _split(*_case(32, lengths))
+        for split in (False, True):
+            print(f"  split={split}:")
+            _per_kernel(*_case(32, lengths), split=split)
 
 
 def _anchor_rows(hv: int) -> None:
@@ -177,14 +182,15 @@ def _sweep() -> None:
                 except Exception as exc:  # noqa: BLE001 - out of resources etc.: report
                     us = type(exc).__name__
                 print(f"| {sum(lengths)} | {len(lengths)} | {block_v} | {warps} | {us} |")
-        _split(x, kw)
+        _per_kernel(x, kw)
+        _per_kernel(x, kw, split=True)
 
 
-def _split(x, kw) -> None:
+def _per_kernel(x, kw, **knobs) -> None:
     """Mean GPU time per kernel of one qnext call, from the profiler."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            _ours(x, kw)()
+            _ours(x, kw, **knobs)()
         torch.cuda.synchronize()
     for ev in prof.key_averages():
         if ev.device_type == torch.autograd.DeviceType.CUDA:

@@ -140,6 +140,29 @@ def test_prefill_kernel_matches_reference(lengths, hk, hv, dk, dv, dtype, state_
     assert torch.equal(states[~written], states_before[~written])
 
 
+@pytest.mark.parametrize("lengths,hk,hv,dk,dv", SHAPES)
+@pytest.mark.parametrize("dtype,state_dtype,tol", DTYPES)
+def test_split_stage_matches_the_fused_scan(lengths, hk, hv, dk, dv, dtype, state_dtype, tol):
+    """split=True (state walk + parallel outputs): the fused scan's outputs, final states and
+    snapshots; the same dots on the same roundings, so equal up to accumulation order."""
+    from qnext.kernels.gdn_prefill import gdn_prefill
+
+    if dtype == torch.bfloat16 and not ON_GPU:
+        dtype = torch.float16
+    x, states, slots, spare = _inputs(lengths, hk, hv, dk, dv, dtype, state_dtype, 7)
+    kw = dict(cu_seqlens=cu(lengths).to(DEVICE), state_indices=slots,
+              has_initial_state=torch.arange(len(lengths), device=DEVICE) % 3 != 1)
+    snaps, offsets = _snapshots(lengths, spare)
+    fused_states = states.clone()
+    want = gdn_prefill(**x, **kw, ssm_states=fused_states, snapshot_slots=snaps,
+                       snapshot_offsets=offsets)
+    _poison_allocator(4 * x["v"].numel())
+    got = gdn_prefill(**x, **kw, ssm_states=states, snapshot_slots=snaps,
+                      snapshot_offsets=offsets, split=True)
+    assert not torch.isnan(got).any() and rel_err(got, want) <= tol / 10
+    assert rel_err(states, fused_states) <= tol / 10
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 def test_correlated_keys_match_reference(dtype, tol):
     """Keys sharing one direction (k . k near 1) and slow gates: I + A far from I, so the chunk

@@ -1,0 +1,127 @@
+"""Triton kernels: the sequential stage of the chunked gated-delta-rule prefill split in two,
+for long sequences (`gdn_prefill(..., split=True)`).
+
+The fused scan (kernels/gdn_chunk_scan.py) computes each chunk's outputs inside the sequential
+walk, so a long sequence walks four dots per chunk on (value blocks x heads) programs only.
+Here the walk keeps two (same algebra as the fused scan):
+  V' = U - W S         (written over U: nothing else reads U)
+  S <- exp(G_last) S + K^T diag(rk exp(G_last - G)) V'
+and stores the state entering every chunk (`h` [chunks, Hv, dk, dv], in the dot dtype). Then
+one program per (chunk, value head, value block), all in parallel, computes
+  O = diag(rq exp(G)) Q S_c + P V'.
+Chunks are numbered sequence after sequence (`chunk_bounds`); the walk finds its sequence's
+first chunk number from the lengths before it. Final states and snapshots as in the scan.
+Reference: `chunk_gated_delta_rule_ref` in kernels/gdn_ref.py.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from qnext.kernels.gdn_chunk_prep import chunk_bounds
+from qnext.kernels.gdn_chunk_scan import _snapshot, _tile
+
+
+@triton.jit
+def _walk_chunk(s, c, start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h, h_ptr, s_kt,
+                offs_k, offs_v, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                PREC: tl.constexpr):
+    """Stores the state entering chunk c at h_ptr and V' over U; returns the state after it."""
+    dt = w_ptr.dtype.element_ty
+    r = tl.arange(0, 64)
+    rows = start + c * 64 + r
+    last = tl.minimum(start + c * 64 + 64, end) - 1
+    m = rows < end
+    full_k: tl.constexpr = BK == DK
+    v_mask = m[:, None] & (offs_v < DV)[None, :]
+    tl.store(h_ptr, s.to(dt), mask=(offs_k < DK)[:, None] & (offs_v < DV)[None, :])
+    w = _tile(w_ptr + base * DK, rows, end, DK, offs_k, DK, full_k)
+    u_at = u_ptr + (base + rows.to(tl.int64))[:, None] * DV + offs_v[None, :]
+    u = tl.load(u_at, mask=v_mask, other=0.0).to(tl.float32)
+    k = _tile(k_h, rows, end, s_kt, offs_k, DK, full_k)
+    g = tl.load(g_ptr + base + rows, mask=m, other=0.0)
+    g_last = tl.load(g_ptr + base + last)
+    v_new = u - tl.dot(w, s.to(dt), input_precision=PREC)
+    tl.store(u_at, v_new.to(dt), mask=v_mask)
+    k_decay = tl.load(rk_h + rows, mask=m, other=0.0) * tl.exp(g_last - g)
+    v_k = (v_new * k_decay[:, None]).to(dt)
+    return s * tl.exp(g_last) + tl.dot(tl.trans(k.to(dt)), v_k, input_precision=PREC)
+
+
+@triton.jit
+def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_ptr, slot_ptr,
+                       init_ptr, snap_ptr, snap_at_ptr, T, B, s_kt, s_kh, s_ss, s_sh, s_sk,
+                       HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
+                       DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       BB: tl.constexpr, PREC: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """Grid (cdiv(dv, BV), Hv, B): the walk over one sequence's chunks (see the docstring)."""
+    i_v, i_hv, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(cu_ptr + i_b).to(tl.int32)
+    end = tl.load(cu_ptr + i_b + 1).to(tl.int32)
+    if end <= start:
+        return
+    seqs = tl.arange(0, BB)
+    lens = tl.load(cu_ptr + seqs + 1, mask=seqs < B, other=0).to(tl.int32) \
+        - tl.load(cu_ptr + seqs, mask=seqs < B, other=0).to(tl.int32)
+    first = tl.sum(tl.where(seqs < i_b, (lens + 63) // 64, 0), 0)  # chunks before this one
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    s_tile = offs_k[:, None] * s_sk + offs_v[None, :]
+    s_mask = (offs_k < DK)[:, None] & (offs_v < DV)[None, :]
+    slot_ptrs = state_ptr + tl.load(slot_ptr + i_b).to(tl.int64) * s_ss + i_hv * s_sh + s_tile
+    s = tl.zeros([BK, BV], dtype=tl.float32)
+    if tl.load(init_ptr + i_b) != 0:
+        s = tl.load(slot_ptrs, mask=s_mask, other=0.0).to(tl.float32)
+    snap = -1
+    snap_at = 0
+    if HAS_SNAP:
+        snap = tl.load(snap_ptr + i_b).to(tl.int64)
+        snap_at = tl.load(snap_at_ptr + i_b).to(tl.int32)
+    i_hk = i_hv // (HV // HK)
+    h_tile = offs_k[:, None] * DV + offs_v[None, :]
+    n_chunks = tl.cdiv(end - start, 64)
+    c = 0
+    while c < n_chunks:  # `while`: the interpreter takes no tensor bound in `range`
+        h_at = h_ptr + ((first + c).to(tl.int64) * HV + i_hv) * DK * DV + h_tile
+        s = _walk_chunk(s, c, start, end, i_hv.to(tl.int64) * T, k_ptr + i_hk * s_kh, w_ptr,
+                        u_ptr, g_ptr, rk_ptr + i_hk.to(tl.int64) * T, h_at, s_kt, offs_k,
+                        offs_v, DK, DV, BK, PREC)
+        if HAS_SNAP:
+            _snapshot(state_ptr, snap, snap_at, c, end - start, s, s_ss, s_sh, i_hv, s_tile,
+                      s_mask)
+        c += 1
+    tl.store(slot_ptrs, s.to(state_ptr.dtype.element_ty), mask=s_mask)
+
+
+@triton.jit
+def chunk_output_kernel(q_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, h_ptr, o_ptr, cu_ptr, T, B,
+                        s_qt, s_qh, s_ot, s_oh, HV: tl.constexpr, HK: tl.constexpr,
+                        DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, BB: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunks, Hv, cdiv(dv, BV)): one chunk's outputs from the state entering it."""
+    i_c, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start, end = chunk_bounds(cu_ptr, i_c, B, BB, 64)
+    if end <= start:
+        return
+    dt = h_ptr.dtype.element_ty
+    i_hk = i_hv // (HV // HK)
+    base = i_hv.to(tl.int64) * T
+    r = tl.arange(0, 64)
+    rows = start + r
+    m = rows < end
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    v_ok = offs_v < DV
+    h = tl.load(h_ptr + ((i_c.to(tl.int64) * HV + i_hv) * DK + offs_k[:, None]) * DV
+                + offs_v[None, :], mask=(offs_k < DK)[:, None] & v_ok[None, :], other=0.0)
+    q = _tile(q_ptr + i_hk * s_qh, rows, end, s_qt, offs_k, DK, BK == DK)
+    p = _tile(p_ptr + base * 64, rows, end, 64, r, 64, True)
+    v_new = tl.load(u_ptr + (base + rows.to(tl.int64))[:, None] * DV + offs_v[None, :],
+                    mask=m[:, None] & v_ok[None, :], other=0.0)
+    g = tl.load(g_ptr + base + rows, mask=m, other=0.0)
+    q_scale = tl.load(rq_ptr + i_hk.to(tl.int64) * T + rows, mask=m, other=0.0) * tl.exp(g)
+    o = tl.dot(q.to(dt), h, input_precision=PREC) * q_scale[:, None]
+    o = tl.dot(p, v_new.to(dt), o, input_precision=PREC)
+    tl.store(o_ptr + i_hv * s_oh + rows.to(tl.int64)[:, None] * s_ot + offs_v[None, :],
+             o.to(o_ptr.dtype.element_ty), mask=m[:, None] & v_ok[None, :])
