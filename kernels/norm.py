@@ -19,13 +19,14 @@ from qnext.kernels.launch import check_device
 
 
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, eps,
+def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, XH, s_xt, s_xh, eps,
                          HAS_RESIDUAL: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     mask = (rows[:, None] < R) & (cols[None, :] < D)
     at = rows[:, None] * D + cols[None, :]
-    x = tl.load(x_ptr + at, mask=mask, other=0.0)
+    x_at = ((rows // XH) * s_xt + (rows % XH) * s_xh)[:, None] + cols[None, :]
+    x = tl.load(x_ptr + x_at, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         x = x + tl.load(r_ptr + at, mask=mask, other=0.0).to(x.dtype)
         tl.store(s_ptr + at, x, mask=mask)
@@ -63,19 +64,30 @@ def _blocks(rows: int, dim: int) -> tuple[tuple[int], int, int]:
 
 def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
                  residual: torch.Tensor | None = None):
-    """x, residual [..., D] contiguous, same shape and dtype; weight [D]. Returns y, or
-    (y, x + residual) with a residual — like `rms_norm_ref`."""
+    """x, residual [..., D] contiguous, same shape and dtype (without a residual x may also be
+    a [T, H, D] view with contiguous rows, e.g. the q heads of a [q | gate] projection);
+    weight [D]. Returns y (contiguous), or (y, x + residual) with a residual — like
+    `rms_norm_ref`."""
     D = x.shape[-1]
-    _check_rows(x, weight, residual)
-    y = torch.empty_like(x)
+    _check_rows(x, weight, residual, rows_ok=residual is None)
+    heads, s_xt, s_xh = (1, D, 0) if x.is_contiguous() else _row_layout(x)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(x) if residual is not None else x
     rows = x.numel() // D if D else 0
     if rows:
         grid, br, bd = _blocks(rows, D)
         _add_rms_norm_kernel[grid](x, residual if residual is not None else x, weight, y,
-                                   summed, rows, D, eps, HAS_RESIDUAL=residual is not None,
-                                   BR=br, BD=bd)
+                                   summed, rows, D, heads, s_xt, s_xh, eps,
+                                   HAS_RESIDUAL=residual is not None, BR=br, BD=bd)
     return (y, summed) if residual is not None else y
+
+
+def _row_layout(x: torch.Tensor) -> tuple[int, int, int]:
+    """(rows per token, token stride, row stride) of a [T, H, D] view with contiguous rows."""
+    if x.dim() != 3 or x.stride(2) != 1:
+        raise ValueError(f"x {tuple(x.shape)} with strides {x.stride()} must be contiguous or "
+                         "a [T, H, D] view with contiguous rows")
+    return x.shape[1], x.stride(0), x.stride(1)
 
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
@@ -107,9 +119,11 @@ def _z_layout(x: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
                      "heads")
 
 
-def _check_rows(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None) -> None:
+def _check_rows(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None,
+                rows_ok: bool = False) -> None:
+    """`rows_ok`: x may be a view with contiguous rows (`_row_layout` checks it)."""
     check_device("the RMSNorm kernels", x, weight)
-    if not x.is_contiguous():
+    if not x.is_contiguous() and not rows_ok:
         raise ValueError("x must be contiguous")
     if weight.shape != (x.shape[-1],):
         raise ValueError(f"weight {tuple(weight.shape)} must be [{x.shape[-1]}]")

@@ -65,6 +65,21 @@ def test_gated_rms_norm_reads_z_as_a_column_slice(dtype, tol):
     assert rel_err(y, gated_rms_norm_ref(x, z, w, 1e-6)) <= tol
 
 
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_rms_norm_reads_heads_of_a_wider_row(dtype, tol):
+    """x as attention hands q over: [T, H, D] heads of a [q | gate] row, not contiguous."""
+    from qnext.kernels.norm import add_rms_norm
+
+    T, H, D = 5, 3, 64
+    proj = _rand((T, H, 2 * D), dtype, 10)
+    x, w = proj[..., :D], _rand((D,), dtype, 11) * 0.1
+    y = add_rms_norm(x, w, 1e-6)
+    assert not x.is_contiguous() and y.is_contiguous() and not torch.isnan(y).any()
+    assert rel_err(y, rms_norm_ref(x, w, 1e-6)) <= tol
+    with pytest.raises(ValueError, match="contiguous"):
+        add_rms_norm(x, w, 1e-6, residual=_rand((T, H, D), dtype, 12))
+
+
 def test_launchers_reject_bad_inputs():
     from qnext.kernels.norm import add_rms_norm, gated_rms_norm
 

@@ -110,8 +110,10 @@ def test_mtp_head_loads_its_own_tensors(tiny_checkpoint):
     mtp = build_mtp(make_config(path))
     tensors = load_file(str(path / "model.safetensors"))
     assert torch.equal(mtp.fc.weight, tensors["mtp.fc.weight"])
-    assert torch.equal(mtp.layers[0].self_attn.q_proj.weight,
-                       tensors["mtp.layers.0.self_attn.q_proj.weight"])
+    qkv = mtp.layers[0].self_attn.qkv_proj
+    q = tensors["mtp.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(qkv.weight[:q.shape[0]], q)
+    assert torch.equal(qkv.weight[-qkv.sizes[2]:], tensors["mtp.layers.0.self_attn.v_proj.weight"])
 
 
 def test_checkpoint_without_mtp_fails_for_mtp(tiny_checkpoint):

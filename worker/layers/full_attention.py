@@ -1,6 +1,8 @@
 """Gated full attention over the paged KV pool.
 
-q_proj emits per head [q (D) | gate (D)]; q and k get a per-head zero-centred RMSNorm and partial
+q_proj emits per head [q (D) | gate (D)]; q_proj, k_proj and v_proj load into one weight (one GEMM,
+`QKVProj`: rows [q | gate of this rank's heads, k, v]). q and k get a per-head zero-centred
+RMSNorm and partial
 RoPE; attention is causal with GQA; the output is multiplied by sigmoid(gate) before o_proj.
 Heads are split across ranks (KV heads replicated when tp > num_kv_heads).
 On CUDA the attention itself is the Triton kernel `kernels/attention.py` (prefill or split-K
@@ -11,14 +13,43 @@ Legend: T = new tokens, Hq / Hkv = local query / KV heads, D = head dim.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qnext.kernels import paged_attention_ref, store_kv_ref
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.layers.backend import use_triton
-from qnext.worker.layers.linear import ColumnParallelLinear, KVHeadLinear, RowParallelLinear
+from qnext.worker.layers.linear import RowParallelLinear, copy_checked, kv_head_range, set_loader
 from qnext.worker.layers.norm import RMSNorm
+from qnext.worker.layers.parallel import get_tp_info, shard_range
 from qnext.worker.layers.rotary import RotaryEmbedding
+
+
+class QKVProj(nn.Module):
+    """q_proj (split by query heads), k_proj and v_proj (split by KV heads, replicated when
+    tp > Hkv) of one rank as one weight: three GEMMs' launches become one."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int,
+                 head_dim: int) -> None:
+        super().__init__()
+        tp = get_tp_info()
+        self.q_rows = shard_range(num_heads * head_dim * 2, tp.rank, tp.size)
+        first, last = kv_head_range(num_kv_heads, tp.rank, tp.size)
+        self.kv_rows = (first * head_dim, last * head_dim)
+        kv = self.kv_rows[1] - self.kv_rows[0]
+        self.sizes = (self.q_rows[1] - self.q_rows[0], kv, kv)
+        self.weight = set_loader(nn.Parameter(torch.empty(sum(self.sizes), hidden_size)),
+                                 self._load, num_loads=3)
+
+    def _load(self, param: nn.Parameter, tensor: torch.Tensor, part: str) -> None:
+        """`part` "q", "k" or "v": that projection's full checkpoint tensor."""
+        first, last = self.q_rows if part == "q" else self.kv_rows
+        at = {"q": 0, "k": self.sizes[0], "v": self.sizes[0] + self.sizes[1]}[part]
+        copy_checked(param[at:at + last - first], tensor[first:last])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """([T, q|gate], [T, k], [T, v]): column views of one output."""
+        return F.linear(x, self.weight).split(self.sizes, dim=-1)
 
 
 class GatedAttention(nn.Module):
@@ -27,9 +58,7 @@ class GatedAttention(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.kv_layer = kv_layer
-        self.q_proj = ColumnParallelLinear(hidden_size, num_heads * head_dim * 2)
-        self.k_proj = KVHeadLinear(hidden_size, num_kv_heads, head_dim)
-        self.v_proj = KVHeadLinear(hidden_size, num_kv_heads, head_dim)
+        self.qkv_proj = QKVProj(hidden_size, num_heads, num_kv_heads, head_dim)
         self.o_proj = RowParallelLinear(num_heads * head_dim, hidden_size)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
@@ -37,16 +66,17 @@ class GatedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q, gate = self.q_proj(x).view(num_tokens, -1, 2 * self.head_dim).chunk(2, dim=-1)
+        q_gate, k, v = self.qkv_proj(x)
+        q, gate = q_gate.view(num_tokens, -1, 2 * self.head_dim).chunk(2, dim=-1)
         q = self.q_norm(q)  # [T, Hq, D]
-        k = self.k_norm(self.k_proj(x).view(num_tokens, -1, self.head_dim))  # [T, Hkv, D]
-        v = self.v_proj(x).view(num_tokens, -1, self.head_dim)
+        k = self.k_norm(k.view(num_tokens, -1, self.head_dim))  # [T, Hkv, D]
+        v = v.view(num_tokens, -1, self.head_dim)
         q, k = self.rotary(batch.positions, q, k)
         k_cache, v_cache = batch.kv_cache.kv(self.kv_layer)
         store_kv_ref(k_cache, v_cache, batch.kv_locs, k, v)
         out = self._attend(q, k_cache, v_cache, batch)
-        out = out.reshape(num_tokens, -1) * torch.sigmoid(gate.reshape(num_tokens, -1))
-        return self.o_proj(out)
+        out = out.view(num_tokens, -1, self.head_dim) * torch.sigmoid(gate)  # gate: a view
+        return self.o_proj(out.reshape(num_tokens, -1))
 
     def _attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 batch: ForwardBatch) -> torch.Tensor:

@@ -106,22 +106,3 @@ def kv_head_range(num_kv_heads: int, rank: int, size: int) -> tuple[int, int]:
                          f"{num_kv_heads}")
     head = rank // (size // num_kv_heads)
     return head, head + 1
-
-
-class KVHeadLinear(nn.Module):
-    """k_proj / v_proj: output split by whole KV heads, replicated when tp > num_kv_heads."""
-
-    def __init__(self, in_size: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__()
-        tp = get_tp_info()
-        first, last = kv_head_range(num_kv_heads, tp.rank, tp.size)
-        self.rows = (first * head_dim, last * head_dim)
-        self.num_local_heads = last - first
-        self.weight = set_loader(nn.Parameter(torch.empty(self.rows[1] - self.rows[0], in_size)),
-                                 self._load)
-
-    def _load(self, param: nn.Parameter, tensor: torch.Tensor) -> None:
-        copy_checked(param, tensor[self.rows[0]:self.rows[1]])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)

@@ -24,8 +24,11 @@ class RMSNorm(nn.Module):
         if use_triton(x):
             from qnext.kernels.norm import add_rms_norm
 
-            res = None if residual is None else residual.to(x.dtype).contiguous()
-            return add_rms_norm(x.contiguous(), self.weight, self.eps, res)
+            if residual is None:  # a view of [T, H, D] heads is read in place
+                rows = x.dim() == 3 and x.stride(-1) == 1
+                return add_rms_norm(x if rows else x.contiguous(), self.weight, self.eps)
+            return add_rms_norm(x.contiguous(), self.weight, self.eps,
+                                residual.to(x.dtype).contiguous())
         return rms_norm_ref(x, self.weight, self.eps, residual)
 
 

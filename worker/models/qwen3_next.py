@@ -2,8 +2,8 @@
 full attention (per `ModelConfig.layer_types`) and whose MLP is sparse MoE or dense SwiGLU.
 
 Parameter names follow the Hugging Face checkpoint; `CHECKPOINT_RULES` maps the per-expert
-checkpoint tensors onto the stacked expert parameters and the GDN input projections onto
-their one regrouped weight. Legend: T = new tokens, H = hidden.
+checkpoint tensors onto the stacked expert parameters, and the attention and GDN input
+projections onto their one fused weight each. Legend: T = new tokens, H = hidden.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ CHECKPOINT_RULES = (
      r"\g<prefix>.experts.w13"),
     (r"^(?P<prefix>.+\.mlp)\.shared_expert\.down_proj\.weight$", r"\g<prefix>.experts.w2"),
     (r"^(?P<prefix>.+\.mlp)\.(?P<row>shared)_expert_gate\.weight$", r"\g<prefix>.gate.weight"),
+    # the attention projections as one GEMM (layers/full_attention.py)
+    (r"^(?P<prefix>.+\.self_attn)\.(?P<part>q|k|v)_proj\.weight$", r"\g<prefix>.qkv_proj.weight"),
     # the GDN input projections, regrouped into one GEMM (layers/gdn_proj.py)
     (r"^(?P<prefix>.+\.linear_attn)\.in_proj_(?P<part>qkvz|ba)\.weight$",
      r"\g<prefix>.in_proj.weight"),
