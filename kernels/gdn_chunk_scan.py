@@ -80,17 +80,9 @@ def chunk_scan_kernel(q_ptr, k_ptr, w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, 
     i_hk = i_hv // (HV // HK)
     offs_k = tl.arange(0, BK)
     offs_v = i_v * BV + tl.arange(0, BV)
-    s_tile = offs_k[:, None] * s_sk + offs_v[None, :]
-    s_mask = (offs_k < DK)[:, None] & (offs_v < DV)[None, :]
-    slot_ptrs = state_ptr + tl.load(slot_ptr + i_b).to(tl.int64) * s_ss + i_hv * s_sh + s_tile
-    s = tl.zeros([BK, BV], dtype=tl.float32)
-    if tl.load(init_ptr + i_b) != 0:
-        s = tl.load(slot_ptrs, mask=s_mask, other=0.0).to(tl.float32)
-    snap = -1
-    snap_at = 0
-    if HAS_SNAP:
-        snap = tl.load(snap_ptr + i_b).to(tl.int64)
-        snap_at = tl.load(snap_at_ptr + i_b).to(tl.int32)
+    s, slot_ptrs, s_tile, s_mask, snap, snap_at = initial_state(
+        state_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr, i_b, i_hv, offs_k, offs_v, s_ss,
+        s_sh, s_sk, DK, DV, BK, BV, HAS_SNAP)
     n_chunks = tl.cdiv(end - start, 64)
     args = (start, end, i_hv.to(tl.int64) * T, q_ptr + i_hk * s_qh, k_ptr + i_hk * s_kh,
             w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr + i_hk.to(tl.int64) * T,
@@ -111,6 +103,26 @@ def chunk_scan_kernel(q_ptr, k_ptr, w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, 
                 _snapshot(state_ptr, snap, snap_at, c, end - start, s, s_ss, s_sh, i_hv,
                           s_tile, s_mask)
     tl.store(slot_ptrs, s.to(state_ptr.dtype.element_ty), mask=s_mask)
+
+
+@triton.jit
+def initial_state(state_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr, i_b, i_hv, offs_k,
+                  offs_v, s_ss, s_sh, s_sk, DK: tl.constexpr, DV: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """A program's state tile (zeros, or read from sequence i_b's slot), where it goes back,
+    and the sequence's snapshot slot and offset (-1, 0 without)."""
+    s_tile = offs_k[:, None] * s_sk + offs_v[None, :]
+    s_mask = (offs_k < DK)[:, None] & (offs_v < DV)[None, :]
+    slot_ptrs = state_ptr + tl.load(slot_ptr + i_b).to(tl.int64) * s_ss + i_hv * s_sh + s_tile
+    s = tl.zeros([BK, BV], dtype=tl.float32)
+    if tl.load(init_ptr + i_b) != 0:
+        s = tl.load(slot_ptrs, mask=s_mask, other=0.0).to(tl.float32)
+    snap = -1
+    snap_at = 0
+    if HAS_SNAP:
+        snap = tl.load(snap_ptr + i_b).to(tl.int64)
+        snap_at = tl.load(snap_at_ptr + i_b).to(tl.int32)
+    return s, slot_ptrs, s_tile, s_mask, snap, snap_at
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.gdn_chunk_prep import chunk_bounds
-from qnext.kernels.gdn_chunk_scan import _snapshot, _tile
+from qnext.kernels.gdn_chunk_scan import _snapshot, _tile, initial_state
 
 
 @triton.jit
@@ -67,17 +67,9 @@ def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_
     first = tl.sum(tl.where(seqs < i_b, (lens + 63) // 64, 0), 0)  # chunks before this one
     offs_k = tl.arange(0, BK)
     offs_v = i_v * BV + tl.arange(0, BV)
-    s_tile = offs_k[:, None] * s_sk + offs_v[None, :]
-    s_mask = (offs_k < DK)[:, None] & (offs_v < DV)[None, :]
-    slot_ptrs = state_ptr + tl.load(slot_ptr + i_b).to(tl.int64) * s_ss + i_hv * s_sh + s_tile
-    s = tl.zeros([BK, BV], dtype=tl.float32)
-    if tl.load(init_ptr + i_b) != 0:
-        s = tl.load(slot_ptrs, mask=s_mask, other=0.0).to(tl.float32)
-    snap = -1
-    snap_at = 0
-    if HAS_SNAP:
-        snap = tl.load(snap_ptr + i_b).to(tl.int64)
-        snap_at = tl.load(snap_at_ptr + i_b).to(tl.int32)
+    s, slot_ptrs, s_tile, s_mask, snap, snap_at = initial_state(
+        state_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr, i_b, i_hv, offs_k, offs_v, s_ss,
+        s_sh, s_sk, DK, DV, BK, BV, HAS_SNAP)
     i_hk = i_hv // (HV // HK)
     h_tile = offs_k[:, None] * DV + offs_v[None, :]
     n_chunks = tl.cdiv(end - start, 64)
