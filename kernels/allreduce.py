@@ -76,7 +76,7 @@ def _gather(out_ptr, mine, slot, n, cap, lanes, step, max_spin, WORLD: tl.conste
     return spins
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # n == 1 would become a constexpr (no `.to`)
 def _lamport_kernel(x_ptr, out_ptr, peers_ptr, state_ptr, n, cap, max_spin,
                     RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr):
     st = state_ptr + tl.program_id(0) * 5
