@@ -41,7 +41,7 @@ def test_tp2_followers_warm_up_too(tiny_checkpoint):
     reset_tp_info()  # this process was rank 0 of 1; now it leads a group of 2
     engine = Engine(replace(cfg, parallel=ParallelConfig(tp_size=2)))
     try:
-        assert engine.executor.warm_up(64) == 2  # a collective per layer on both ranks
+        assert engine.executor.warm_up(64) == 3  # a collective per layer on both ranks
         assert _tokens(engine, prompts) == want
     finally:
         engine.close()

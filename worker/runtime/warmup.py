@@ -18,9 +18,13 @@ import torch
 
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
 
-# (new tokens, cached prefix) per sequence of each warm-up forward: one odd prompt, a batch of
-# odd and aligned prompts, a long aligned prompt (the MoE prefill tiles), an eager decode batch
-SHAPES = (((17, 0),), ((16, 0), (17, 0), (33, 0)), ((2048, 0),), ((1, 5), (1, 9)))
+# (new tokens, cached prefix) per sequence of each warm-up forward. Triton keys a compiled
+# kernel on every integer argument's class at once, so the forwards cross the classes of the
+# token count (odd / a multiple of 16) with those of the sequence count (one / several): one
+# odd prompt, a batch of odd total length, a batch of aligned total length, a long aligned
+# prompt (also the MoE prefill tiles), and an eager decode batch
+SHAPES = (((17, 0),), ((16, 0), (17, 0), (33, 0)), ((16, 0), (48, 0)), ((2048, 0),),
+          ((1, 5), (1, 9)))
 
 
 def chunks_for(shape: tuple[tuple[int, int], ...], page_size: int) -> list[SeqChunk]:
