@@ -76,3 +76,25 @@ def test_prefix_cache_on_gpu(tiny_checkpoint, radix, page_size, overlap):
         assert_pools_at_baseline(engine)
     assert [ids for ids, _ in turns[radix]] == [ids for ids, _ in turns["off"]]
     assert [hit > 0 for _, hit in turns[radix]] == [False, True, True]
+
+
+def test_overlap_loop_never_waits_for_the_device_outside_resolve(tiny_checkpoint):
+    """No operation of a generation in the overlap loop synchronises host and device (torch's
+    sync debug mode raises on one): admissions, cache hits, penalties, seeded sampling and
+    graph replays all queue work; only `Download` waits, for its own copy. Such a sync would
+    make the host wait for the step just launched and idle the device while it plans."""
+    path = tiny_checkpoint("tiny")
+    engine = _cuda_engine(path, overlap=True, radix="extra_buffer", page_size=16)
+    shared = random_prompts(1, 40, 41, 384, seed=8)[0]
+    prompts = [shared + p for p in random_prompts(6, 1, 30, 384, seed=9)]
+    params = [SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.8, top_k=20, seed=3, max_new_tokens=12,
+                             repetition_penalty=1.2, ignore_eos=True)] * 3
+    want = [o.output_ids for o in engine.generate(prompts, params)]  # compiles, caches
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = [o.output_ids for o in engine.generate(prompts, params)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert got == want
+    assert_pools_at_baseline(engine)

@@ -46,6 +46,9 @@ class PenaltyTracker:
         self._free: list[int] = list(reversed(range(capacity)))
         self._seen = torch.zeros(capacity, vocab_size, dtype=torch.bool, device=self.device)
         self._counts = torch.zeros(capacity, vocab_size, dtype=torch.int32, device=self.device)
+        # a device-side True: `x[rows, ids] = True` would upload the scalar from pageable
+        # memory, a host sync every step
+        self._true = torch.ones((), dtype=torch.bool, device=self.device)
 
     def __contains__(self, seq_id: object) -> bool:
         return seq_id in self._rows
@@ -68,9 +71,10 @@ class PenaltyTracker:
         self._rows[seq_id] = row
         ids = to_device(list(history), self.device)
         self._seen[row] = False
-        self._seen[row, ids] = True
-        self._counts[row] = torch.bincount(ids[num_prompt:], minlength=self.vocab_size).to(
-            torch.int32)
+        self._seen[row].index_put_((ids,), self._true)
+        outputs = ids[num_prompt:]  # (bincount would read its max on the host: a sync)
+        self._counts[row].zero_().index_add_(
+            0, outputs, torch.ones(outputs.shape, dtype=torch.int32, device=self.device))
 
     def update(self, seq_ids: Sequence[int], token_ids: torch.Tensor) -> None:
         """Add the newly sampled `token_ids` [N] (row i belongs to seq_ids[i]); sequences that
@@ -84,7 +88,7 @@ class PenaltyTracker:
         if len(picked) != len(seq_ids):
             tokens = tokens[to_device(picked, self.device)]
         rows = to_device([self._rows[seq_ids[i]] for i in picked], self.device)
-        self._seen[rows, tokens] = True
+        self._seen.index_put_((rows, tokens), self._true)
         ones = torch.ones(len(picked), dtype=torch.int32, device=self.device)
         self._counts.index_put_((rows, tokens), ones, accumulate=True)
 

@@ -32,14 +32,16 @@ class StatePool:
         return self.ssm_states[state_layer]
 
     def zero(self, slots: torch.Tensor) -> None:
-        """Reset the given slots in every layer (on the current stream)."""
-        self.conv_states[:, slots] = 0
-        self.ssm_states[:, slots] = 0
+        """Reset the given slots in every layer (on the current stream). index_fill_, not
+        `x[:, slots] = 0`: that assignment uploads the scalar from pageable memory, a host
+        sync at every admission (seen on the GPU by profile_decode_host's sync probe)."""
+        self.conv_states.index_fill_(1, slots, 0)
+        self.ssm_states.index_fill_(1, slots, 0)
 
     def copy(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """dst[i] <- src[i] in every layer (copy-on-write of a cached state)."""
-        self.conv_states[:, dst] = self.conv_states[:, src]
-        self.ssm_states[:, dst] = self.ssm_states[:, src]
+        self.conv_states.index_copy_(1, dst, self.conv_states.index_select(1, src))
+        self.ssm_states.index_copy_(1, dst, self.ssm_states.index_select(1, src))
 
     def copy_pairs(self, pairs: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> None:
         """Apply (src, dst) copies as if one after another, batching runs in which no source
