@@ -6,7 +6,12 @@ to it), reduced modulo 2*pi in float64 so cos / sin stay accurate for positions 
 then rounded to q's dtype like the reference's cos / sin tables. Every head of q and of k
 rotates its first R dims, [x1, x2] -> [x1*c - x2*s, x2*c + x1*s]; dims R.. are not touched.
 
-Reference: `rope_cos_sin_ref` + `apply_rope_ref` (kernels/rope_ref.py). Arithmetic in float32.
+With `kv_store` the same launch also writes the rotated k and the given v into the paged
+K/V cache at each token's kv_loc (what `store_kv_ref` does after the rotation): at decode that
+is two index kernels fewer per attention layer.
+
+Reference: `rope_cos_sin_ref` + `apply_rope_ref` (kernels/rope_ref.py), `store_kv_ref`.
+Arithmetic in float32.
 """
 
 from __future__ import annotations
@@ -56,13 +61,33 @@ def _rotate(x_ptr, s_t, s_h, H, t, mask_t, c, s, R2, BH: tl.constexpr, BF: tl.co
 
 
 @triton.jit
-def _rope_kernel(q_ptr, k_ptr, pos_ptr, inv_ptr, T, HQ, HK, R2, s_qt, s_qh, s_kt, s_kh,
-                 BT: tl.constexpr, BHQ: tl.constexpr, BHK: tl.constexpr, BF: tl.constexpr):
+def _store_rows(x_ptr, s_t, s_h, cache_ptr, locs, H, D, t, mask_t, BH: tl.constexpr,
+                BD: tl.constexpr):
+    """cache[locs[t], h, :] = x[t, h, :] for every head h < H (cache rows [H, D] contiguous)."""
+    offs_h = tl.arange(0, BH)
+    offs_d = tl.arange(0, BD)
+    mask = mask_t[:, None, None] & (offs_h < H)[None, :, None] & (offs_d < D)[None, None, :]
+    x = tl.load(x_ptr + t[:, None, None] * s_t + offs_h[None, :, None] * s_h
+                + offs_d[None, None, :], mask=mask, other=0.0)
+    at = locs[:, None, None] * (H * D) + offs_h[None, :, None] * D + offs_d[None, None, :]
+    tl.store(cache_ptr + at, x.to(cache_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, pos_ptr, inv_ptr, v_ptr, kc_ptr, vc_ptr, locs_ptr, T, HQ, HK,
+                 R2, D, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, BT: tl.constexpr,
+                 BHQ: tl.constexpr, BHK: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr,
+                 STORE: tl.constexpr):
     t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
     mask_t = t < T
     c, s = _cos_sin(pos_ptr, inv_ptr, t, mask_t, R2, BF, q_ptr.dtype.element_ty)
     _rotate(q_ptr, s_qt, s_qh, HQ, t, mask_t, c, s, R2, BHQ, BF)
     _rotate(k_ptr, s_kt, s_kh, HK, t, mask_t, c, s, R2, BHK, BF)
+    if STORE:
+        tl.debug_barrier()  # the rotated k is read back whole, by other threads
+        locs = tl.load(locs_ptr + t, mask=mask_t, other=0)
+        _store_rows(k_ptr, s_kt, s_kh, kc_ptr, locs, HK, D, t, mask_t, BHK, BD)
+        _store_rows(v_ptr, s_vt, s_vh, vc_ptr, locs, HK, D, t, mask_t, BHK, BD)
 
 
 @functools.lru_cache(maxsize=16)
@@ -73,7 +98,8 @@ def _inv_freq(rotary_dim: int, theta: float, device: torch.device) -> torch.Tens
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, *, rotary_dim: int,
-               theta: float, block_t: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               theta: float, block_t: int | None = None,
+               kv_store: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] IN PLACE and return them.
 
     q, k float, any token / head strides (q may be the [q | gate] view of the projection),
@@ -81,20 +107,40 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, *, rot
     Matches `apply_rope_ref(x, *rope_cos_sin_ref(positions, rotary_dim, theta, q.dtype))`
     for both: cos / sin are rounded to q's dtype. The first call per (rotary_dim, theta,
     device) builds a cached inv_freq tensor (make it before any CUDA-graph capture).
+    kv_store (k_cache, v_cache, kv_locs, v): also write the rotated k and v [T, Hkv, D] (last
+    dim contiguous) into k_cache, v_cache [N, Hkv, D] (contiguous) at kv_locs int64 [T].
     """
     _check(q, k, positions, rotary_dim)
-    T, HQ, _ = q.shape
+    T, HQ, D = q.shape
     HK = k.shape[1]
+    if kv_store is not None:
+        _check_store(k, *kv_store)
     if T == 0:
         return q, k
     BHQ, BHK = triton.next_power_of_2(HQ), triton.next_power_of_2(HK)
     BF = triton.next_power_of_2(rotary_dim // 2)
     bt = block_t or max(1, min(16, 2048 // (BHQ * BF)))
     inv = _inv_freq(rotary_dim, float(theta), q.device)
+    k_cache, v_cache, locs, v = kv_store if kv_store is not None else (k, k, positions, k)
     _rope_kernel[(triton.cdiv(T, bt),)](
-        q, k, positions, inv, T, HQ, HK, rotary_dim // 2, q.stride(0), q.stride(1),
-        k.stride(0), k.stride(1), BT=bt, BHQ=BHQ, BHK=BHK, BF=BF)
+        q, k, positions, inv, v, k_cache, v_cache, locs, T, HQ, HK, rotary_dim // 2, D,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), BT=bt,
+        BHQ=BHQ, BHK=BHK, BF=BF, BD=triton.next_power_of_2(D), STORE=kv_store is not None)
     return q, k
+
+
+def _check_store(k: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 kv_locs: torch.Tensor, v: torch.Tensor) -> None:
+    if v.shape != k.shape or v.stride(2) != 1:
+        raise ValueError(f"v {tuple(v.shape)} must match k {tuple(k.shape)}, last dim "
+                         "contiguous")
+    if k_cache.shape[1:] != k.shape[1:] or v_cache.shape != k_cache.shape \
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError(f"k_cache / v_cache {tuple(k_cache.shape)} must be contiguous "
+                         f"[N, {k.shape[1]}, {k.shape[2]}]")
+    if kv_locs.shape != (k.shape[0],) or kv_locs.dtype != torch.int64:
+        raise ValueError(f"kv_locs must be int64 [{k.shape[0]}]")
+    check_device("apply_rope", k_cache, v_cache, kv_locs, v)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rotary_dim: int) -> None:

@@ -50,6 +50,33 @@ def test_rope_matches_reference(T, Hq, Hkv, D, R, theta, max_pos, dtype, tol):
     assert torch.equal(k[..., R:], before_k[..., R:])
 
 
+@pytest.mark.parametrize("T,Hq,Hkv,D,R,theta,max_pos", CASES[:3])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_rope_also_stores_k_and_v_in_the_cache(T, Hq, Hkv, D, R, theta, max_pos, dtype, tol):
+    """kv_store: the rotated k and the given v (a strided view, like the projection's) land in
+    the cache rows of kv_locs (scattered, out of order); every other row stays as it was."""
+    from qnext.kernels import store_kv_ref
+    from qnext.kernels.rope import apply_rope
+
+    gen = generator(T * 5 + Hkv)
+    q = torch.randn(T, Hq, D, generator=gen, device=DEVICE).to(dtype)
+    kv = torch.randn(T, 2, Hkv, D, generator=gen, device=DEVICE).to(dtype)
+    k, v = kv[:, 0].contiguous(), kv[:, 1]
+    positions = torch.randint(0, max_pos, (T,), generator=gen, device=DEVICE)
+    locs = torch.randperm(3 * T + 4, generator=gen, device=DEVICE)[:T]
+    caches = [torch.randn(3 * T + 4, Hkv, D, generator=gen, device=DEVICE).to(dtype)
+              for _ in range(2)]
+    want = [c.clone() for c in caches]
+    cos, sin = rope_cos_sin_ref(positions, R, theta, dtype)
+    store_kv_ref(*want, locs, apply_rope_ref(k, cos, sin), v)
+    apply_rope(q, k, positions, rotary_dim=R, theta=theta, kv_store=(*caches, locs, v))
+    others = torch.ones(caches[0].shape[0], dtype=torch.bool, device=DEVICE)
+    others[locs] = False
+    for got, ref in zip(caches, want):
+        assert rel_err(got[locs], ref[locs]) <= tol
+        assert torch.equal(got[others], ref[others])
+
+
 def test_rope_int32_positions_and_empty_batch():
     from qnext.kernels.rope import apply_rope
 

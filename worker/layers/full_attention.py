@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qnext.kernels import paged_attention_ref, store_kv_ref
+from qnext.kernels import paged_attention_ref
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import RowParallelLinear, copy_checked, kv_head_range, set_loader
@@ -71,9 +71,8 @@ class GatedAttention(nn.Module):
         q = self.q_norm(q)  # [T, Hq, D]
         k = self.k_norm(k.view(num_tokens, -1, self.head_dim))  # [T, Hkv, D]
         v = v.view(num_tokens, -1, self.head_dim)
-        q, k = self.rotary(batch.positions, q, k)
         k_cache, v_cache = batch.kv_cache.kv(self.kv_layer)
-        store_kv_ref(k_cache, v_cache, batch.kv_locs, k, v)
+        q, k = self.rotary(batch.positions, q, k, kv_store=(k_cache, v_cache, batch.kv_locs, v))
         out = self._attend(q, k_cache, v_cache, batch)
         out = out.view(num_tokens, -1, self.head_dim) * torch.sigmoid(gate)  # gate: a view
         return self.o_proj(out.reshape(num_tokens, -1))
