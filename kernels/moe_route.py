@@ -14,7 +14,8 @@ at an offset given by the per-chunk expert counts (vector look-ups go through a 
 buffer in global memory). A single chunk needs one launch, more need a
 counting launch first. Up to `SMALL_N` assignments (decode) one program computes the layout
 from pairwise comparisons instead: what the general path pays in histograms and look-ups over
-all E experts was most of its time at T = 1. Reference semantics: `fused_moe_ref` groups `torch.nonzero(ids == e)`.
+all E experts was most of its time at T = 1.
+Reference semantics: `fused_moe_ref` groups `torch.nonzero(ids == e)`.
 """
 
 from __future__ import annotations

@@ -41,6 +41,19 @@ def graph_us(fn, reps: int = 40) -> float:
     return statistics.median(times)
 
 
+def config_80b(layers: int | None = None) -> dict:
+    """The Qwen3-Next-80B-A3B config.json dict; with `layers`, cut to that depth (every 4th
+    layer full attention, as in the full model)."""
+    from qnext.worker.tiny.presets import preset_config
+
+    hf = preset_config("80b-a3b")
+    if layers is not None:
+        hf["num_hidden_layers"] = layers
+        hf["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+                             for i in range(layers)]
+    return hf
+
+
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float32."""
     return ((a.float() - b.float()).norm() / b.float().norm()).item()

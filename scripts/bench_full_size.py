@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from bench_common import copy_gbps, median_step, profile_table, serving_engine
+from bench_common import config_80b, copy_gbps, median_step, profile_table, serving_engine
 
 
-def write_config_dir(out: Path) -> Path:
-    """config.json (80B-A3B) + the tiny tokenizer: all the engine reads with dummy weights."""
+def write_config_dir(out: Path, layers: int | None = None) -> Path:
+    """config.json (80B-A3B, cut to `layers` if given) + the tiny tokenizer: all the engine
+    reads with dummy weights."""
     import json
 
-    from qnext.worker.tiny.presets import preset_config
     from qnext.worker.tiny.tokenizer import build_tokenizer
 
-    (out / "config.json").write_text(json.dumps(preset_config("80b-a3b"), indent=1))
+    (out / "config.json").write_text(json.dumps(config_80b(layers), indent=1))
     build_tokenizer(out)
     return out
 
@@ -57,7 +57,6 @@ def step_bytes(hf: dict, tp: int) -> float:
 def main() -> None:
     from qnext.cli.options import LoadFormat
     from qnext.worker.sched.request import SamplingParams
-    from qnext.worker.tiny.presets import preset_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tp", type=int, default=4)
@@ -82,7 +81,7 @@ def main() -> None:
         prompt = ids(128)
         step = median_step(lambda n: engine.generate([prompt], SamplingParams(
             temperature=0, max_new_tokens=n, ignore_eos=True)), 32, args.repeats)
-        floor = step_bytes(preset_config("80b-a3b"), args.tp) / (gbps * 1e9)
+        floor = step_bytes(config_80b(), args.tp) / (gbps * 1e9)
         print(f"batch-1 TPOT: {step * 1e3:.2f} ms (weights floor {floor * 1e3:.2f} ms at the "
               f"copy bandwidth: {floor / step:.0%} of the ceiling)", flush=True)
         for n in (1024, 8192):

@@ -21,18 +21,14 @@ from pathlib import Path
 
 import torch
 
-from bench_common import median_step, profile_table, serving_engine
+from bench_common import config_80b, median_step, profile_table, serving_engine
 
 
 def write_checkpoint(layers: int, out: Path) -> Path:
     from qnext.worker.tiny import write_tiny_checkpoint
-    from qnext.worker.tiny.presets import preset_config
 
-    hf = preset_config("80b-a3b")
-    hf["num_hidden_layers"] = layers
-    hf["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
-                         for i in range(layers)]
-    return write_tiny_checkpoint(out, hf, dtype="bfloat16", num_shards=4, with_mtp=False)
+    return write_tiny_checkpoint(out, config_80b(layers), dtype="bfloat16", num_shards=4,
+                                 with_mtp=False)
 
 
 def time_hf(path: Path, prompt: list[int], new_tokens: int, repeats: int) -> float:

@@ -23,27 +23,14 @@ import io
 import json
 import pstats
 import tempfile
-import time
 import traceback
 import warnings
 from pathlib import Path
 
 import torch
 
-from bench_common import serving_engine
-
-
-def config_dir(out: Path, layers: int) -> Path:
-    from qnext.worker.tiny.presets import preset_config
-    from qnext.worker.tiny.tokenizer import build_tokenizer
-
-    hf = preset_config("80b-a3b")
-    hf["num_hidden_layers"] = layers
-    hf["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
-                         for i in range(layers)]
-    (out / "config.json").write_text(json.dumps(hf, indent=1))
-    build_tokenizer(out)
-    return out
+from bench_common import median_step, serving_engine
+from bench_full_size import write_config_dir
 
 
 def trace_summary(run, steps: int, trace_dir: str | None) -> None:
@@ -124,23 +111,16 @@ def main() -> None:
     ap.add_argument("--trace", help="also write the profiler trace (gzipped) here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        engine = serving_engine(config_dir(Path(tmp), args.layers), tp=args.tp,
-                                load_format=LoadFormat.dummy, max_running_requests=max(8, args.batch),
-                                max_total_tokens=65536)
+        engine = serving_engine(write_config_dir(Path(tmp), args.layers), tp=args.tp,
+                                load_format=LoadFormat.dummy,
+                                max_running_requests=max(8, args.batch), max_total_tokens=65536)
         prompts = [[(7 * i + j) % 1000 + 10 for j in range(128)] for i in range(args.batch)]
 
         def run(n: int) -> None:
             engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=n,
                                                     ignore_eos=True))
 
-        run(4)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run(1)
-        t1 = time.perf_counter()
-        run(1 + args.steps)
-        t2 = time.perf_counter()
-        wall = ((t2 - t1) - (t1 - t0)) / args.steps * 1e3
+        wall = median_step(run, args.steps, repeats=1) * 1e3
         print(f"{torch.cuda.get_device_name()} x{args.tp}, {args.layers} layers, batch "
               f"{args.batch}: {wall:.3f} ms a step (wall)", flush=True)
         trace_summary(lambda: run(1 + args.steps), args.steps, args.trace)

@@ -1,9 +1,9 @@
 """Gated full attention over the paged KV pool.
 
-q_proj emits per head [q (D) | gate (D)]; q_proj, k_proj and v_proj load into one weight (one GEMM,
-`QKVProj`: rows [q | gate of this rank's heads, k, v]). q and k get a per-head zero-centred
-RMSNorm and partial
-RoPE; attention is causal with GQA; the output is multiplied by sigmoid(gate) before o_proj.
+q_proj emits per head [q (D) | gate (D)]; q_proj, k_proj and v_proj load into one weight (one
+GEMM, `QKVProj`: rows [q | gate of this rank's heads, k, v]). q and k get a per-head
+zero-centred RMSNorm and partial RoPE (whose kernel also writes k, v into the paged cache);
+attention is causal with GQA; the output is multiplied by sigmoid(gate) before o_proj.
 Heads are split across ranks (KV heads replicated when tp > num_kv_heads).
 On CUDA the attention itself is the Triton kernel `kernels/attention.py` (prefill or split-K
 decode, chosen from `ForwardBatch.is_decode` without a device sync).

@@ -32,6 +32,7 @@ class GroupedInProj(nn.Module):
         hv = self.hk * self.r
         # output columns: q, k (hk·dk each), v, z (hv·dv each), b, a (hv each)
         self.sizes = (self.hk * dk, self.hk * dk, hv * dv, hv * dv, hv, hv)
+        self.ends = [sum(self.sizes[:i + 1]) for i in range(len(self.sizes))]
         self.weight = set_loader(nn.Parameter(torch.empty(sum(self.sizes), hidden_size)),
                                  self._load, num_loads=2)
 
@@ -46,13 +47,12 @@ class GroupedInProj(nn.Module):
                              f"{sum(per_group)} rows")
         grouped = tensor.view(-1, sum(per_group), tensor.shape[1])[first:last]
         pieces = [p.reshape(-1, tensor.shape[1]) for p in grouped.split(per_group, dim=1)]
-        start = 0 if part == "qkvz" else sum(self.sizes[:4])
+        start = 0 if part == "qkvz" else self.ends[3]
         rows = torch.cat(pieces)
         copy_checked(param[start:start + rows.shape[0]], rows)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(mixed [T, q|k|v], z [T, hv, dv], b [T, hv], a [T, hv]): views of one output."""
-        y = F.linear(x, self.weight)
-        ends = [sum(self.sizes[:i + 1]) for i in range(len(self.sizes))]
+        y, ends = F.linear(x, self.weight), self.ends
         z = y[:, ends[2]:ends[3]].unflatten(-1, (-1, self.dv))
         return y[:, :ends[2]], z, y[:, ends[3]:ends[4]], y[:, ends[4]:]

@@ -4,8 +4,8 @@ Triton compiles a kernel the first time it meets a new specialisation of its int
 arguments (a count of 1, a multiple of 16, anything else) and of its tile configuration
 (the MoE's decode and prefill tiles). Without a warm-up, the first requests that bring a new
 class (the first batch of several prompts, the first long prompt) stall every rank for seconds
-of compilation. SGLang sends a warm-up request for the same reason (`--skip-server-warmup`
-turns both off).
+of compilation. SGLang sends a warm-up request for the same reason; its flag name,
+`--skip-server-warmup`, turns this one off.
 
 The forwards read and write only the dummy slot 0 and the reserved page 0 (what padded graph
 rows use), so no cache, pool entry, request or counter sees them. Decode batches are covered

@@ -20,6 +20,7 @@ from qnext.worker.runtime.page_table import DevicePageTable
 from qnext.worker.runtime.penalties import PenaltyTracker
 from qnext.worker.runtime.sampler import SampleOutput, Sampler
 from qnext.worker.runtime.transfer import Download, to_device, to_device_many
+from qnext.worker.runtime.warmup import warm_up
 from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import SampledToken, SeqWork, StepPlan, StepResult
 
@@ -59,8 +60,6 @@ class PlanExecutor:
 
     def warm_up(self, max_tokens: int | None = None) -> int:
         """Compile the kernels' shape classes now (runtime/warmup.py); returns the forwards."""
-        from qnext.worker.runtime.warmup import warm_up
-
         return warm_up(self.runner, max_tokens)
 
     def close(self) -> None:
