@@ -25,6 +25,11 @@ class SpecHarness(Harness):
         self.scratch = N - 2
         self.accepted: dict[int, int] = {}  # seq -> proposals its newest verify kept
 
+    def add(self, prompt, params) -> None:
+        """Prompts cut to what fits the pool with room to decode: the engine rejects a prompt
+        the KV pool cannot hold before it reaches the scheduler (`Engine._validate`)."""
+        super().add(prompt[:max(1, self.s.pages.num_total - 2)], params)
+
     def run_work(self, w, fed_before):
         if not w.spec_verify:
             return super().run_work(w, fed_before)
@@ -80,9 +85,7 @@ class SpecMachine(NoBufferMachine):
     def add(self, data, n):
         seen = [[*q.request.prompt_ids, *q.output_ids] for q in self.h.refs.values()]
         for _ in range(n):
-            prompt = data.draw(shared_prompt(seen))
-            capacity = self.h.s.pages.num_total - 1
-            self.h.add(prompt[:max(1, capacity - 1)], _params(data.draw))
+            self.h.add(data.draw(shared_prompt(seen)), _params(data.draw))
 
 
 class SpecOverlapMachine(SpecMachine):
