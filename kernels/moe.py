@@ -8,11 +8,6 @@ adds the k rows of each token in slot order (deterministic, no atomics), skippin
 Accumulation in float32; the intermediate and the per-assignment rows are stored in x.dtype
 (the reference rounds there too); float32 operands multiply in IEEE float32 (no TF32).
 
-Split-K (`MoeConfig.split_k1` > 1, for decode): GEMM 1 cuts H into that many ranges, one
-program each, and stores float32 partial gate / up sums; GEMM 2 adds the partials in range
-order and applies SwiGLU as it loads its operand. At T = 1 GEMM 1 has only (experts touched x
-n tiles) programs, each walking all of H: more, shorter programs keep more loads in flight.
-
 Reference: `fused_moe_ref` (kernels/moe_ref.py).
 """
 
@@ -39,7 +34,6 @@ class MoeConfig:
     block_k2: int = 128
     num_warps: int = 4
     num_stages: int = 4
-    split_k1: int = 1  # H ranges of GEMM 1 (partials to float32, SwiGLU in GEMM 2's load)
 
 
 def default_config(num_assignments: int, num_experts: int, elem_size: int) -> MoeConfig:
@@ -72,29 +66,25 @@ def _block_rows(sorted_ptr, expert_ptr, pid_m, N, BM: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, w_ptr, sorted_ptr, expert_ptr, inter_ptr, N, R, s_xt, s_we,
+def _gate_up_kernel(x_ptr, w_ptr, sorted_ptr, expert_ptr, inter_ptr, N, s_xt, s_we,
                     s_wn, H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr,
-                    SPLIT: tl.constexpr):
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):
     n_tiles = tl.cdiv(I, BN)
-    pid = tl.program_id(0) // SPLIT
-    pid_m, pid_n = pid // n_tiles, pid % n_tiles
+    pid_m, pid_n = tl.program_id(0) // n_tiles, tl.program_id(0) % n_tiles
     rows, assign, row_ok, e = _block_rows(sorted_ptr, expert_ptr, pid_m, N, BM)
     if e < 0:
         return
-    part = tl.program_id(0) % SPLIT
-    k_begin = part * (H // SPLIT)  # H % (SPLIT * BK) == 0 when SPLIT > 1 (the launcher)
     tok = (assign // TOPK).to(tl.int64)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
-    a_ptrs = x_ptr + tok[:, None] * s_xt + k_begin + offs_k[None, :]
-    g_ptrs = w_ptr + e * s_we + offs_n[None, :].to(tl.int64) * s_wn + k_begin + offs_k[:, None]
+    a_ptrs = x_ptr + tok[:, None] * s_xt + offs_k[None, :]
+    g_ptrs = w_ptr + e * s_we + offs_n[None, :].to(tl.int64) * s_wn + offs_k[:, None]
     u_ptrs = g_ptrs + I * s_wn
     n_ok = offs_n < I
     gate = tl.zeros([BM, BN], tl.float32)
     up = tl.zeros([BM, BN], tl.float32)
-    for k0 in range(0, H // SPLIT, BK):
-        k_ok = offs_k < H - k_begin - k0
+    for k0 in range(0, H, BK):
+        k_ok = offs_k < H - k0
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         wg = tl.load(g_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         wu = tl.load(u_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -103,41 +93,15 @@ def _gate_up_kernel(x_ptr, w_ptr, sorted_ptr, expert_ptr, inter_ptr, N, R, s_xt,
         a_ptrs += BK
         g_ptrs += BK
         u_ptrs += BK
-    mask = row_ok[:, None] & n_ok[None, :]
-    if SPLIT == 1:
-        act = gate * tl.sigmoid(gate) * up
-        tl.store(inter_ptr + rows[:, None] * I + offs_n[None, :],
-                 act.to(inter_ptr.dtype.element_ty), mask=mask)
-    else:  # float32 partials [SPLIT, R, 2, I]
-        at = ((part * R + rows[:, None]) * 2) * I + offs_n[None, :]
-        tl.store(inter_ptr + at, gate, mask=mask)
-        tl.store(inter_ptr + at + I, up, mask=mask)
+    act = gate * tl.sigmoid(gate) * up
+    tl.store(inter_ptr + rows[:, None] * I + offs_n[None, :], act.to(inter_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _act_tile(inter_ptr, rows, row_ok, k0, offs_k, R, I: tl.constexpr, SPLIT: tl.constexpr,
-              dtype: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """GEMM 2's operand [BM, BK] at columns k0..: the stored intermediate, or SwiGLU of the
-    split partials summed in order (rounded to the intermediate's dtype, as stored)."""
-    k_ok = offs_k < I - k0
-    mask = row_ok[:, None] & k_ok[None, :]
-    if SPLIT == 1:
-        return tl.load(inter_ptr + rows[:, None] * I + k0 + offs_k[None, :], mask=mask,
-                       other=0.0)
-    gate = tl.zeros([BM, BK], tl.float32)
-    up = tl.zeros([BM, BK], tl.float32)
-    for p in tl.static_range(SPLIT):
-        at = ((p * R + rows[:, None]) * 2) * I + k0 + offs_k[None, :]
-        gate += tl.load(inter_ptr + at, mask=mask, other=0.0)
-        up += tl.load(inter_ptr + at + I, mask=mask, other=0.0)
-    return (gate * tl.sigmoid(gate) * up).to(dtype)
-
-
-@triton.jit
-def _down_kernel(inter_ptr, w_ptr, sorted_ptr, expert_ptr, tw_ptr, y_ptr, N, R, s_we,
+def _down_kernel(inter_ptr, w_ptr, sorted_ptr, expert_ptr, tw_ptr, y_ptr, N, s_we,
                  s_wn, s_tw, H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr,
-                 SPLIT: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):
     n_tiles = tl.cdiv(H, BN)
     pid_m, pid_n = tl.program_id(0) // n_tiles, tl.program_id(0) % n_tiles
     rows, assign, row_ok, e = _block_rows(sorted_ptr, expert_ptr, pid_m, N, BM)
@@ -145,15 +109,16 @@ def _down_kernel(inter_ptr, w_ptr, sorted_ptr, expert_ptr, tw_ptr, y_ptr, N, R, 
         return
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
+    a_ptrs = inter_ptr + rows[:, None] * I + offs_k[None, :]
     w_ptrs = w_ptr + e * s_we + offs_n[None, :].to(tl.int64) * s_wn + offs_k[:, None]
     n_ok = offs_n < H
     acc = tl.zeros([BM, BN], tl.float32)
     for k0 in range(0, I, BK):
         k_ok = offs_k < I - k0
-        a = _act_tile(inter_ptr, rows, row_ok, k0, offs_k, R, I, SPLIT, y_ptr.dtype.element_ty,
-                      BM, BK)
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, w.to(a.dtype), acc, IEEE)
+        a_ptrs += BK
         w_ptrs += BK
     slot = assign.to(tl.int64)
     tw = tl.load(tw_ptr + (slot // TOPK) * s_tw + slot % TOPK, mask=row_ok, other=0.0)
@@ -190,19 +155,16 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     elem = max(x.element_size(), w13.element_size(), w2.element_size())
     cfg = config or default_config(n, E, elem)
     sorted_ids, block_expert, _ = moe_align(topk_ids, E, cfg.block_m)
-    rows = sorted_ids.shape[0]
-    split = cfg.split_k1 if H % (cfg.split_k1 * cfg.block_k1) == 0 else 1
-    inter = (torch.empty(rows, I, dtype=x.dtype, device=x.device) if split == 1 else
-             torch.empty(split, rows, 2, I, dtype=torch.float32, device=x.device))
+    inter = torch.empty(sorted_ids.shape[0], I, dtype=x.dtype, device=x.device)
     y = torch.empty(n, H, dtype=x.dtype, device=x.device)
     blocks, ieee = block_expert.shape[0], x.dtype == torch.float32
-    meta = dict(H=H, I=I, TOPK=k, BM=cfg.block_m, IEEE=ieee, SPLIT=split,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    _gate_up_kernel[(blocks * triton.cdiv(I, cfg.block_n1) * split,)](
-        x, w13, sorted_ids, block_expert, inter, n, rows, x.stride(0), w13.stride(0),
+    meta = dict(H=H, I=I, TOPK=k, BM=cfg.block_m, IEEE=ieee, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
+    _gate_up_kernel[(blocks * triton.cdiv(I, cfg.block_n1),)](
+        x, w13, sorted_ids, block_expert, inter, n, x.stride(0), w13.stride(0),
         w13.stride(1), BN=cfg.block_n1, BK=cfg.block_k1, **meta)
     _down_kernel[(blocks * triton.cdiv(H, cfg.block_n2),)](
-        inter, w2, sorted_ids, block_expert, topk_weights, y, n, rows, w2.stride(0),
+        inter, w2, sorted_ids, block_expert, topk_weights, y, n, w2.stride(0),
         w2.stride(1), topk_weights.stride(0), BN=cfg.block_n2, BK=cfg.block_k2,
         **meta)
     bh = min(1024, triton.next_power_of_2(H))

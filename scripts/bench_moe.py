@@ -115,9 +115,7 @@ def route_table() -> None:
 
 SWEEP = {"decode": [dict(block_n1=16), dict(block_n1=32), dict(block_k1=64), dict(block_k1=256),
                     dict(block_n1=16, block_k1=256), dict(block_n2=32), dict(block_n2=128),
-                    dict(num_stages=3), dict(num_stages=5), dict(num_warps=8),
-                    dict(split_k1=2), dict(split_k1=4), dict(split_k1=8),
-                    dict(split_k1=4, block_n1=32), dict(split_k1=4, num_stages=2)],
+                    dict(num_stages=3), dict(num_stages=5), dict(num_warps=8)],
          "prefill": [dict(block_m=128), dict(block_n1=128), dict(num_warps=4),
                      dict(num_stages=4), dict(block_m=32)]}
 

@@ -3,9 +3,8 @@
 # benchmark, each under its own time limit, each writing $OUT/<name>.txt — one device call
 # for a whole round of checks and numbers. Wheels the GPU image lacks come from .whl/ (carry
 # it); FLA anchors from .whl/anchor. Usage: bash scripts/gpu_bench_all.sh [names...]
-# (default: every single-GPU step, in the order below). Budget the call's timeout as the sum of
-# the limits used (the single-GPU tests come in two steps of one call each: together they take
-# longer than one call's 10 minutes). Steps named tp4_* need a 4-GPU kind and run only when
+# (default: every single-GPU step but "tests", in the order below). Budget the call's timeout as
+# the sum of the limits used. Steps named tp4_* need a 4-GPU kind and run only when
 # named; a step whose name ends in _lamport runs with QNEXT_LAMPORT_ALLREDUCE=1.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
@@ -18,13 +17,17 @@ served="/tmp/serve:$site"  # grpc / protobuf newer than the image's: only for qn
 anchored="$site:/tmp/anchor"  # FLA on the path: only for the benchmarks that time it
 
 pytest="-m pytest -q -p no:cacheprovider -rfE --durations=10"
-gpu_tests() { for name in "$@"; do printf 'tests/gpu/test_gpu_%s.py ' "$name"; done; }
 
-# name, time limit (s), python path, command
+# name, time limit (s), python path, command (a .sh runs under bash, the rest under python3).
+# "tests" is every single-GPU test file in one call (files in parallel, see gpu_tests.sh);
+# tests_kernels / tests_model are its two halves.
 steps=(
-  "tests_kernels|560|$site|$pytest $(gpu_tests attention conv_decode conv_prefill gdn_decode \
-                                            gdn_prefill moe norms rope verify lamport)"
-  "tests_model|560|$site|$pytest $(gpu_tests parity engine cuda_graph spec transfer)"
+  "tests|580|$site|scripts/gpu_tests.sh attention gdn_prefill moe parity engine cuda_graph \
+                             spec conv_prefill gdn_decode norms rope verify conv_decode lamport \
+                             transfer"
+  "tests_kernels|560|$site|scripts/gpu_tests.sh attention conv_decode conv_prefill gdn_decode \
+                                     gdn_prefill moe norms rope verify lamport"
+  "tests_model|560|$site|scripts/gpu_tests.sh parity engine cuda_graph spec transfer"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "moe|120|$site|scripts/bench_moe.py"
@@ -45,12 +48,13 @@ wanted=" $* "
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/env.txt"
 for step in "${steps[@]}"; do
   IFS="|" read -r name limit path cmd <<< "$step"
-  if [ $# -eq 0 ]; then [[ "$name" != tp4_* ]] || continue
+  if [ $# -eq 0 ]; then [[ "$name" != tp4_* && "$name" != tests ]] || continue
   else [[ "$wanted" == *" $name "* ]] || continue; fi
   lamport=0; [[ "$name" != *_lamport ]] || lamport=1
   start=$(date +%s)
   # shellcheck disable=SC2086  # cmd is a word list on purpose
-  QNEXT_LAMPORT_ALLREDUCE=$lamport PYTHONPATH="$path" timeout "$limit" python3 $cmd \
+  run=(python3); [[ "$cmd" != *.sh* ]] || run=(bash)
+  QNEXT_LAMPORT_ALLREDUCE=$lamport PYTHONPATH="$path" timeout "$limit" "${run[@]}" $cmd \
     > "$out/$name.txt" 2>&1
   echo "$name: exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
 done

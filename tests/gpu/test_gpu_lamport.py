@@ -88,10 +88,26 @@ def _check_emptied(buffers: list) -> None:
         assert bits[~full].eq(EMPTY).all() and bits[full].ne(EMPTY).all()
 
 
+def _load_both_kernels() -> None:
+    """CUDA loads a kernel lazily at its first launch and the load waits for the kernels
+    running on the device: rank 1's first launch would wait for rank 0's call, which spins
+    until rank 1 pushes. So each rank's kernel (RANK is a compile-time constant) is launched
+    once beforehand on scratch buffers, without spinning (max_spin 0)."""
+    from qnext.kernels.allreduce import lamport_all_reduce, new_state
+
+    scratch = _buffers(DEVICE)
+    peers = torch.tensor([b.data_ptr() for b in scratch], dtype=torch.int64, device=DEVICE)
+    for rank in range(2):
+        x = torch.ones(16, dtype=torch.bfloat16, device=DEVICE)
+        lamport_all_reduce(x, x, peers, new_state(DEVICE), rank, 2, CAP, max_spin=0)
+    torch.cuda.synchronize()
+
+
 @pytest.mark.skipif(not ON_GPU, reason="two streams of one GPU")
 def test_two_ranks_on_two_streams():
     from qnext.kernels.allreduce import lamport_all_reduce, new_state
 
+    _load_both_kernels()
     buffers = _buffers(DEVICE)
     states = torch.stack([new_state(DEVICE) for _ in range(2)])
     xs = [_inputs(rank, DEVICE) for rank in range(2)]
@@ -102,7 +118,7 @@ def test_two_ranks_on_two_streams():
     for rank, stream in enumerate(streams):
         with torch.cuda.stream(stream):
             for x in xs[rank]:
-                lamport_all_reduce(x, x, peers, states[rank], rank, 2, CAP)
+                lamport_all_reduce(x, x, peers, states[rank], rank, 2, CAP, max_spin=1 << 22)
     torch.cuda.synchronize()
     _check(xs, states)
     _check_emptied(buffers)
