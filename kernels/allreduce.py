@@ -37,69 +37,103 @@ BLOCK = 512  # elements per block
 
 
 @triton.jit
-def _push(x_ptr, peers_ptr, slot, n, cap, lanes, step, RANK: tl.constexpr,
-          WORLD: tl.constexpr, BLOCK: tl.constexpr):
-    start = tl.program_id(0) * BLOCK
-    while start < n:
-        offs = start + lanes
-        m = offs < n
-        v = tl.load(x_ptr + offs, mask=m, other=0.0)
-        v = tl.where(v == 0.0, 0.0, v).to(x_ptr.dtype.element_ty)  # -0.0 marks empty lanes
-        for p in tl.static_range(WORLD):
-            base = tl.load(peers_ptr + p).to(tl.pointer_type(x_ptr.dtype.element_ty))
-            tl.store(base + (slot * WORLD + RANK) * cap + offs, v, mask=m)
-        start += step
+def begin_call(state_ptr):
+    """(this program's state row, the calls made before, this call's slot)."""
+    st = state_ptr + tl.program_id(0) * 5
+    calls = tl.load(st)
+    return st, calls, calls % 3
 
 
 @triton.jit
-def _gather(out_ptr, mine, slot, n, cap, lanes, step, max_spin, WORLD: tl.constexpr,
-            BLOCK: tl.constexpr):
-    """Sums the slot's sections into out; returns the number of spins past the first look."""
-    spins = 0
+def push_lanes(x_ptr, peers_ptr, slot, offs, m, cap, RANK: tl.constexpr, WORLD: tl.constexpr):
+    """Writes this rank's lanes offs (mask m) into section RANK of the slot of every rank's
+    buffer; a -0.0 goes out as +0.0 (-0.0 marks empty lanes)."""
+    v = tl.load(x_ptr + offs, mask=m, other=0.0)
+    v = tl.where(v == 0.0, 0.0, v).to(x_ptr.dtype.element_ty)
+    for p in tl.static_range(WORLD):
+        base = tl.load(peers_ptr + p).to(tl.pointer_type(x_ptr.dtype.element_ty))
+        tl.store(base + (slot * WORLD + RANK) * cap + offs, v, mask=m)
+
+
+@triton.jit
+def push(x_ptr, peers_ptr, slot, n, cap, RANK: tl.constexpr, WORLD: tl.constexpr,
+         BLOCK: tl.constexpr):
+    """Pushes this program's grid-stride share of the n-element message (the blocks it will
+    also read: under the interpreter, which runs programs one after another, a program must
+    wait only for its peers' same program); returns this rank's own buffer."""
+    lanes = tl.arange(0, BLOCK)
     start = tl.program_id(0) * BLOCK
     while start < n:
-        offs = start + lanes
-        m = offs < n
-        acc = tl.zeros([BLOCK], tl.float32)
-        for q in tl.static_range(WORLD):
-            ptr = mine + (slot * WORLD + q) * cap + offs
+        push_lanes(x_ptr, peers_ptr, slot, start + lanes, start + lanes < n, cap, RANK, WORLD)
+        start += tl.num_programs(0) * BLOCK
+    return own_buffer(x_ptr, peers_ptr, RANK)
+
+
+@triton.jit
+def own_buffer(x_ptr, peers_ptr, RANK: tl.constexpr):
+    return tl.load(peers_ptr + RANK).to(tl.pointer_type(x_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _waiting(v, m):
+    return tl.sum(((v.to(tl.int16, bitcast=True) == -32768) & m).to(tl.int32), 0)
+
+
+@triton.jit
+def arrived(mine, slot, offs, m, cap, spins, max_spin, WORLD: tl.constexpr,
+            BLOCK: tl.constexpr):
+    """(float32 sum of the slot's sections at lanes offs, in rank order; spins so far): waits
+    until no masked-in lane of any section is -0.0 any more, or spins reach max_spin.
+    Masked-out lanes read 1.0 from every section."""
+    acc = tl.zeros([BLOCK], tl.float32)
+    for q in tl.static_range(WORLD):
+        ptr = mine + (slot * WORLD + q) * cap + offs
+        v = tl.load(ptr, mask=m, other=1.0, volatile=True)
+        waiting = _waiting(v, m)
+        while (waiting > 0) & (spins < max_spin):
             v = tl.load(ptr, mask=m, other=1.0, volatile=True)
-            waiting = tl.sum(((v.to(tl.int16, bitcast=True) == -32768) & m).to(tl.int32), 0)
-            while (waiting > 0) & (spins < max_spin):
-                v = tl.load(ptr, mask=m, other=1.0, volatile=True)
-                waiting = tl.sum(((v.to(tl.int16, bitcast=True) == -32768) & m).to(tl.int32),
-                                 0)
-                spins += 1
-            acc += v.to(tl.float32)
-        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
-        start += step
-    return spins
+            waiting = _waiting(v, m)
+            spins += 1
+        acc += v.to(tl.float32)
+    return acc, spins
 
 
-@triton.jit(do_not_specialize=["n"])  # n == 1 would become a constexpr (no `.to`)
-def _lamport_kernel(x_ptr, out_ptr, peers_ptr, state_ptr, n, cap, max_spin,
-                    RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr):
-    st = state_ptr + tl.program_id(0) * 5
-    calls = tl.load(st)
-    slot = calls % 3
-    lanes = tl.arange(0, BLOCK)
-    step = tl.num_programs(0) * BLOCK
-    _push(x_ptr, peers_ptr, slot, n, cap, lanes, step, RANK, WORLD, BLOCK)
-    mine = tl.load(peers_ptr + RANK).to(tl.pointer_type(x_ptr.dtype.element_ty))
-    spins = _gather(out_ptr, mine, slot, n, cap, lanes, step, max_spin, WORLD, BLOCK)
+@triton.jit
+def end_call(st, mine, slot, calls, n, cap, spins, max_spin, WORLD: tl.constexpr,
+             BLOCK: tl.constexpr):
+    """Flags a spin-limit hit, re-empties this program's share of the previous call's slot in
+    this rank's buffer (its readers are done) and records this call's size and count."""
     if spins >= max_spin:
         tl.store(st + 4, 1)
-    before = (slot + 2) % 3  # the previous call's slot: empty it again
+    before = (slot + 2) % 3
     n_before = tl.load(st + 1 + before)
-    empty = tl.full([BLOCK], -32768, tl.int16).to(x_ptr.dtype.element_ty, bitcast=True)
+    lanes = tl.arange(0, BLOCK)
+    empty = tl.full([BLOCK], -32768, tl.int16).to(mine.dtype.element_ty, bitcast=True)
     start = tl.program_id(0) * BLOCK
     while start < n_before:
         offs = start + lanes
         for q in tl.static_range(WORLD):
             tl.store(mine + (before * WORLD + q) * cap + offs, empty, mask=offs < n_before)
-        start += step
+        start += tl.num_programs(0) * BLOCK
     tl.store(st + 1 + slot, n.to(tl.int64))
     tl.store(st, calls + 1)
+
+
+@triton.jit(do_not_specialize=["n"])  # n == 1 would become a constexpr (no `.to`)
+def _lamport_kernel(x_ptr, out_ptr, peers_ptr, state_ptr, n, cap, max_spin,
+                    RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr):
+    st, calls, slot = begin_call(state_ptr)
+    mine = push(x_ptr, peers_ptr, slot, n, cap, RANK, WORLD, BLOCK)
+    lanes = tl.arange(0, BLOCK)
+    spins = 0
+    start = tl.program_id(0) * BLOCK
+    while start < n:
+        offs = start + lanes
+        m = offs < n
+        acc, spins = arrived(mine, slot, offs, m, cap, spins, max_spin, WORLD, BLOCK)
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
+        start += tl.num_programs(0) * BLOCK
+    end_call(st, mine, slot, calls, n, cap, spins, max_spin, WORLD, BLOCK)
 
 
 def lamport_buffer(world: int, cap: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -130,7 +164,7 @@ def lamport_all_reduce(x: torch.Tensor, out: torch.Tensor, peers: torch.Tensor,
     same shape, bf16 / fp16, at most `cap` elements (out may be x); peers [world] int64: the
     addresses of the ranks' buffers ([3, world, cap] of x's dtype) as this process maps them;
     state from `new_state`. Every rank must make the same calls in the same order."""
-    _check(x, out, peers, state, rank, world, cap)
+    check_call("lamport_all_reduce", x, out, peers, state, rank, world, cap)
     n = x.numel()
     if n:
         _lamport_kernel[(GRID,)](x, out, peers, state, n, cap, max_spin, RANK=rank,
@@ -146,8 +180,9 @@ def all_reduce_ref(parts: list[torch.Tensor]) -> torch.Tensor:
     return acc.to(parts[0].dtype)
 
 
-def _check(x, out, peers, state, rank, world, cap) -> None:
-    check_device("lamport_all_reduce", x, out, peers, state)
+def check_call(name: str, x, out, peers, state, rank, world, cap) -> None:
+    """The checks shared by the launchers over one buffer (x: this rank's message)."""
+    check_device(name, x, out, peers, state)
     if x.dtype not in DTYPES or out.dtype != x.dtype:
         raise ValueError(f"x / out must both be bf16 or fp16, got {x.dtype} / {out.dtype}")
     if out.shape != x.shape or not (x.is_contiguous() and out.is_contiguous()):

@@ -28,13 +28,20 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, XH, s_xt, s_xh
     x_at = ((rows // XH) * s_xt + (rows % XH) * s_xh)[:, None] + cols[None, :]
     x = tl.load(x_ptr + x_at, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        x = x + tl.load(r_ptr + at, mask=mask, other=0.0).to(x.dtype)
+        # added in float32 and rounded once, as torch adds (and as the interpreter can)
+        r = tl.load(r_ptr + at, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(s_ptr + at, x, mask=mask)
-    xf = x.to(tl.float32)
+    y = zero_centred_rms_norm(x.to(tl.float32), w_ptr, cols, D, eps)
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def zero_centred_rms_norm(xf, w_ptr, cols, D, eps):
+    """float32 rows [BR, BD] (lanes past D hold 0) -> xf / rms(xf) * (1 + w)."""
     scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-    y = xf * scale[:, None] * (1.0 + w[None, :])
-    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
+    return xf * scale[:, None] * (1.0 + w[None, :])
 
 
 @triton.jit

@@ -36,6 +36,7 @@ steps=(
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
   "vs_hf|240|$site|scripts/bench_vs_hf.py --repeats 2 --profile"
   "tp4_tests|560|$site|$pytest tests/gpu/test_gpu_allreduce.py tests/gpu/test_gpu_tp.py"
+  "tp4_tests_lamport|400|$site|$pytest tests/gpu/test_gpu_tp.py"
   "tp4_allreduce|120|$site|scripts/bench_allreduce.py"
   "tp4_allreduce_lamport|120|$site|scripts/bench_allreduce.py"
   "tp4_b1|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32 --trace $out/b1"

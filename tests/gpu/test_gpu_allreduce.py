@@ -6,7 +6,8 @@ must both equal the exact sum bit for bit: 1 element up to the 512 KB threshold,
 2-D, strided and offset inputs (the direct and the padded path), and NCCL beyond the
 threshold or for other dtypes. Random floats: every rank gets the same bits, within the
 rounding bound of the exact sum (as NCCL's are).
-Then the same inside one captured CUDA graph, replayed with new inputs.
+Then the same inside one captured CUDA graph, replayed with new inputs; and the all-reduce
+fused with the residual add and RMSNorm that follow it in a decoder layer.
 """
 
 from __future__ import annotations
@@ -165,7 +166,55 @@ def _capture(run) -> torch.cuda.CUDAGraph:
     return graph
 
 
-CHECKS = {"exact": _check_exact, "floats": _check_floats, "graph": _check_graph}
+def _check_norm(rank, world, comm, device) -> list[str]:
+    """`Communicator.all_reduce_add_rms_norm` (the norm after a layer's partial sums): with the
+    barrier-free path, one kernel equal to all_reduce + add_rms_norm (the sum + residual bit
+    for bit, the norm within bf16 rounding), the same bits on every rank, eager and replayed
+    from a CUDA graph; without it, None (the caller reduces, then norms)."""
+    from qnext.kernels.norm import add_rms_norm
+
+    shapes, seeds = [(1, 2048), (7, 2048), (128, 2048), (3, 100)], range(700, 704)
+    operands = [_norm_operands(rank, shape, seed, device) for shape, seed in zip(shapes, seeds)]
+    if comm.fast.lamport is None:
+        assert all(comm.all_reduce_add_rms_norm(*ops) is None for ops in operands)
+        return ["add + norm: not fused without the barrier-free path"]
+    for x, residual, weight, eps in operands:
+        y, h = comm.all_reduce_add_rms_norm(x, residual, weight, eps)
+        want_y, want_h = add_rms_norm(comm.all_reduce(x.clone()), weight, eps, residual)
+        assert torch.equal(h, want_h), tuple(x.shape)
+        assert _rel(y, want_y) <= 1e-2, tuple(x.shape)
+        for out in (y, h):
+            ranks = [torch.empty_like(out) for _ in range(world)]
+            dist.all_gather(ranks, out)
+            assert all(torch.equal(r, ranks[0]) for r in ranks), tuple(x.shape)
+    x, residual, weight, eps = operands[1]
+    outs: list = []
+    graph = _capture(lambda: outs.append(comm.all_reduce_add_rms_norm(x, residual, weight, eps)))
+    for seed in (710, 711):
+        x.copy_(_norm_operands(rank, x.shape, seed, device)[0])
+        graph.replay()
+        want_y, want_h = add_rms_norm(comm.all_reduce(x.clone()), weight, eps, residual)
+        assert torch.equal(outs[-1][1], want_h) and _rel(outs[-1][0], want_y) <= 1e-2, seed
+    return [f"add + norm fused: {len(shapes)} shapes eager and 2 graph replays match "
+            "all_reduce + add_rms_norm"]
+
+
+def _norm_operands(rank: int, shape, seed: int, device) -> tuple:
+    """(this rank's partial, residual, weight, eps): random bf16, the last three shared."""
+    gen = torch.Generator().manual_seed(seed)
+    residual = torch.randn(shape, generator=gen)
+    weight = 0.1 * torch.randn(shape[1:], generator=gen)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed * 10 + rank))
+    return (x.to(device, torch.bfloat16), residual.to(device, torch.bfloat16),
+            weight.to(device, torch.bfloat16), 1e-6)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+CHECKS = {"exact": _check_exact, "floats": _check_floats, "graph": _check_graph,
+          "norm": _check_norm}
 
 
 def _rank_main(rank: int, world: int, port: int, check: str, result_file: str,

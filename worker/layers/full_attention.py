@@ -54,12 +54,13 @@ class QKVProj(nn.Module):
 
 class GatedAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 rotary_dim: int, rope_theta: float, eps: float, kv_layer: int) -> None:
+                 rotary_dim: int, rope_theta: float, eps: float, kv_layer: int,
+                 reduce_results: bool = True) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.kv_layer = kv_layer
         self.qkv_proj = QKVProj(hidden_size, num_heads, num_kv_heads, head_dim)
-        self.o_proj = RowParallelLinear(num_heads * head_dim, hidden_size)
+        self.o_proj = RowParallelLinear(num_heads * head_dim, hidden_size, reduce_results)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
         self.rotary = RotaryEmbedding(rotary_dim, rope_theta)

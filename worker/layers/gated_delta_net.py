@@ -49,7 +49,8 @@ class Conv1dWeight(nn.Module):
 
 class GatedDeltaNet(nn.Module):
     def __init__(self, hidden_size: int, num_k_heads: int, num_v_heads: int, head_k_dim: int,
-                 head_v_dim: int, conv_kernel: int, eps: float, state_layer: int) -> None:
+                 head_v_dim: int, conv_kernel: int, eps: float, state_layer: int,
+                 reduce_results: bool = True) -> None:
         super().__init__()
         tp_size = get_tp_info().size
         if num_k_heads % tp_size:
@@ -66,7 +67,7 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias = set_loader(nn.Parameter(torch.empty(self.hv, dtype=torch.float32)),
                                   load_rows)
         self.norm = GatedRMSNorm(head_v_dim, eps)
-        self.out_proj = RowParallelLinear(value_dim, hidden_size)
+        self.out_proj = RowParallelLinear(value_dim, hidden_size, reduce_results)
 
     def _conv(self, mixed: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         conv_states = batch.state_cache.conv(self.state_layer)

@@ -2,7 +2,8 @@
 expert scaled by sigmoid(shared_expert_gate(x))) and the dense SwiGLU MLP.
 
 TP splits every expert along its intermediate dim (w13 column-, w2 row-parallel); the router is
-replicated; routed and shared partial sums are added locally and reduced once. On CUDA the
+replicated; routed and shared partial sums are added locally and reduced once (or left to the
+caller: `reduce_results=False`, as in the decoder layer, whose next norm reduces). On CUDA the
 routing and the routed experts run the Triton kernels (`kernels/moe_route.py`, `kernels/moe.py`),
 elsewhere the torch references (`layers/backend.py`).
 When the shared expert is as wide as a routed one (Qwen3-Next: 512), it is fused: expert E of
@@ -84,9 +85,11 @@ class FusedExperts(nn.Module):
 
 class SparseMoE(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, intermediate_size: int,
-                 shared_intermediate_size: int, norm_topk_prob: bool) -> None:
+                 shared_intermediate_size: int, norm_topk_prob: bool,
+                 reduce_results: bool = True) -> None:
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
+        self.reduce_results = reduce_results
         self.norm_topk_prob = norm_topk_prob
         self.comm = get_tp_info().comm
         self.fused_shared = shared_intermediate_size == intermediate_size > 0
@@ -119,5 +122,5 @@ class SparseMoE(nn.Module):
         out = self.experts(x, topk_weights, topk_ids)  # [T, H] partial over ranks
         if self.shared_expert is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return self.comm.all_reduce(out)
+        return self.comm.all_reduce(out) if self.reduce_results else out
 

@@ -10,17 +10,28 @@ from torch import nn
 from qnext.kernels import gated_rms_norm_ref, rms_norm_ref
 from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import load_full, set_loader
+from qnext.worker.layers.parallel import get_tp_info
 
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * (1 + w); with `residual`, normalises x + residual and returns the sum."""
+    """y = x / rms(x) * (1 + w); with `residual`, normalises x + residual and returns the sum.
+    With `reduce`, x is a partial sum over the TP ranks: it is all-reduced first, in the same
+    kernel as the add and the norm where the communicator has one."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = set_loader(nn.Parameter(torch.empty(size)), load_full)
+        self.comm = get_tp_info().comm
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                reduce: bool = False):
+        if reduce:
+            if residual is not None:
+                fused = self.comm.all_reduce_add_rms_norm(x, residual, self.weight, self.eps)
+                if fused is not None:
+                    return fused
+            x = self.comm.all_reduce(x)
         if use_triton(x):
             from qnext.kernels.norm import add_rms_norm
 

@@ -36,6 +36,14 @@ class Communicator:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def all_reduce_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor,
+                                weight: torch.Tensor, eps: float):
+        """(rms_norm(sum + residual), sum + residual) with x summed over ranks, in one kernel —
+        or None where no fused kernel takes x (then: `all_reduce`, then the norm)."""
+        if self.size > 1 and self.fast is not None and self.fast.fits(x):
+            return self.fast.add_rms_norm(x, residual, weight, eps)
+        return None
+
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Concatenate equal-shaped shards of all ranks along `dim`."""
         if self.size == 1:

@@ -7,8 +7,10 @@ NCCL (`dist.all_reduce`) is the reference, and the path for every other message.
 
 With QNEXT_LAMPORT_ALLREDUCE=1, contiguous bf16 messages take a barrier-free one-shot kernel
 instead (`kernels/allreduce.py`: each rank pushes into its peers' buffers, lanes flag their
-own arrival): one launch, no copy-in, no signal-pad round trips. Opt-in until it is measured
-and checked on multi-GPU machines (tests/gpu/test_gpu_allreduce.py runs both paths).
+own arrival): one launch, no copy-in, no signal-pad round trips; and `add_rms_norm` fuses
+the residual add and RMSNorm that follow a layer's all-reduce into it
+(`kernels/allreduce_norm.py`). Opt-in until it is measured and checked on multi-GPU machines
+(tests/gpu/test_gpu_allreduce.py runs both paths).
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ class SymmAllReduce:
             self._padded(x)
         return x
 
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float):
+        """(rms_norm(sum + residual), sum + residual) in one kernel, where sum is x summed over
+        the ranks (x is not changed); None where that kernel does not take x (the barrier-free
+        path is off, or x is not a contiguous bf16 [T, H] message that fits)."""
+        if self.lamport is None or not self.lamport.takes(x) or x.dim() != 2 \
+                or residual.dtype != x.dtype or not residual.is_contiguous():
+            return None
+        return self.lamport.add_rms_norm(x, residual, weight, eps)
+
     def _peer_view(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
         return self.buffer.view(dtype)[:numel]  # storage offset 0: 16-byte aligned
 
@@ -135,6 +147,13 @@ class _Lamport:
         from qnext.kernels.allreduce import lamport_all_reduce
 
         return lamport_all_reduce(x, x, self.peers, self.state, self.rank, self.world, self.cap)
+
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float):
+        from qnext.kernels.allreduce_norm import lamport_all_reduce_add_rms_norm
+
+        return lamport_all_reduce_add_rms_norm(x, residual, weight, eps, self.peers,
+                                               self.state, self.rank, self.world, self.cap)
 
 
 def create_symm_all_reduce(group: dist.ProcessGroup, device: torch.device,

@@ -39,28 +39,36 @@ CHECKPOINT_RULES = (
 
 
 def make_mixer(cfg: ModelConfig, layer_id: int) -> nn.Module:
-    """The token mixer of a layer: the one place that reads `layer_types`."""
+    """The token mixer of a layer: the one place that reads `layer_types`. Its output is a
+    partial sum over the TP ranks (the decoder layer's next norm reduces it)."""
     if cfg.layer_types[layer_id] == FULL:
         return GatedAttention(
             cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
             cfg.rotary_dim, cfg.rope_theta, cfg.rms_norm_eps,
-            kv_layer=cfg.full_layer_ids.index(layer_id))
+            kv_layer=cfg.full_layer_ids.index(layer_id), reduce_results=False)
     return GatedDeltaNet(
         cfg.hidden_size, cfg.linear_num_key_heads, cfg.linear_num_value_heads,
         cfg.linear_key_head_dim, cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim,
-        cfg.rms_norm_eps, state_layer=cfg.linear_layer_ids.index(layer_id))
+        cfg.rms_norm_eps, state_layer=cfg.linear_layer_ids.index(layer_id),
+        reduce_results=False)
 
 
 def make_mlp(cfg: ModelConfig, is_moe: bool) -> nn.Module:
+    """The MLP of a layer; its output too is a partial sum over the TP ranks."""
     if is_moe:
         return SparseMoE(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok,
                          cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size,
-                         cfg.norm_topk_prob)
-    return MLP(cfg.hidden_size, cfg.intermediate_size)
+                         cfg.norm_topk_prob, reduce_results=False)
+    return MLP(cfg.hidden_size, cfg.intermediate_size, reduce_results=False)
 
 
 class DecoderLayer(nn.Module):
-    """h = x + Mixer(Norm(x)); out = h + MLP(Norm(h)), with the residual add fused in the norm."""
+    """h = x + Mixer(Norm(x)); out = h + MLP(Norm(h)), with the residual add fused in the norm.
+
+    Under TP the mixer and the MLP return partial sums; the norm after each all-reduces them,
+    in one kernel with the add and the norm where the communicator has one
+    (`RMSNorm(reduce=True)`). So `forward` takes and returns x as a partial sum (except the
+    first layer's x, the embedding, with no residual yet) and the caller's final norm reduces."""
 
     def __init__(self, mixer: nn.Module, mlp: nn.Module, hidden_size: int, eps: float,
                  mixer_name: str) -> None:
@@ -76,9 +84,9 @@ class DecoderLayer(nn.Module):
         if residual is None:
             residual, x = x, self.input_layernorm(x)
         else:
-            x, residual = self.input_layernorm(x, residual)
+            x, residual = self.input_layernorm(x, residual, reduce=True)
         x = getattr(self, self.mixer_name)(x, batch)
-        x, residual = self.post_attention_layernorm(x, residual)
+        x, residual = self.post_attention_layernorm(x, residual, reduce=True)
         return self.mlp(x), residual
 
 
@@ -99,7 +107,7 @@ class Qwen3NextModel(nn.Module):
         x, residual = self.embed_tokens(batch.input_ids), None  # [T, H]
         for layer in self.layers:
             x, residual = layer(x, residual, batch)
-        return self.norm(x, residual)[0]
+        return self.norm(x, residual, reduce=True)[0]
 
 
 class Qwen3NextForCausalLM(nn.Module):

@@ -46,5 +46,5 @@ class Qwen3NextMTP(nn.Module):
         emb = self.pre_fc_norm_embedding(embed_tokens(batch.input_ids))
         x = self.fc(torch.cat([emb, self.pre_fc_norm_hidden(prev_hidden)], dim=-1))
         x, residual = self.layers[0](x, None, batch)
-        hidden = self.norm(x, residual)[0]
+        hidden = self.norm(x, residual, reduce=True)[0]
         return lm_head(hidden[batch.logits_indices]), hidden
