@@ -27,7 +27,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     cu_seqlens: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor,
                     page_size: int, scale: float, is_decode: bool | None = None,
                     max_seqlen: int | None = None, num_splits: int | None = None,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None,
+                    gate: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of the new tokens over their sequences' paged K/V.
 
     q [T, Hq, D] (fp16 / bf16 / fp32, last dim contiguous): the new tokens of B sequences,
@@ -38,7 +39,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     lives at row page_table[b, pos // P] * P + pos % P (page_table int [B, max_pages], any
     P >= 1). The new tokens' K/V must already be stored. Query head h reads KV head
     h // (Hq / Hkv). Returns [T, Hq, D] in q.dtype (written into `out` when given: q's
-    shape and dtype, last dim contiguous, e.g. a static buffer).
+    shape and dtype, last dim contiguous, e.g. a static buffer). With `gate` (q's shape and
+    dtype, last dim contiguous; a view of a projection's columns is fine) the result is
+    attention * sigmoid(gate), applied in float32 before the one rounding (the gated
+    attention of Qwen3-Next).
 
     Host hints, so that the launch needs no device->host copy:
     - is_decode: True when every sequence has exactly one new token (then T == B); False
@@ -48,28 +52,36 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
       page_table.shape[1] * page_size. num_splits overrides the split count of decode.
     """
     _check(q, k_cache, v_cache, cu_seqlens, seq_lens, page_table, page_size)
+    _check_like_q("gate", gate, q)
     T, B = q.shape[0], seq_lens.shape[0]
     if is_decode and T != B:
         raise ValueError(f"is_decode needs one new token per sequence, got T={T}, B={B}")
+    _check_like_q("out", out, q)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
-        raise ValueError(f"out {tuple(out.shape)} {out.dtype} must match q {tuple(q.shape)} "
-                         f"{q.dtype}, contiguous in its last dim")
-    else:
-        check_device("paged_attention", out)
     if T == 0:
         return out
     if is_decode is None:
         is_decode = T == B and bool((cu_seqlens.diff() == 1).all())
     if not is_decode:
-        prefill(q, k_cache, v_cache, out, cu_seqlens, seq_lens, page_table, page_size, scale)
+        prefill(q, k_cache, v_cache, out, cu_seqlens, seq_lens, page_table, page_size, scale,
+                gate)
         return out
     if num_splits is None:
         bound = page_table.shape[1] * page_size if max_seqlen is None else max_seqlen
         num_splits = default_splits(q, B, k_cache.shape[1], bound)
-    decode(q, k_cache, v_cache, out, seq_lens, page_table, page_size, scale, num_splits)
+    decode(q, k_cache, v_cache, out, seq_lens, page_table, page_size, scale, num_splits, gate)
     return out
+
+
+def _check_like_q(name: str, t: torch.Tensor | None, q: torch.Tensor) -> None:
+    """An optional [T, Hq, D] operand: q's shape and dtype, contiguous in its last dim."""
+    if t is None:
+        return
+    if t.shape != q.shape or t.dtype != q.dtype or t.stride(2) != 1:
+        raise ValueError(f"{name} {tuple(t.shape)} {t.dtype} must match q {tuple(q.shape)} "
+                         f"{q.dtype}, contiguous in its last dim")
+    check_device("paged_attention", t)
 
 
 def _check(q, k_cache, v_cache, cu_seqlens, seq_lens, page_table, page_size) -> None:

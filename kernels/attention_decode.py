@@ -21,14 +21,22 @@ import torch
 import triton
 import triton.language as tl
 
-from qnext.kernels.attention_tile import NO_MAX, kv_rows, load_rows, pow2, softmax_step
+from qnext.kernels.attention_tile import (
+    NO_MAX,
+    apply_gate,
+    gate_strides,
+    kv_rows,
+    load_rows,
+    pow2,
+    softmax_step,
+)
 
 
 @triton.jit(do_not_specialize=["s_pt", "P"])
-def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, seq_lens_ptr, pt_ptr,
-                   s_qt, s_qh, s_kn, s_kh, s_ob, s_oh, s_os, s_pt, P, qk_scale,
+def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, gate_ptr, seq_lens_ptr, pt_ptr,
+                   s_qt, s_qh, s_kn, s_kh, s_ob, s_oh, s_os, s_gt, s_gh, s_pt, P, qk_scale,
                    G: tl.constexpr, HP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                   BN: tl.constexpr, PARTIAL: tl.constexpr):
+                   BN: tl.constexpr, PARTIAL: tl.constexpr, GATED: tl.constexpr):
     i_b = tl.program_id(0).to(tl.int64)
     i_kv = tl.program_id(1).to(tl.int64)
     i_s = tl.program_id(2)
@@ -60,6 +68,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, seq_lens_ptr, pt_ptr,
         acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, valid[None, :], qk_scale, True)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    o = apply_gate(o, gate_ptr, i_b * s_gt + head[:, None] * s_gh + offs_d[None, :], io_mask,
+                   GATED)
     out_off = i_b * s_ob + head[:, None] * s_oh + i_s * s_os + offs_d[None, :]
     tl.store(out_ptr + out_off, o.to(out_ptr.dtype.element_ty), mask=io_mask)
     if PARTIAL:
@@ -69,8 +79,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, seq_lens_ptr, pt_ptr,
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _reduce_kernel(part_ptr, lse_ptr, out_ptr, n_splits, s_ot, s_oh,
-                   D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr):
+def _reduce_kernel(part_ptr, lse_ptr, out_ptr, gate_ptr, n_splits, s_ot, s_oh, s_gt, s_gh,
+                   D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr, GATED: tl.constexpr):
     """out[b, h] = sum_s w_s * part[b, h, s] / sum_s w_s, w_s = 2^(lse_s - max lse)."""
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
@@ -85,6 +95,7 @@ def _reduce_kernel(part_ptr, lse_ptr, out_ptr, n_splits, s_ot, s_oh,
     part = tl.load(part_ptr + (row * n_splits + offs_s[:, None]) * DP + offs_d[None, :],
                    mask=mask, other=0.0)
     o = tl.sum(part * w[:, None], 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+    o = apply_gate(o, gate_ptr, i_b * s_gt + i_h * s_gh + offs_d, offs_d < D, GATED)
     tl.store(out_ptr + i_b * s_ot + i_h * s_oh + offs_d, o.to(out_ptr.dtype.element_ty),
              mask=offs_d < D)
 
@@ -112,25 +123,25 @@ def decode_config(head_dim: int, dtype: torch.dtype) -> dict[str, int]:
 
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
            seq_lens: torch.Tensor, page_table: torch.Tensor, page_size: int, scale: float,
-           splits: int) -> None:
+           splits: int, gate: torch.Tensor | None = None) -> None:
     """Writes out [B, Hq, D] (row b: sequence b's token); arguments as `paged_attention`."""
     B, HQ, D = q.shape
     HKV, DP = k_cache.shape[1], pow2(D, 16)
     common = dict(G=HQ // HKV, HP=pow2(HQ // HKV, 16), D=D, DP=DP, **decode_config(D, q.dtype))
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1))
     qk_scale = scale * math.log2(math.e)
-    if splits == 1:
+    gating = (out if gate is None else gate, *gate_strides(gate))
+    if splits == 1:  # the one writer of out applies the gate
         _decode_kernel[(B, HKV, 1)](
-            q, k_cache, v_cache, out, out, seq_lens, page_table, *strides,
-            out.stride(0), out.stride(1), 0, page_table.stride(0), page_size, qk_scale,
-            PARTIAL=False, **common)
+            q, k_cache, v_cache, out, out, gating[0], seq_lens, page_table, *strides,
+            out.stride(0), out.stride(1), 0, *gating[1:], page_table.stride(0), page_size,
+            qk_scale, PARTIAL=False, GATED=gate is not None, **common)
         return
     part = torch.empty(B, HQ, splits, DP, dtype=torch.float32, device=q.device)
     lse = torch.empty(B, HQ, splits, dtype=torch.float32, device=q.device)
     _decode_kernel[(B, HKV, splits)](
-        q, k_cache, v_cache, part, lse, seq_lens, page_table, *strides,
-        part.stride(0), part.stride(1), part.stride(2), page_table.stride(0), page_size,
-        qk_scale,
-        PARTIAL=True, **common)
-    _reduce_kernel[(B, HQ)](part, lse, out, splits, out.stride(0), out.stride(1),
-                            D=D, DP=DP, SP=pow2(splits))
+        q, k_cache, v_cache, part, lse, gating[0], seq_lens, page_table, *strides,
+        part.stride(0), part.stride(1), part.stride(2), *gating[1:], page_table.stride(0),
+        page_size, qk_scale, PARTIAL=True, GATED=False, **common)
+    _reduce_kernel[(B, HQ)](part, lse, out, gating[0], splits, out.stride(0), out.stride(1),
+                            *gating[1:], D=D, DP=DP, SP=pow2(splits), GATED=gate is not None)

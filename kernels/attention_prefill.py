@@ -24,7 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from qnext.kernels.attention_tile import NO_MAX, kv_rows, load_rows, pow2, softmax_step
+from qnext.kernels.attention_tile import (
+    NO_MAX,
+    apply_gate,
+    gate_strides,
+    kv_rows,
+    load_rows,
+    pow2,
+    softmax_step,
+)
 
 
 @triton.jit
@@ -42,10 +50,10 @@ def _find_seq(cu_ptr, pid, B, n_iter, BT: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["B", "n_iter", "s_pt", "P"])
-def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, seq_lens_ptr, pt_ptr, B, n_iter,
-                    s_qt, s_qh, s_kn, s_kh, s_ot, s_oh, s_pt, P, qk_scale,
+def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, gate_ptr, cu_ptr, seq_lens_ptr, pt_ptr, B,
+                    n_iter, s_qt, s_qh, s_kn, s_kh, s_ot, s_oh, s_gt, s_gh, s_pt, P, qk_scale,
                     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                    BT: tl.constexpr, BN: tl.constexpr):
+                    BT: tl.constexpr, BN: tl.constexpr, GATED: tl.constexpr):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # the last, longest tiles first
     i_kv = tl.program_id(1).to(tl.int64)
     b = _find_seq(cu_ptr, pid, B, n_iter, BT)
@@ -90,7 +98,10 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, seq_lens_ptr, pt_ptr, 
         acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, causal, qk_scale, True)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    out_off = (q0 + tok).to(tl.int64)[:, None] * s_ot + head[:, None] * s_oh + offs_d[None, :]
+    t = (q0 + tok).to(tl.int64)[:, None]
+    o = apply_gate(o, gate_ptr, t * s_gt + head[:, None] * s_gh + offs_d[None, :], io_mask,
+                   GATED)
+    out_off = t * s_ot + head[:, None] * s_oh + offs_d[None, :]
     tl.store(out_ptr + out_off, o.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
@@ -107,14 +118,15 @@ def prefill_config(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, i
 
 def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
             cu_seqlens: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor,
-            page_size: int, scale: float) -> None:
+            page_size: int, scale: float, gate: torch.Tensor | None = None) -> None:
     """Writes out [T, Hq, D]; arguments as `paged_attention` (checked there)."""
     T, HQ, D = q.shape
     B, HKV = seq_lens.shape[0], k_cache.shape[1]
     cfg = prefill_config(D, HQ // HKV, q.dtype)
     grid = (T // cfg["BT"] + B, HKV)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, out, cu_seqlens, seq_lens, page_table, B, B.bit_length(),
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        out.stride(0), out.stride(1), page_table.stride(0), page_size, scale * math.log2(math.e),
-        G=HQ // HKV, GP=pow2(HQ // HKV), D=D, DP=pow2(D, 16), **cfg)
+        q, k_cache, v_cache, out, out if gate is None else gate, cu_seqlens, seq_lens,
+        page_table, B, B.bit_length(), q.stride(0), q.stride(1), k_cache.stride(0),
+        k_cache.stride(1), out.stride(0), out.stride(1), *gate_strides(gate),
+        page_table.stride(0), page_size, scale * math.log2(math.e),
+        G=HQ // HKV, GP=pow2(HQ // HKV), D=D, DP=pow2(D, 16), GATED=gate is not None, **cfg)

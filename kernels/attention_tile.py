@@ -54,6 +54,20 @@ def softmax_step(q, k, v, acc, m_i, l_i, mask, qk_scale, MASKED: tl.constexpr):
     return acc, m_new, l_i
 
 
+@triton.jit
+def apply_gate(o, gate_ptr, offs, mask, GATED: tl.constexpr):
+    """o * sigmoid(gate[offs]) in float32 when GATED (the gated attention's output gate,
+    applied before the single rounding to the output dtype), else o."""
+    if GATED:
+        o = o * tl.sigmoid(tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    return o
+
+
+def gate_strides(gate) -> tuple[int, int]:
+    """(token, head) strides of a [T, Hq, D] gate, (0, 0) without one."""
+    return (0, 0) if gate is None else (gate.stride(0), gate.stride(1))
+
+
 def pow2(n: int, floor: int = 1) -> int:
     """The smallest power of two >= max(n, floor) (plain Python: this runs at every launch)."""
     return 1 << (max(n, floor) - 1).bit_length()

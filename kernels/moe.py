@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels import moe_route_align as route_align
 from qnext.kernels.launch import check_device
-from qnext.kernels.moe_route import moe_align
+from qnext.kernels.moe_route import moe_align, moe_route
 
 
 @dataclass(frozen=True)
@@ -140,21 +141,41 @@ def _combine_kernel(y_ptr, ids_ptr, out_ptr, H, E, s_ot, TOPK: tl.constexpr, BH:
     tl.store(out_ptr + t * s_ot + offs, acc.to(out_ptr.dtype.element_ty), mask=offs < H)
 
 
+def fused_moe_routed(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                     router_logits: torch.Tensor, top_k: int, renormalize: bool,
+                     shared: bool = False) -> torch.Tensor:
+    """Routing (`moe_route`'s contract, incl. a fused shared expert as the last expert of w13 /
+    w2) and the expert mixture; decode batches route and align in one launch
+    (`moe_route_align`)."""
+    T, n = x.shape[0], x.shape[0] * (top_k + shared)
+    if not route_align.takes(T, top_k, shared):
+        return fused_moe(x, w13, w2, *moe_route(router_logits, top_k, renormalize, shared))
+    cfg = default_config(n, w13.shape[0], _elem_size(x, w13, w2))
+    weights, ids, aligned = route_align.moe_route_align(router_logits, top_k, renormalize,
+                                                        shared, cfg.block_m)
+    return fused_moe(x, w13, w2, weights, ids, cfg, aligned)
+
+
+def _elem_size(*tensors: torch.Tensor) -> int:
+    return max(t.element_size() for t in tensors)
+
+
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor, config: MoeConfig | None = None) -> torch.Tensor:
+              topk_ids: torch.Tensor, config: MoeConfig | None = None,
+              aligned: tuple | None = None) -> torch.Tensor:
     """Routed expert mixture, the contract of `fused_moe_ref`: x [T, H] (fp16/bf16/fp32,
     contiguous rows); w13 [E, 2I, H] (gate rows first) and w2 [E, H, I], contiguous in their
     last dim, cast to x.dtype in registers; topk_weights [T, k] float; topk_ids [T, k] int32/int64
-    contiguous, ids outside [0, E) contribute nothing. Returns [T, H] in x.dtype."""
+    contiguous, ids outside [0, E) contribute nothing. Returns [T, H] in x.dtype. `aligned`:
+    `moe_align(topk_ids, E, block_m of the config used)`, when the caller has it already."""
     _check(x, w13, w2, topk_weights, topk_ids)
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
     I, n = I2 // 2, T * k
     out = torch.empty_like(x)
     if T == 0:
         return out
-    elem = max(x.element_size(), w13.element_size(), w2.element_size())
-    cfg = config or default_config(n, E, elem)
-    sorted_ids, block_expert, _ = moe_align(topk_ids, E, cfg.block_m)
+    cfg = config or default_config(n, E, _elem_size(x, w13, w2))
+    sorted_ids, block_expert, _ = aligned or moe_align(topk_ids, E, cfg.block_m)
     inter = torch.empty(sorted_ids.shape[0], I, dtype=x.dtype, device=x.device)
     y = torch.empty(n, H, dtype=x.dtype, device=x.device)
     blocks, ieee = block_expert.shape[0], x.dtype == torch.float32

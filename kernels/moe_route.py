@@ -28,9 +28,9 @@ from qnext.kernels.launch import check_device
 
 
 @triton.jit
-def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
+def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
+                BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
+    """Token t's top-K (+ the shared expert) weights and ids, stored at row t."""
     lanes = tl.arange(0, BLOCK_E)
     x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"))
     x = x.to(tl.float32)
@@ -55,11 +55,37 @@ def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: 
     tl.store(ids_ptr + t * (K + SHARED) + slots, ids, mask=slots < K + SHARED)
 
 
+@triton.jit
+def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
+    route_token(logits_ptr, w_ptr, ids_ptr, tl.program_id(0).to(tl.int64), s_t, E, K,
+                BLOCK_E, BLOCK_K, RENORM, SHARED)
+
+
+def route_meta(top_k: int, num_experts: int, shared: bool) -> dict:
+    """The compile-time arguments of `route_token` (and the launch's warps)."""
+    block_e = triton.next_power_of_2(num_experts)
+    return dict(K=top_k, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k + shared),
+                SHARED=shared, num_warps=4 if block_e >= 512 else 1)
+
+
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool,
               shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """router_logits [T, E (+ 1 with `shared`)] (float dtype, contiguous experts) ->
     (topk_weights float32 [T, k'], topk_ids int64 [T, k']), k' = k (+ 1: the shared expert
     E last), like `moe_route_ref`; ties may pick a different expert."""
+    weights, ids = route_outputs(router_logits, top_k, shared, "moe_route")
+    T, E = router_logits.shape[0], router_logits.shape[1] - shared
+    if T == 0:
+        return weights, ids
+    _route_kernel[(T,)](router_logits, weights, ids, router_logits.stride(0), E,
+                        RENORM=renormalize, **route_meta(top_k, E, shared))
+    return weights, ids
+
+
+def route_outputs(router_logits: torch.Tensor, top_k: int, shared: bool,
+                  name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checks the logits (see `moe_route`); empty (weights, ids) for them."""
     if router_logits.dim() != 2 or router_logits.stride(1) != 1 \
             or not router_logits.dtype.is_floating_point:
         raise ValueError(f"router_logits must be a float [T, E] tensor with contiguous experts, "
@@ -67,18 +93,10 @@ def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool,
     T, E = router_logits.shape[0], router_logits.shape[1] - shared
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k={top_k} must be in [1, E={E}]")
-    check_device("moe_route", router_logits)
+    check_device(name, router_logits)
     dev = router_logits.device
-    weights = torch.empty(T, top_k + shared, dtype=torch.float32, device=dev)
-    ids = torch.empty(T, top_k + shared, dtype=torch.int64, device=dev)
-    if T == 0:
-        return weights, ids
-    block_e = triton.next_power_of_2(E)
-    _route_kernel[(T,)](router_logits, weights, ids, router_logits.stride(0), E, K=top_k,
-                        BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k + shared),
-                        RENORM=renormalize, SHARED=shared,
-                        num_warps=4 if block_e >= 512 else 1)
-    return weights, ids
+    return (torch.empty(T, top_k + shared, dtype=torch.float32, device=dev),
+            torch.empty(T, top_k + shared, dtype=torch.int64, device=dev))
 
 
 @triton.jit
@@ -170,9 +188,8 @@ def _align_kernel(ids_ptr, counts_ptr, scratch_ptr, sorted_ptr, expert_ptr, npad
 
 
 @triton.jit
-def _align_small_kernel(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, NUM_BLOCKS,
-                        BM: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
-                        RB: tl.constexpr):
+def align_small(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, NUM_BLOCKS,
+                BM: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, RB: tl.constexpr):
     """The whole layout in one program for N <= C assignments (decode): every quantity from
     the C x C comparisons of the assignments' experts, no sort, no scratch look-ups."""
     i = tl.arange(0, C)
@@ -199,12 +216,34 @@ def _align_small_kernel(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, N
     tl.store(npad_ptr, tl.sum(tl.where(first, pad, 0), axis=0))
 
 
+@triton.jit
+def _align_small_kernel(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, NUM_BLOCKS,
+                        BM: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
+                        RB: tl.constexpr):
+    align_small(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, NUM_BLOCKS, BM, C, NB,
+                RB)
+
+
+def small_align_meta(num_assignments: int, num_blocks: int, block_m: int) -> dict:
+    """The compile-time arguments of `align_small`."""
+    return dict(BM=block_m, C=max(16, triton.next_power_of_2(num_assignments)),
+                NB=triton.next_power_of_2(num_blocks), RB=256)
+
+
 SMALL_N = 64  # up to this many assignments (decode batches) one small program does it all
 
 
 def padded_rows(num_assignments: int, num_experts: int, block_m: int) -> int:
     """Upper bound of the padded row count: each non-empty expert pads fewer than block_m rows."""
     return num_assignments + min(num_assignments, num_experts) * (block_m - 1)
+
+
+def align_outputs(n: int, num_experts: int, block_m: int, device) -> tuple:
+    """Empty (sorted_ids, block_expert, num_padded) for n assignments (see `moe_align`)."""
+    rows = padded_rows(n, num_experts, block_m)
+    return (torch.empty(rows, dtype=torch.int32, device=device),
+            torch.empty(triton.cdiv(rows, block_m), dtype=torch.int32, device=device),
+            torch.empty(1, dtype=torch.int32, device=device))
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
@@ -222,18 +261,14 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
         raise ValueError(f"block_m={block_m} and chunk={chunk} must be powers of 2, >= 16")
     check_device("moe_align", topk_ids)
     n, dev = topk_ids.numel(), topk_ids.device
-    rows = padded_rows(n, num_experts, block_m)
-    num_blocks = triton.cdiv(rows, block_m)
-    sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
-    block_expert = torch.empty(num_blocks, dtype=torch.int32, device=dev)
-    num_padded = torch.empty(1, dtype=torch.int32, device=dev)
+    sorted_ids, block_expert, num_padded = align_outputs(n, num_experts, block_m, dev)
+    rows, num_blocks = sorted_ids.shape[0], block_expert.shape[0]
     if n == 0:
         return sorted_ids, block_expert.fill_(-1), num_padded.zero_()
     if n <= SMALL_N:
         _align_small_kernel[(1,)](topk_ids, sorted_ids, block_expert, num_padded, n,
-                                  num_experts, rows, num_blocks, BM=block_m,
-                                  C=max(16, triton.next_power_of_2(n)),
-                                  NB=triton.next_power_of_2(num_blocks), RB=256)
+                                  num_experts, rows, num_blocks,
+                                  **small_align_meta(n, num_blocks, block_m))
         return sorted_ids, block_expert, num_padded
     chunk = min(chunk, max(16, triton.next_power_of_2(n)))
     num_chunks, block_e, bb = triton.cdiv(n, chunk), triton.next_power_of_2(num_experts), 32

@@ -8,7 +8,9 @@ rotates its first R dims, [x1, x2] -> [x1*c - x2*s, x2*c + x1*s]; dims R.. are n
 
 With `kv_store` the same launch also writes the rotated k and the given v into the paged
 K/V cache at each token's kv_loc (what `store_kv_ref` does after the rotation): at decode that
-is two index kernels fewer per attention layer.
+is two index kernels fewer per attention layer. With `norms` it first applies the per-head
+q / k RMSNorms of the attention layer (into new tensors, rounded to q's dtype as the norm
+kernel does, then rotated): two launches fewer again.
 
 Reference: `rope_cos_sin_ref` + `apply_rope_ref` (kernels/rope_ref.py), `store_kv_ref`.
 Arithmetic in float32.
@@ -24,6 +26,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import check_device
+from qnext.kernels.norm import zero_centred_rms_norm
 
 # 2*pi = _TWO_PI_HI + _TWO_PI_LO, both exact in float32 (turns * HI is exact in float64)
 _TWO_PI_HI = tl.constexpr(torch.tensor(2 * math.pi, dtype=torch.float32).item())
@@ -74,12 +77,33 @@ def _store_rows(x_ptr, s_t, s_h, cache_ptr, locs, H, D, t, mask_t, BH: tl.conste
 
 
 @triton.jit
-def _rope_kernel(q_ptr, k_ptr, pos_ptr, inv_ptr, v_ptr, kc_ptr, vc_ptr, locs_ptr, T, HQ, HK,
-                 R2, D, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, BT: tl.constexpr,
-                 BHQ: tl.constexpr, BHK: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr,
-                 STORE: tl.constexpr):
+def _norm_heads(x_ptr, s_t, s_h, y_ptr, w_ptr, eps, H, D, t0, T, BT: tl.constexpr,
+                BH: tl.constexpr, BD: tl.constexpr):
+    """y[t, h] (contiguous [T, H, D]) = zero-centred RMSNorm over D of x[t, h], for the
+    block's tokens t0 .. t0 + BT - 1 (as `add_rms_norm` computes it)."""
+    r = tl.arange(0, BT * BH)
+    t, h = t0 + r // BH, r % BH
+    cols = tl.arange(0, BD)
+    mask = ((t < T) & (h < H))[:, None] & (cols < D)[None, :]
+    x = tl.load(x_ptr + (t * s_t + h * s_h)[:, None] + cols[None, :], mask=mask, other=0.0)
+    y = zero_centred_rms_norm(x.to(tl.float32), w_ptr, cols, D, eps)
+    tl.store(y_ptr + (t * H + h)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, pos_ptr, inv_ptr, v_ptr, kc_ptr, vc_ptr, locs_ptr, qs_ptr,
+                 ks_ptr, qw_ptr, kw_ptr, eps, T, HQ, HK, R2, D, s_qt, s_qh, s_kt, s_kh,
+                 s_vt, s_vh, s_qst, s_qsh, s_kst, s_ksh, BT: tl.constexpr, BHQ: tl.constexpr,
+                 BHK: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr, STORE: tl.constexpr,
+                 NORM: tl.constexpr):
     t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
     mask_t = t < T
+    if NORM:  # q, k: the outputs, first the normalised sources (qs, ks), then rotated
+        t0 = tl.program_id(0).to(tl.int64) * BT
+        _norm_heads(qs_ptr, s_qst, s_qsh, q_ptr, qw_ptr, eps, HQ, D, t0, T, BT, BHQ, BD)
+        _norm_heads(ks_ptr, s_kst, s_ksh, k_ptr, kw_ptr, eps, HK, D, t0, T, BT, BHK, BD)
+        tl.debug_barrier()  # the rotation reads the normalised rows back, by other threads
     c, s = _cos_sin(pos_ptr, inv_ptr, t, mask_t, R2, BF, q_ptr.dtype.element_ty)
     _rotate(q_ptr, s_qt, s_qh, HQ, t, mask_t, c, s, R2, BHQ, BF)
     _rotate(k_ptr, s_kt, s_kh, HK, t, mask_t, c, s, R2, BHK, BF)
@@ -98,8 +122,8 @@ def _inv_freq(rotary_dim: int, theta: float, device: torch.device) -> torch.Tens
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, *, rotary_dim: int,
-               theta: float, block_t: int | None = None,
-               kv_store: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               theta: float, block_t: int | None = None, kv_store: tuple | None = None,
+               norms: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] IN PLACE and return them.
 
     q, k float, any token / head strides (q may be the [q | gate] view of the projection),
@@ -109,24 +133,45 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, *, rot
     device) builds a cached inv_freq tensor (make it before any CUDA-graph capture).
     kv_store (k_cache, v_cache, kv_locs, v): also write the rotated k and v [T, Hkv, D] (last
     dim contiguous) into k_cache, v_cache [N, Hkv, D] (contiguous) at kv_locs int64 [T].
+    norms (q_weight [D], k_weight [D], eps): first the per-head zero-centred RMSNorm of q and
+    k (`add_rms_norm` without a residual); q and k are then left as they are and the results
+    are new contiguous tensors — the q / k norms of the attention layer in the same launch.
     """
     _check(q, k, positions, rotary_dim)
     T, HQ, D = q.shape
     HK = k.shape[1]
     if kv_store is not None:
         _check_store(k, *kv_store)
+    sources = (q, k)
+    if norms is not None:
+        _check_norms(q, *norms)
+        q, k = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty_like(k)
     if T == 0:
         return q, k
-    BHQ, BHK = triton.next_power_of_2(HQ), triton.next_power_of_2(HK)
+    BHQ, BHK, BD = triton.next_power_of_2(HQ), triton.next_power_of_2(HK), \
+        triton.next_power_of_2(D)
     BF = triton.next_power_of_2(rotary_dim // 2)
-    bt = block_t or max(1, min(16, 2048 // (BHQ * BF)))
+    width = BD if norms is not None else BF  # the widest per-head tile of the launch
+    bt = block_t or max(1, min(16, 2048 // (BHQ * width)))
     inv = _inv_freq(rotary_dim, float(theta), q.device)
     k_cache, v_cache, locs, v = kv_store if kv_store is not None else (k, k, positions, k)
+    q_w, k_w, eps = norms if norms is not None else (q, k, 0.0)
     _rope_kernel[(triton.cdiv(T, bt),)](
-        q, k, positions, inv, v, k_cache, v_cache, locs, T, HQ, HK, rotary_dim // 2, D,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), BT=bt,
-        BHQ=BHQ, BHK=BHK, BF=BF, BD=triton.next_power_of_2(D), STORE=kv_store is not None)
+        q, k, positions, inv, v, k_cache, v_cache, locs, *sources, q_w, k_w, eps, T, HQ, HK,
+        rotary_dim // 2, D, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+        v.stride(1), sources[0].stride(0), sources[0].stride(1), sources[1].stride(0),
+        sources[1].stride(1), BT=bt, BHQ=BHQ, BHK=BHK, BF=BF, BD=BD,
+        STORE=kv_store is not None, NORM=norms is not None)
     return q, k
+
+
+def _check_norms(q: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 eps: float) -> None:
+    D = q.shape[2]
+    if q_weight.shape != (D,) or k_weight.shape != (D,):
+        raise ValueError(f"norm weights {tuple(q_weight.shape)}, {tuple(k_weight.shape)} must "
+                         f"be [{D}]")
+    check_device("apply_rope", q_weight, k_weight)
 
 
 def _check_store(k: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

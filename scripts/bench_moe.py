@@ -24,7 +24,8 @@ import triton.testing
 
 from qnext.kernels import fused_moe_ref, moe_route_ref
 from qnext.kernels.moe import MoeConfig, default_config, fused_moe
-from qnext.kernels.moe_route import moe_route
+from qnext.kernels.moe_route import moe_align, moe_route
+from qnext.kernels.moe_route_align import moe_route_align
 from bench_common import copy_gbps, graph_us, rel_diff
 
 H, E, TOPK = 2048, 512, 10
@@ -111,6 +112,13 @@ def route_table() -> None:
         differ = (ours()[1] != ref()[1]).any(dim=1).sum().item()
         print(f"| {T} | {graph_us(ours):.1f} | {_eager_us(ours):.1f} | {_eager_us(ref):.1f} | "
               f"{differ} |", flush=True)
+    print("\n| T | route + align, two launches, graph µs | one launch (moe_route_align) |")
+    print("|---|---|---|")
+    for T in (1, 4):  # Qwen3-Next: top-10 and the fused shared expert (E + 1 logit columns)
+        logits = torch.randn(T, E + 1, device="cuda", dtype=torch.bfloat16)
+        two = lambda: moe_align(moe_route(logits, TOPK, True, True)[1], E + 1, 16)  # noqa: E731
+        one = lambda: moe_route_align(logits, TOPK, True, True, 16)  # noqa: E731
+        print(f"| {T} | {graph_us(two):.1f} | {graph_us(one):.1f} |", flush=True)
 
 
 SWEEP = {"decode": [dict(block_n1=16), dict(block_n1=32), dict(block_k1=64), dict(block_k1=256),

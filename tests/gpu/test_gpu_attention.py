@@ -131,6 +131,24 @@ def test_qwen3_next_shapes(hq, hkv, dtype, tol):
         _check_against_ref(x, tol, is_decode=True)
 
 
+@pytest.mark.parametrize("mode,splits", [("prefill", None), ("decode", 1), ("decode", 3)])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_output_gate(mode, splits, dtype, tol):
+    """gate: attention * sigmoid(gate), the gate a strided view of [q | gate] columns as the
+    layer passes it, applied by whichever kernel writes the output (prefill, the one-split
+    decode, the split reduce)."""
+    from qnext.kernels.attention import paged_attention
+
+    seqs = MIXED if mode == "prefill" else [(0, 1), (100, 1), (37, 1)]
+    x = _batch(seqs, 6, 2, 40, 3, dtype, seed=len(seqs) + (splits or 0))
+    both = torch.randn(x["q"].shape[0], 6, 80, device=DEVICE).to(dtype)
+    gate = both[..., 40:]  # [T, Hq, D], token stride 480, head stride 80
+    want = paged_attention_ref(**x).float() * torch.sigmoid(gate.float())
+    got = paged_attention(**x, is_decode=mode == "decode", num_splits=splits, gate=gate,
+                          out=torch.full_like(x["q"], float("nan")))
+    assert not torch.isnan(got).any() and rel_err(got, want) <= tol
+
+
 def test_launcher_rejects_bad_shapes():
     from qnext.kernels.attention import paged_attention
 
@@ -149,3 +167,5 @@ def test_launcher_rejects_bad_shapes():
         paged_attention(**x, is_decode=True)
     with pytest.raises(ValueError, match="page_size"):
         paged_attention(**{**x, "page_size": 0})
+    with pytest.raises(ValueError, match="gate"):
+        paged_attention(**x, gate=x["q"][:, :, :32])

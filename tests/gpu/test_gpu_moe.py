@@ -145,3 +145,38 @@ def test_launchers_reject_bad_shapes():
         moe_route(torch.randn(3, 4, device=DEVICE), 5, True)
     with pytest.raises(ValueError, match="block_m"):
         moe_align(ids, 4, 24)
+
+
+@pytest.mark.parametrize("T,E,k,shared", [(1, 7, 3, False), (1, 512, 10, True),
+                                          (5, 512, 10, True), (4, 16, 16, False),
+                                          (3, 64, 4, True)])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
+    """`moe_route_align` (decode batches) gives the weights, ids and layout of `moe_route`
+    followed by `moe_align`, and `fused_moe_routed` the mixture of `fused_moe_ref`."""
+    from qnext.kernels.moe import fused_moe_routed
+    from qnext.kernels.moe_route import moe_align, moe_route
+    from qnext.kernels.moe_route_align import moe_route_align
+
+    order = torch.rand(T, E + shared, generator=generator(T + E), device=DEVICE).argsort(dim=1)
+    logits = ((order - E // 2) * (8 / E)).float()  # distinct: no ties
+    want_w, want_ids = moe_route(logits, k, renormalize, shared)
+    want = moe_align(want_ids, E + shared, 16)
+    _poison()
+    got_w, got_ids, got = moe_route_align(logits, k, renormalize, shared, 16)
+    assert torch.equal(got_ids, want_ids) and torch.equal(got_w, want_w)
+    used = int(want[2].item())
+    assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1])
+    assert torch.equal(got[0][:used], want[0][:used])
+    x, w13, w2, _, _ = _moe_inputs(T, 48, E + shared, k, 32, torch.float32, 11)
+    ref = fused_moe_ref(x, w13, w2, *moe_route_ref(logits, k, renormalize, shared))
+    assert rel_err(fused_moe_routed(x, w13, w2, logits, k, renormalize, shared), ref) <= 1e-3
+
+
+def test_route_align_rejects_batches_past_its_limit():
+    from qnext.kernels.moe_route_align import moe_route_align, takes
+
+    logits = torch.randn(6, 512, device=DEVICE)
+    assert takes(5, 10, True) and not takes(6, 10, True) and not takes(0, 10, True)
+    with pytest.raises(ValueError, match="exceed"):
+        moe_route_align(logits, 10, True, True, 16)

@@ -77,6 +77,37 @@ def test_rope_also_stores_k_and_v_in_the_cache(T, Hq, Hkv, D, R, theta, max_pos,
         assert torch.equal(got[others], ref[others])
 
 
+@pytest.mark.parametrize("T,Hq,Hkv,D,R,theta,max_pos", CASES[:3])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_rope_with_the_q_and_k_norms(T, Hq, Hkv, D, R, theta, max_pos, dtype, tol):
+    """norms: the per-head RMSNorms of the attention layer first (q from the [q | gate] view),
+    into new tensors, then the rotation and the cache store: the sources stay untouched."""
+    from qnext.kernels import rms_norm_ref, store_kv_ref
+    from qnext.kernels.rope import apply_rope
+
+    gen = generator(T * 3 + D)
+    proj = torch.randn(T, Hq, 2 * D, generator=gen, device=DEVICE).to(dtype)
+    q = proj.chunk(2, dim=-1)[0]
+    k, v = (torch.randn(T, Hkv, D, generator=gen, device=DEVICE).to(dtype) for _ in range(2))
+    w_q, w_k = (0.1 * torch.randn(D, generator=gen, device=DEVICE).to(dtype) for _ in range(2))
+    positions = torch.randint(0, max_pos, (T,), generator=gen, device=DEVICE)
+    locs = torch.randperm(2 * T, generator=gen, device=DEVICE)[:T]
+    caches = [torch.zeros(2 * T, Hkv, D, device=DEVICE, dtype=dtype) for _ in range(2)]
+    want_caches = [c.clone() for c in caches]
+    cos, sin = rope_cos_sin_ref(positions, R, theta, dtype)
+    want_q = apply_rope_ref(rms_norm_ref(q, w_q, 1e-6), cos, sin)
+    want_k = apply_rope_ref(rms_norm_ref(k, w_k, 1e-6), cos, sin)
+    store_kv_ref(*want_caches, locs, want_k, v)
+    before_proj, before_k = proj.clone(), k.clone()
+    got_q, got_k = apply_rope(q, k, positions, rotary_dim=R, theta=theta,
+                              kv_store=(*caches, locs, v), norms=(w_q, w_k, 1e-6))
+    assert got_q.is_contiguous() and got_k.is_contiguous()
+    assert torch.equal(proj, before_proj) and torch.equal(k, before_k)
+    for got, want in ((got_q, want_q), (got_k, want_k), (caches[0][locs], want_caches[0][locs]),
+                      (caches[1][locs], want_caches[1][locs])):
+        assert not torch.isnan(got).any() and rel_err(got, want) <= tol
+
+
 def test_rope_int32_positions_and_empty_batch():
     from qnext.kernels.rope import apply_rope
 

@@ -6,7 +6,8 @@ zero-centred RMSNorm and partial RoPE (whose kernel also writes k, v into the pa
 attention is causal with GQA; the output is multiplied by sigmoid(gate) before o_proj.
 Heads are split across ranks (KV heads replicated when tp > num_kv_heads).
 On CUDA the attention itself is the Triton kernel `kernels/attention.py` (prefill or split-K
-decode, chosen from `ForwardBatch.is_decode` without a device sync).
+decode, chosen from `ForwardBatch.is_decode` without a device sync), which also applies the
+gate as it writes its output.
 Legend: T = new tokens, Hq / Hkv = local query / KV heads, D = head dim.
 """
 
@@ -69,25 +70,33 @@ class GatedAttention(nn.Module):
         num_tokens = x.shape[0]
         q_gate, k, v = self.qkv_proj(x)
         q, gate = q_gate.view(num_tokens, -1, 2 * self.head_dim).chunk(2, dim=-1)
-        q = self.q_norm(q)  # [T, Hq, D]
-        k = self.k_norm(k.view(num_tokens, -1, self.head_dim))  # [T, Hkv, D]
+        k = k.view(num_tokens, -1, self.head_dim)  # [T, Hkv, D]
         v = v.view(num_tokens, -1, self.head_dim)
         k_cache, v_cache = batch.kv_cache.kv(self.kv_layer)
-        q, k = self.rotary(batch.positions, q, k, kv_store=(k_cache, v_cache, batch.kv_locs, v))
-        out = self._attend(q, k_cache, v_cache, batch)
-        out = out.view(num_tokens, -1, self.head_dim) * torch.sigmoid(gate)  # gate: a view
+        store = (k_cache, v_cache, batch.kv_locs, v)
+        if use_triton(q):  # the q / k norms, the rotation and the cache store: one launch
+            norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+            q, k = self.rotary(batch.positions, q, k, kv_store=store, norms=norms)
+        else:
+            q, k = self.rotary(batch.positions, self.q_norm(q), self.k_norm(k), kv_store=store)
+        out = self._attend(q, k_cache, v_cache, batch, gate)  # [T, Hq, D], gated
         return self.o_proj(out.reshape(num_tokens, -1))
 
     def _attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                batch: ForwardBatch) -> torch.Tensor:
+                batch: ForwardBatch, gate: torch.Tensor) -> torch.Tensor:
+        """attention * sigmoid(gate) (gate: a [T, Hq, D] view of the projection); the Triton
+        kernel applies the gate as it writes its output."""
         args = dict(cu_seqlens=batch.cu_seqlens, seq_lens=batch.seq_lens,
                     page_table=batch.page_table, page_size=batch.kv_cache.page_size,
                     scale=self.head_dim ** -0.5)
         if batch.spec_parents is not None:  # draft trees: the reference's ancestor mask
-            return paged_attention_ref(q, k_cache, v_cache, tree_parents=batch.spec_parents,
-                                       **args)
-        if use_triton(q):
+            out = paged_attention_ref(q, k_cache, v_cache, tree_parents=batch.spec_parents,
+                                      **args)
+        elif use_triton(q):
             from qnext.kernels.attention import paged_attention
 
-            return paged_attention(q, k_cache, v_cache, is_decode=batch.is_decode, **args)
-        return paged_attention_ref(q, k_cache, v_cache, **args)
+            return paged_attention(q, k_cache, v_cache, is_decode=batch.is_decode, gate=gate,
+                                   **args)
+        else:
+            out = paged_attention_ref(q, k_cache, v_cache, **args)
+        return out.view(gate.shape) * torch.sigmoid(gate)

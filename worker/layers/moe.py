@@ -4,8 +4,8 @@ expert scaled by sigmoid(shared_expert_gate(x))) and the dense SwiGLU MLP.
 TP splits every expert along its intermediate dim (w13 column-, w2 row-parallel); the router is
 replicated; routed and shared partial sums are added locally and reduced once (or left to the
 caller: `reduce_results=False`, as in the decoder layer, whose next norm reduces). On CUDA the
-routing and the routed experts run the Triton kernels (`kernels/moe_route.py`, `kernels/moe.py`),
-elsewhere the torch references (`layers/backend.py`).
+routing and the routed experts run the Triton kernels (`kernels/moe.py`: decode batches route
+and align in one launch), elsewhere the torch references (`layers/backend.py`).
 When the shared expert is as wide as a routed one (Qwen3-Next: 512), it is fused: expert E of
 the stacked weights, picked by every token as an extra (k+1)-th choice with weight
 sigmoid(shared_expert_gate(x)), whose weight row is row E of the router and whose slot the
@@ -49,7 +49,8 @@ class MLP(nn.Module):
 
 
 class FusedExperts(nn.Module):
-    """All experts stacked: w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I]."""
+    """All experts stacked: w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I] (weights
+    only: SparseMoE runs them)."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
@@ -74,13 +75,6 @@ class FusedExperts(nn.Module):
         index = -1 if expert is None else int(expert)
         copy_checked(param.data[index], tensor[:, self.cols[0]:self.cols[1]])
 
-    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        if use_triton(x):
-            from qnext.kernels.moe import fused_moe
-
-            return fused_moe(x, self.w13, self.w2, topk_weights, topk_ids)
-        return fused_moe_ref(x, self.w13, self.w2, topk_weights, topk_ids)
 
 
 class SparseMoE(nn.Module):
@@ -107,19 +101,20 @@ class SparseMoE(nn.Module):
         """The router's rows, or (row "shared") the shared expert's gate as the last row."""
         copy_checked(param.data[-1:] if row else param.data[:self.num_experts], tensor)
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(topk_weights float32 [T, k'], topk_ids int64 [T, k']): k' = k, or k + 1 with the
-        fused shared expert (id E, weight sigmoid of its gate) last."""
+    def experts_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The routed experts' sum (and the fused shared expert's) [T, H], partial over ranks.
+        Routing: k experts per token, or k + 1 with the fused shared expert (id E, weight
+        sigmoid of its gate) last."""
         args = (self.gate(x), self.top_k, self.norm_topk_prob, self.fused_shared)
+        w13, w2 = self.experts.w13, self.experts.w2
         if use_triton(x):
-            from qnext.kernels.moe_route import moe_route
+            from qnext.kernels.moe import fused_moe_routed
 
-            return moe_route(*args)
-        return moe_route_ref(*args)
+            return fused_moe_routed(x, w13, w2, *args)
+        return fused_moe_ref(x, w13, w2, *moe_route_ref(*args))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        topk_weights, topk_ids = self.route(x)
-        out = self.experts(x, topk_weights, topk_ids)  # [T, H] partial over ranks
+        out = self.experts_out(x)  # [T, H] partial over ranks
         if self.shared_expert is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return self.comm.all_reduce(out) if self.reduce_results else out

@@ -18,16 +18,20 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                kv_store: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                kv_store: tuple | None = None,
+                norms: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q [T, Hq, D], k [T, Hkv, D] -> rotated q, k. NOTE: on CUDA they are rotated in
         place (the attention layer passes its fresh q / k norm outputs); use the results.
         kv_store (k_cache, v_cache, kv_locs, v): also write the rotated k and v into the
-        paged cache (on CUDA in the same launch)."""
+        paged cache (on CUDA in the same launch). norms (q_weight, k_weight, eps), CUDA only:
+        normalise each head of q and k first, in the same launch (q, k untouched)."""
         if use_triton(q):
             from qnext.kernels.rope import apply_rope
 
             return apply_rope(q, k, positions, rotary_dim=self.rotary_dim, theta=self.theta,
-                              kv_store=kv_store)
+                              kv_store=kv_store, norms=norms)
+        if norms is not None:
+            raise ValueError("fused q / k norms need the Triton kernel (CUDA)")
         cos, sin = rope_cos_sin_ref(positions, self.rotary_dim, self.theta, q.dtype)
         q, k = apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)
         if kv_store is not None:

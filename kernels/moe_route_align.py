@@ -1,0 +1,69 @@
+"""Triton: MoE routing and the sort/align step in one launch, for decode-sized batches.
+
+At T = 1 the routing (`moe_route`, one program per token) and the alignment
+(`moe_align`'s one-program path for up to `SMALL_N` assignments) are two launches of a few
+microseconds each, mostly launch latency. Here one program routes every token in turn
+(softmax, top-k, renormalisation, the fused shared expert: `route_token`), stores the weights
+and ids, and after a CTA barrier (global stores are then visible to the whole program) lays the
+assignments out by expert (`align_small`). The outputs are those of the two launches.
+
+Reference: `moe_route_ref`, then `moe_align`'s layout (grouping `torch.nonzero(ids == e)`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from qnext.kernels.moe_route import (
+    SMALL_N,
+    align_outputs,
+    align_small,
+    route_meta,
+    route_outputs,
+    route_token,
+    small_align_meta,
+)
+
+
+@triton.jit(do_not_specialize=["T", "N"])
+def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad_ptr, T, s_t,
+                        E, N, EA, ROWS, NUM_BLOCKS, K: tl.constexpr, BLOCK_E: tl.constexpr,
+                        BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr,
+                        BM: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
+                        RB: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64) * 0
+    while t < T:
+        route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
+        t += 1
+    tl.debug_barrier()  # every id stored before the layout reads them back
+    align_small(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, EA, ROWS, NUM_BLOCKS, BM, C, NB,
+                RB)
+
+
+def takes(num_tokens: int, top_k: int, shared: bool) -> bool:
+    """Whether `moe_route_align` handles this batch (the small layout's limit)."""
+    return 0 < num_tokens * (top_k + shared) <= SMALL_N
+
+
+def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, shared: bool,
+                    block_m: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """`moe_route(router_logits, top_k, renormalize, shared)` and then
+    `moe_align(ids, E (+ 1 with shared), block_m)` in one launch: returns (topk_weights,
+    topk_ids, (sorted_ids, block_expert, num_padded)). Needs `takes(T, top_k, shared)`."""
+    weights, ids = route_outputs(router_logits, top_k, shared, "moe_route_align")
+    T, E = router_logits.shape[0], router_logits.shape[1] - shared
+    if not takes(T, top_k, shared):
+        raise ValueError(f"{T} tokens x {top_k + shared} experts exceed the {SMALL_N} "
+                         "assignments of the one-program layout (use moe_route, moe_align)")
+    if block_m < 16 or block_m & (block_m - 1):
+        raise ValueError(f"block_m={block_m} must be a power of 2, >= 16")
+    n = ids.numel()
+    aligned = align_outputs(n, E + shared, block_m, ids.device)
+    rows, num_blocks = aligned[0].shape[0], aligned[1].shape[0]
+    _route_align_kernel[(1,)](router_logits, weights, ids, *aligned, T,
+                              router_logits.stride(0), E, n, E + shared, rows, num_blocks,
+                              RENORM=renormalize, **route_meta(top_k, E, shared),
+                              **small_align_meta(n, num_blocks, block_m))
+    return weights, ids, aligned
