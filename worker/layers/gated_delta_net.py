@@ -2,9 +2,9 @@
 
 in_proj_qkvz / in_proj_ba (interleaved per key-head group in the checkpoint) load as one
 regrouped GEMM (`layers/gdn_proj.py`); its [q | k | v] columns go through a causal depthwise
-conv1d + SiLU whose last K-1 pre-conv inputs are the conv state; q, k are L2-normalised inside the delta rule; gates are
-beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias). TP splits whole key-head groups, so
-a rank's conv and recurrent state hold only its heads.
+conv1d + SiLU whose last K-1 pre-conv inputs are the conv state; q, k are L2-normalised
+inside the delta rule; gates are beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias).
+TP splits whole key-head groups, so a rank's conv and recurrent state hold only its heads.
 On CUDA the Triton kernels run: conv (`kernels/conv_decode.py`, `kernels/conv_prefill.py`)
 and the delta rule (`kernels/gdn_decode.py`, `kernels/gdn_prefill.py`), gates and q/k norm
 fused; speculative verify in `layers/gdn_verify.py`.
