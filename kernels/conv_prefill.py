@@ -149,7 +149,7 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
                  has_initial_state: torch.Tensor, snapshot_slots: torch.Tensor | None = None,
                  snapshot_offsets: torch.Tensor | None = None, activation: str | None = "silu",
                  check_snapshots: bool = True, out: torch.Tensor | None = None,
-                 block_t: int = 32, block_c: int = 128) -> torch.Tensor:
+                 block_t: int = 32, block_c: int = 128, num_warps: int = 4) -> torch.Tensor:
     """Varlen prefill conv, the contract of `causal_conv1d_varlen_ref`.
 
     x [T, C] float (rows may be strided, channels contiguous); weight [C, K] contiguous,
@@ -160,7 +160,8 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
     snapshot_offsets [B]: the state after the first t tokens (1 <= t <= L) also goes to
     that slot (distinct from every state slot). `check_snapshots` validates the offsets with
     `snapshot_targets` — a host sync; pass False where the caller guarantees them.
-    Returns y [T, C] in x.dtype (written into `out` when given, contiguous).
+    Returns y [T, C] in x.dtype (written into `out` when given, contiguous). block_t, block_c,
+    num_warps: the tile of one program (scripts/bench_conv_prefill.py sweeps them).
     """
     _check(x, weight, cu_seqlens, conv_states, state_indices, has_initial_state,
            snapshot_slots, snapshot_offsets, activation)
@@ -182,7 +183,8 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
         x, weight, conv_states, cu_seqlens, state_indices, init, snaps, offsets, y,
         x.stride(0), conv_states.stride(0), conv_states.stride(1), T, C, B, B.bit_length(),
         K=K, BT=block_t, BS=triton.next_power_of_2(max(K - 2, 1)), BC=block_c,
-        BW=triton.next_power_of_2(K - 1), SILU=activation is not None, HAS_SNAP=has_snap)
+        BW=triton.next_power_of_2(K - 1), SILU=activation is not None, HAS_SNAP=has_snap,
+        num_warps=num_warps)
     return y
 
 

@@ -93,14 +93,16 @@ def _sweep(gbps: float) -> None:
     args, states = _case(8192, 8192, 8192)
     floor_us = _floor_bytes(8192, 8192, 1) / gbps / 1e3
     print(f"\nBlock sizes, 8192 tokens (1 sequence), 8192 channels; floor {floor_us:.1f} µs\n")
-    print("| block_t | block_c | µs | floor / µs |")
-    print("|---|---|---|---|")
-    for bt in (16, 32, 64):
-        for bc in (64, 128, 256):
-            run = lambda: conv_prefill(**args, conv_states=states, block_t=bt,  # noqa: E731
-                                       block_c=bc)
-            us = triton.testing.do_bench(run, warmup=25, rep=200) * 1e3
-            print(f"| {bt} | {bc} | {us:.1f} | {floor_us / us:.0%} |")
+    print("| block_t | block_c | warps | µs | floor / µs |")
+    print("|---|---|---|---|---|")
+    # FLA's kernel: 64-token tiles, channel tiles 16..128, 4..32 warps (autotuned)
+    for bt, bc, warps in [(16, 128, 4), (32, 128, 4), (32, 64, 4), (32, 128, 8),
+                          (64, 64, 8), (64, 128, 8), (64, 128, 16), (64, 32, 4),
+                          (128, 64, 16), (16, 128, 8)]:
+        run = lambda: conv_prefill(**args, conv_states=states, block_t=bt,  # noqa: E731
+                                   block_c=bc, num_warps=warps)
+        us = triton.testing.do_bench(run, warmup=25, rep=200) * 1e3
+        print(f"| {bt} | {bc} | {warps} | {us:.1f} | {floor_us / us:.0%} |", flush=True)
 
 
 def main() -> None:

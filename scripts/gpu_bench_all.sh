@@ -30,6 +30,7 @@ steps=(
   "tests_model|560|$site|scripts/gpu_tests.sh parity engine cuda_graph spec transfer"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
+  "conv_prefill|240|$anchored|scripts/bench_conv_prefill.py"
   "moe|120|$site|scripts/bench_moe.py"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
   "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
