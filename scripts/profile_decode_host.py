@@ -57,6 +57,7 @@ def trace_summary(run, steps: int, trace_dir: str | None) -> None:
     span = kernels[-1][1] - kernels[0][0]
     print(f"device span {span / 1e3:.1f} ms: busy {busy / 1e3 / steps:.3f} ms a step, idle "
           f"{(span - busy) / 1e3 / steps:.3f} ms a step ({steps} steps + the prefill)")
+    kernel_table(events, steps)
     calls: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
     for e in events:
@@ -73,6 +74,23 @@ def trace_summary(run, steps: int, trace_dir: str | None) -> None:
         Path(trace_dir).mkdir(parents=True, exist_ok=True)
         with open(path, "rb") as src, gzip.open(Path(trace_dir) / "trace.json.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
+
+
+def kernel_table(events: list, steps: int, top: int = 30) -> None:
+    """Device time and launches a step by kernel name (the prefill included, spread over the
+    steps): where the step's time goes, and how many launches it makes."""
+    time: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "kernel":
+            name = e["name"][:90]
+            time[name] += e["dur"]
+            count[name] += 1
+    print(f"\n### kernels: {sum(count.values()) / steps:.0f} launches, "
+          f"{sum(time.values()) / 1e3 / steps:.3f} ms a step\n")
+    print("| µs a step | launches a step | kernel |\n|---|---|---|")
+    for name, us in time.most_common(top):
+        print(f"| {us / steps:.1f} | {count[name] / steps:.1f} | `{name}` |")
 
 
 def sync_sites(run) -> collections.Counter:
