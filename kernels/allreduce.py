@@ -48,10 +48,16 @@ def begin_call(state_ptr):
 def push_lanes(x_ptr, peers_ptr, slot, offs, m, cap, RANK: tl.constexpr, WORLD: tl.constexpr):
     """Writes this rank's lanes offs (mask m) into section RANK of the slot of every rank's
     buffer; a -0.0 goes out as +0.0 (-0.0 marks empty lanes)."""
-    v = tl.load(x_ptr + offs, mask=m, other=0.0)
-    v = tl.where(v == 0.0, 0.0, v).to(x_ptr.dtype.element_ty)
+    push_values(tl.load(x_ptr + offs, mask=m, other=0.0), peers_ptr, slot, offs, m, cap, RANK,
+                WORLD)
+
+
+@triton.jit
+def push_values(v, peers_ptr, slot, offs, m, cap, RANK: tl.constexpr, WORLD: tl.constexpr):
+    """`push_lanes` of values already in registers (v: the message dtype)."""
+    v = tl.where(v == 0.0, 0.0, v).to(v.dtype)
     for p in tl.static_range(WORLD):
-        base = tl.load(peers_ptr + p).to(tl.pointer_type(x_ptr.dtype.element_ty))
+        base = tl.load(peers_ptr + p).to(tl.pointer_type(v.dtype))
         tl.store(base + (slot * WORLD + RANK) * cap + offs, v, mask=m)
 
 

@@ -32,22 +32,31 @@ from qnext.kernels.allreduce import (
     end_call,
     own_buffer,
     push_lanes,
+    push_values,
 )
 from qnext.kernels.launch import check_device
+from qnext.kernels.expert_rows import ExpertRows
+from qnext.kernels.moe import combined_row
 from qnext.kernels.norm import zero_centred_rms_norm
 from qnext.kernels.norm_ref import rms_norm_ref
 
 
 @triton.jit(do_not_specialize=["n", "rows"])
-def _reduce_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, peers_ptr, state_ptr, rows, D, n,
-                        cap, max_spin, eps, RANK: tl.constexpr, WORLD: tl.constexpr,
-                        BLOCK: tl.constexpr, BD: tl.constexpr):
+def _reduce_norm_kernel(x_ptr, ids_ptr, r_ptr, w_ptr, y_ptr, s_ptr, peers_ptr, state_ptr, rows,
+                        D, n, E, cap, max_spin, eps, RANK: tl.constexpr, WORLD: tl.constexpr,
+                        BLOCK: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
+                        COMBINE: tl.constexpr):
     st, calls, slot = begin_call(state_ptr)
     cols = tl.arange(0, BD)
     cm = cols < D
     row = tl.program_id(0)
     while row < rows:  # push the rows this program reads (see `push`)
-        push_lanes(x_ptr, peers_ptr, slot, row * D + cols, cm, cap, RANK, WORLD)
+        if COMBINE:  # the row is the sum of the token's K expert rows (ExpertRows.combine)
+            v = combined_row(x_ptr, ids_ptr, row.to(tl.int64), cols, cm, D, E, K, BD)
+            push_values(v.to(x_ptr.dtype.element_ty), peers_ptr, slot, row * D + cols, cm,
+                        cap, RANK, WORLD)
+        else:
+            push_lanes(x_ptr, peers_ptr, slot, row * D + cols, cm, cap, RANK, WORLD)
         row += tl.num_programs(0)
     mine = own_buffer(x_ptr, peers_ptr, RANK)
     spins = 0
@@ -67,15 +76,19 @@ def _reduce_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, peers_ptr, state_ptr,
     end_call(st, mine, slot, calls, n, cap, spins, max_spin, WORLD, BLOCK)
 
 
-def lamport_all_reduce_add_rms_norm(x: torch.Tensor, residual: torch.Tensor,
-                                    weight: torch.Tensor, eps: float, peers: torch.Tensor,
-                                    state: torch.Tensor, rank: int, world: int, cap: int,
-                                    max_spin: int = 1 << 26):
-    """x: this rank's partial sum [T, D] (contiguous bf16 / fp16, at most `cap` elements);
-    residual [T, D] contiguous, x's dtype; weight [D]. Returns (y, h): h = the sum over ranks
-    + residual, y = zero-centred RMSNorm of h — like `all_reduce_add_rms_norm_ref`. peers,
-    state, cap: as for `lamport_all_reduce` (the same buffer and state may serve both)."""
+def lamport_all_reduce_add_rms_norm(x, residual: torch.Tensor, weight: torch.Tensor,
+                                    eps: float, peers: torch.Tensor, state: torch.Tensor,
+                                    rank: int, world: int, cap: int, max_spin: int = 1 << 26):
+    """x: this rank's partial sum [T, D] (contiguous bf16 / fp16, at most `cap` elements), or
+    the `ExpertRows` whose combine is that partial sum (summed here, as it is pushed);
+    residual [T, D] contiguous, the message dtype; weight [D]. Returns (y, h): h = the sum
+    over ranks + residual, y = zero-centred RMSNorm of h — like
+    `all_reduce_add_rms_norm_ref`. peers, state, cap: as for `lamport_all_reduce` (the same
+    buffer and state may serve both)."""
     name = "lamport_all_reduce_add_rms_norm"
+    expert_rows = x if isinstance(x, ExpertRows) else None
+    if expert_rows is not None:
+        x = _check_rows(expert_rows, residual)
     check_call(name, x, x, peers, state, rank, world, cap)
     check_device(name, x, residual, weight)
     if x.dim() != 2 or residual.shape != x.shape or residual.dtype != x.dtype \
@@ -86,11 +99,26 @@ def lamport_all_reduce_add_rms_norm(x: torch.Tensor, residual: torch.Tensor,
     if weight.shape != (D,):
         raise ValueError(f"weight {tuple(weight.shape)} must be [{D}]")
     y, summed = torch.empty_like(x), torch.empty_like(x)
+    rows_in, ids, E, K = (x, x, 0, 1) if expert_rows is None else (
+        expert_rows.rows, expert_rows.ids, expert_rows.num_experts, expert_rows.ids.shape[1])
     if x.numel():
-        _reduce_norm_kernel[(GRID,)](x, residual, weight, y, summed, peers, state, rows, D,
-                                     x.numel(), cap, max_spin, eps, RANK=rank, WORLD=world,
-                                     BLOCK=BLOCK, BD=triton.next_power_of_2(D), num_warps=4)
+        _reduce_norm_kernel[(GRID,)](rows_in, ids, residual, weight, y, summed, peers, state,
+                                     rows, D, x.numel(), E, cap, max_spin, eps, RANK=rank,
+                                     WORLD=world, BLOCK=BLOCK, BD=triton.next_power_of_2(D),
+                                     K=K, COMBINE=expert_rows is not None, num_warps=4)
     return y, summed
+
+
+def _check_rows(expert_rows: ExpertRows, residual: torch.Tensor) -> torch.Tensor:
+    """The checks of an ExpertRows message; returns a [T, D] stand-in for the message (the
+    residual: its shape, dtype and device) for the common checks."""
+    rows, ids = expert_rows.rows, expert_rows.ids
+    T, K = ids.shape
+    if rows.shape != (T * K, residual.shape[-1]) or not rows.is_contiguous() \
+            or not ids.is_contiguous() or rows.dtype != residual.dtype:
+        raise ValueError(f"expert rows {tuple(rows.shape)} must be contiguous [T·k = {T * K}, "
+                         f"D] for ids {tuple(ids.shape)}, in the residual's dtype")
+    return residual
 
 
 def all_reduce_add_rms_norm_ref(parts: list[torch.Tensor], residual: torch.Tensor,

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels import moe_route_align as route_align
+from qnext.kernels.expert_rows import ExpertRows
 from qnext.kernels.launch import check_device
 from qnext.kernels.moe_route import moe_align, moe_route
 
@@ -129,31 +130,51 @@ def _down_kernel(inter_ptr, w_ptr, sorted_ptr, expert_ptr, tw_ptr, y_ptr, N, s_w
 
 
 @triton.jit
-def _combine_kernel(y_ptr, ids_ptr, out_ptr, H, E, s_ot, TOPK: tl.constexpr, BH: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BH + tl.arange(0, BH)
+def combined_row(y_ptr, ids_ptr, t, offs, mask, H, E, TOPK: tl.constexpr, BH: tl.constexpr):
+    """float32 sum, in slot order, of token t's TOPK rows of y at columns offs, skipping slots
+    whose id is outside [0, E) (the combine step; also fused into kernels/allreduce_norm.py)."""
     acc = tl.zeros([BH], tl.float32)
     for j in tl.static_range(TOPK):
         e = tl.load(ids_ptr + t * TOPK + j)
         ok = (e >= 0) & (e < E)
-        acc += tl.load(y_ptr + (t * TOPK + j) * H + offs, mask=(offs < H) & ok,
+        acc += tl.load(y_ptr + (t * TOPK + j) * H + offs, mask=mask & ok,
                        other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _combine_kernel(y_ptr, ids_ptr, out_ptr, H, E, s_ot, TOPK: tl.constexpr, BH: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BH + tl.arange(0, BH)
+    acc = combined_row(y_ptr, ids_ptr, t, offs, offs < H, H, E, TOPK, BH)
     tl.store(out_ptr + t * s_ot + offs, acc.to(out_ptr.dtype.element_ty), mask=offs < H)
+
+
+def combine_rows(rows: torch.Tensor, ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """`ExpertRows.combine`: [T, H] from rows [T·k, H] and ids [T, k]."""
+    (T, k), H = ids.shape, rows.shape[1]
+    out = torch.empty(T, H, dtype=rows.dtype, device=rows.device)
+    if T:
+        bh = min(1024, triton.next_power_of_2(H))
+        _combine_kernel[(T, triton.cdiv(H, bh))](rows, ids, out, H, num_experts, H, TOPK=k,
+                                                 BH=bh)
+    return out
 
 
 def fused_moe_routed(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      router_logits: torch.Tensor, top_k: int, renormalize: bool,
-                     shared: bool = False) -> torch.Tensor:
+                     shared: bool = False, combine: bool = True):
     """Routing (`moe_route`'s contract, incl. a fused shared expert as the last expert of w13 /
     w2) and the expert mixture; decode batches route and align in one launch
-    (`moe_route_align`)."""
+    (`moe_route_align`). `combine`: as for `fused_moe`."""
     T, n = x.shape[0], x.shape[0] * (top_k + shared)
     if not route_align.takes(T, top_k, shared):
-        return fused_moe(x, w13, w2, *moe_route(router_logits, top_k, renormalize, shared))
+        routing = moe_route(router_logits, top_k, renormalize, shared)
+        return fused_moe(x, w13, w2, *routing, combine=combine)
     cfg = default_config(n, w13.shape[0], _elem_size(x, w13, w2))
     weights, ids, aligned = route_align.moe_route_align(router_logits, top_k, renormalize,
                                                         shared, cfg.block_m)
-    return fused_moe(x, w13, w2, weights, ids, cfg, aligned)
+    return fused_moe(x, w13, w2, weights, ids, cfg, aligned, combine)
 
 
 def _elem_size(*tensors: torch.Tensor) -> int:
@@ -162,22 +183,29 @@ def _elem_size(*tensors: torch.Tensor) -> int:
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor, config: MoeConfig | None = None,
-              aligned: tuple | None = None) -> torch.Tensor:
+              aligned: tuple | None = None, combine: bool = True):
     """Routed expert mixture, the contract of `fused_moe_ref`: x [T, H] (fp16/bf16/fp32,
     contiguous rows); w13 [E, 2I, H] (gate rows first) and w2 [E, H, I], contiguous in their
     last dim, cast to x.dtype in registers; topk_weights [T, k] float; topk_ids [T, k] int32/int64
     contiguous, ids outside [0, E) contribute nothing. Returns [T, H] in x.dtype. `aligned`:
-    `moe_align(topk_ids, E, block_m of the config used)`, when the caller has it already."""
+    `moe_align(topk_ids, E, block_m of the config used)`, when the caller has it already.
+    combine=False: the `ExpertRows` before the per-token sum (the last launch) instead."""
     _check(x, w13, w2, topk_weights, topk_ids)
+    (T, H), E, k = x.shape, w13.shape[0], topk_ids.shape[1]
+    y = torch.empty(T * k, H, dtype=x.dtype, device=x.device)
+    if T:
+        _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned)
+    rows = ExpertRows(y, topk_ids, E)
+    return rows.combine() if combine else rows
+
+
+def _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned) -> None:
+    """The two grouped GEMMs: y [T·k, H], one weighted row per assignment."""
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
     I, n = I2 // 2, T * k
-    out = torch.empty_like(x)
-    if T == 0:
-        return out
     cfg = config or default_config(n, E, _elem_size(x, w13, w2))
     sorted_ids, block_expert, _ = aligned or moe_align(topk_ids, E, cfg.block_m)
     inter = torch.empty(sorted_ids.shape[0], I, dtype=x.dtype, device=x.device)
-    y = torch.empty(n, H, dtype=x.dtype, device=x.device)
     blocks, ieee = block_expert.shape[0], x.dtype == torch.float32
     meta = dict(H=H, I=I, TOPK=k, BM=cfg.block_m, IEEE=ieee, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages)
@@ -188,10 +216,6 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
         inter, w2, sorted_ids, block_expert, topk_weights, y, n, w2.stride(0),
         w2.stride(1), topk_weights.stride(0), BN=cfg.block_n2, BK=cfg.block_k2,
         **meta)
-    bh = min(1024, triton.next_power_of_2(H))
-    _combine_kernel[(T, triton.cdiv(H, bh))](y, topk_ids, out, H, E, out.stride(0), TOPK=k,
-                                             BH=bh)
-    return out
 
 
 def _check(x, w13, w2, topk_weights, topk_ids) -> None:

@@ -171,6 +171,7 @@ def _check_norm(rank, world, comm, device) -> list[str]:
     barrier-free path, one kernel equal to all_reduce + add_rms_norm (the sum + residual bit
     for bit, the norm within bf16 rounding), the same bits on every rank, eager and replayed
     from a CUDA graph; without it, None (the caller reduces, then norms)."""
+    from qnext.kernels.expert_rows import ExpertRows
     from qnext.kernels.norm import add_rms_norm
 
     shapes, seeds = [(1, 2048), (7, 2048), (128, 2048), (3, 100)], range(700, 704)
@@ -187,6 +188,13 @@ def _check_norm(rank, world, comm, device) -> list[str]:
             ranks = [torch.empty_like(out) for _ in range(world)]
             dist.all_gather(ranks, out)
             assert all(torch.equal(r, ranks[0]) for r in ranks), tuple(x.shape)
+    for x, residual, weight, eps in operands[:2]:  # MoE rows, 3 a token, the last id dropped
+        stacked = torch.cat([x, 0.5 * x, 2 * x], dim=1).reshape(-1, x.shape[1])
+        rows = ExpertRows(stacked.contiguous(),
+                          torch.tensor([[0, 1, 5]] * x.shape[0], device=device), 5)
+        y, h = comm.all_reduce_add_rms_norm(rows, residual, weight, eps)
+        want_y, want_h = add_rms_norm(comm.all_reduce(rows.combine()), weight, eps, residual)
+        assert torch.equal(h, want_h) and _rel(y, want_y) <= 1e-2, tuple(x.shape)
     x, residual, weight, eps = operands[1]
     outs: list = []
     graph = _capture(lambda: outs.append(comm.all_reduce_add_rms_norm(x, residual, weight, eps)))
@@ -195,8 +203,8 @@ def _check_norm(rank, world, comm, device) -> list[str]:
         graph.replay()
         want_y, want_h = add_rms_norm(comm.all_reduce(x.clone()), weight, eps, residual)
         assert torch.equal(outs[-1][1], want_h) and _rel(outs[-1][0], want_y) <= 1e-2, seed
-    return [f"add + norm fused: {len(shapes)} shapes eager and 2 graph replays match "
-            "all_reduce + add_rms_norm"]
+    return [f"add + norm fused: {len(shapes)} shapes eager (and MoE rows summed in the kernel) "
+            "and 2 graph replays match all_reduce + add_rms_norm"]
 
 
 def _norm_operands(rank: int, shape, seed: int, device) -> tuple:

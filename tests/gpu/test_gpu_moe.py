@@ -180,3 +180,14 @@ def test_route_align_rejects_batches_past_its_limit():
     assert takes(5, 10, True) and not takes(6, 10, True) and not takes(0, 10, True)
     with pytest.raises(ValueError, match="exceed"):
         moe_route_align(logits, 10, True, True, 16)
+
+
+def test_expert_rows_combine_to_the_mixture():
+    """combine=False hands out the weighted rows before the per-token sum (what the fused
+    all-reduce + norm consumes); their combine is the mixture, bit for bit."""
+    from qnext.kernels.moe import fused_moe
+
+    x, w13, w2, weights, ids = _moe_inputs(5, 96, 7, 3, 40, torch.float32, 21, dropped=0.2)
+    rows = fused_moe(x, w13, w2, weights, ids, combine=False)
+    assert rows.rows.shape == (15, 96) and rows.ids is ids and rows.num_experts == 7
+    assert torch.equal(rows.combine(), fused_moe(x, w13, w2, weights, ids))

@@ -101,19 +101,25 @@ class SparseMoE(nn.Module):
         """The router's rows, or (row "shared") the shared expert's gate as the last row."""
         copy_checked(param.data[-1:] if row else param.data[:self.num_experts], tensor)
 
-    def experts_out(self, x: torch.Tensor) -> torch.Tensor:
-        """The routed experts' sum (and the fused shared expert's) [T, H], partial over ranks.
-        Routing: k experts per token, or k + 1 with the fused shared expert (id E, weight
-        sigmoid of its gate) last."""
+    def experts_out(self, x: torch.Tensor, combine: bool = True):
+        """The routed experts' sum (and the fused shared expert's) [T, H], partial over ranks
+        (combine=False, Triton only: the `ExpertRows` before the per-token sum). Routing: k
+        experts per token, or k + 1 with the fused shared expert (id E, weight sigmoid of its
+        gate) last."""
         args = (self.gate(x), self.top_k, self.norm_topk_prob, self.fused_shared)
         w13, w2 = self.experts.w13, self.experts.w2
         if use_triton(x):
             from qnext.kernels.moe import fused_moe_routed
 
-            return fused_moe_routed(x, w13, w2, *args)
+            return fused_moe_routed(x, w13, w2, *args, combine=combine)
         return fused_moe_ref(x, w13, w2, *moe_route_ref(*args))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        """[T, H]; or, when the caller reduces (reduce_results=False) and its norm can sum the
+        experts' rows inside the fused all-reduce, the uncombined `ExpertRows`."""
+        if not self.reduce_results and self.shared_expert is None and use_triton(x) \
+                and self.comm.fuses_expert_rows:
+            return self.experts_out(x, combine=False)
         out = self.experts_out(x)  # [T, H] partial over ranks
         if self.shared_expert is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from qnext.kernels import gated_rms_norm_ref, rms_norm_ref
+from qnext.kernels.expert_rows import ExpertRows
 from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.linear import load_full, set_loader
 from qnext.worker.layers.parallel import get_tp_info
@@ -31,6 +32,8 @@ class RMSNorm(nn.Module):
                 fused = self.comm.all_reduce_add_rms_norm(x, residual, self.weight, self.eps)
                 if fused is not None:
                     return fused
+            if isinstance(x, ExpertRows):  # a MoE's rows, not yet summed per token
+                x = x.combine()
             x = self.comm.all_reduce(x)
         if use_triton(x):
             from qnext.kernels.norm import add_rms_norm

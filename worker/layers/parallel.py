@@ -36,13 +36,19 @@ class Communicator:
             dist.all_reduce(x, group=self.group)
         return x
 
-    def all_reduce_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor,
-                                weight: torch.Tensor, eps: float):
-        """(rms_norm(sum + residual), sum + residual) with x summed over ranks, in one kernel —
-        or None where no fused kernel takes x (then: `all_reduce`, then the norm)."""
-        if self.size > 1 and self.fast is not None and self.fast.fits(x):
+    def all_reduce_add_rms_norm(self, x, residual: torch.Tensor, weight: torch.Tensor,
+                                eps: float):
+        """(rms_norm(sum + residual), sum + residual) with x (a tensor, or a MoE's
+        `ExpertRows`) summed over ranks, in one kernel — or None where no fused kernel takes
+        it (then: combine the rows, `all_reduce`, then the norm)."""
+        if self.size > 1 and self.fast is not None and self.fast.fits(residual):
             return self.fast.add_rms_norm(x, residual, weight, eps)
         return None
+
+    @property
+    def fuses_expert_rows(self) -> bool:
+        """Whether `all_reduce_add_rms_norm` can take a MoE's uncombined `ExpertRows`."""
+        return self.size > 1 and self.fast is not None and self.fast.lamport is not None
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Concatenate equal-shaped shards of all ranks along `dim`."""

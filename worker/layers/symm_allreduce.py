@@ -93,13 +93,15 @@ class SymmAllReduce:
             self._padded(x)
         return x
 
-    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                     eps: float):
+    def add_rms_norm(self, x, residual: torch.Tensor, weight: torch.Tensor, eps: float):
         """(rms_norm(sum + residual), sum + residual) in one kernel, where sum is x summed over
-        the ranks (x is not changed); None where that kernel does not take x (the barrier-free
-        path is off, or x is not a contiguous bf16 [T, H] message that fits)."""
-        if self.lamport is None or not self.lamport.takes(x) or x.dim() != 2 \
-                or residual.dtype != x.dtype or not residual.is_contiguous():
+        the ranks (x is not changed; it may also be the `ExpertRows` of a MoE, summed per token
+        in the same kernel); None where that kernel does not take it (the barrier-free path is
+        off, or the message is not a contiguous bf16 [T, H] that fits)."""
+        if self.lamport is None or residual.dim() != 2 or not residual.is_contiguous() \
+                or not self.lamport.takes(residual):
+            return None
+        if isinstance(x, torch.Tensor) and (x.dtype != residual.dtype or not self.lamport.takes(x)):
             return None
         return self.lamport.add_rms_norm(x, residual, weight, eps)
 
