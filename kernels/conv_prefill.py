@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import check_device
-from qnext.kernels.varlen import snapshot_targets
+from qnext.kernels.varlen import snapshot_pointers, snapshot_targets
 
 
 @triton.jit
@@ -174,8 +174,7 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
     if T == 0 or B == 0:
         return y
     has_snap = snapshot_slots is not None
-    snaps = snapshot_slots if has_snap else state_indices
-    offsets = snapshot_offsets if has_snap else state_indices
+    snaps, offsets = snapshot_pointers(snapshot_slots, snapshot_offsets, state_indices)
     init = has_initial_state.view(torch.uint8) if has_initial_state.dtype == torch.bool \
         else has_initial_state
     grid = (triton.cdiv(T, block_t), triton.cdiv(C, block_c))

@@ -37,7 +37,7 @@ from qnext.kernels.gdn_chunk_prep import CHUNK, chunk_prep_kernel
 from qnext.kernels.gdn_chunk_scan import chunk_scan_kernel
 from qnext.kernels.gdn_chunk_split import chunk_output_kernel, chunk_state_kernel
 from qnext.kernels.launch import check_device, interpreting
-from qnext.kernels.varlen import snapshot_targets
+from qnext.kernels.varlen import snapshot_pointers, snapshot_targets
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -134,8 +134,7 @@ def scan_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indice
     """Stage 2: the state recurrence over each sequence's chunks; writes out [T, Hv, dv], the
     final states and the snapshots."""
     (T, HK, DK), (HV, DV) = q.shape, out.shape[1:]
-    snaps = snapshot_slots if snapshot_slots is not None else state_indices
-    snap_at = snapshot_offsets if snapshot_offsets is not None else state_indices
+    snaps, snap_at = snapshot_pointers(snapshot_slots, snapshot_offsets, state_indices)
     chunk_scan_kernel[(triton.cdiv(DV, block_v), HV, state_indices.shape[0])](
         q, k, work.w, work.u, work.p, work.g, work.rq, work.rk, out, ssm_states, cu_seqlens,
         state_indices, has_initial_state, snaps, snap_at,
@@ -154,8 +153,7 @@ def split_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indic
     B = state_indices.shape[0]
     chunks = T // CHUNK + B  # >= the number of chunks
     h = torch.empty(chunks, HV, DK, DV, device=q.device, dtype=work.w.dtype)
-    snaps = snapshot_slots if snapshot_slots is not None else state_indices
-    snap_at = snapshot_offsets if snapshot_offsets is not None else state_indices
+    snaps, snap_at = snapshot_pointers(snapshot_slots, snapshot_offsets, state_indices)
     meta = dict(HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v, BB=_pow2(B),
                 PREC=_precision(work.w.dtype), num_warps=num_warps)
     chunk_state_kernel[(triton.cdiv(DV, block_v), HV, B)](

@@ -64,3 +64,12 @@ def write_decode_snapshots(states: Tensor, new_states: Tensor,
         return
     wanted = snapshot_slots >= 0
     states[snapshot_slots[wanted]] = new_states[wanted].to(states.dtype)
+
+
+def snapshot_pointers(snapshot_slots: Tensor | None, snapshot_offsets: Tensor | None,
+                      state_indices: Tensor) -> tuple[Tensor, Tensor]:
+    """The (slots, offsets) tensors a prefill launcher passes for snapshots: the given ones,
+    or, without snapshots, state_indices as a stand-in the kernel never reads (HAS_SNAP off)."""
+    if snapshot_slots is None:
+        return state_indices, state_indices
+    return snapshot_slots, snapshot_offsets
