@@ -22,7 +22,6 @@ def server():
     assert server.stop() == 0, server.log.read_text()[-2000:]
 
 
-
 def test_stats_report_acceptance(server, gen):
     reply = gen.Generate(g.GenerateRequest(text="hello there", sampling=g.SamplingParams(
         temperature=0, max_new_tokens=12, ignore_eos=True)), timeout=120)

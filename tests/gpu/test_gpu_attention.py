@@ -19,7 +19,6 @@ from qnext.kernels.launch import interpreting  # noqa: E402
 from tests.unit.kernels.helpers import rel_err  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter_scalar_bounds():
     """Triton 3.6's interpreter holds scalars as 1-element arrays and turns them into loop

@@ -76,7 +76,6 @@ class FusedExperts(nn.Module):
         copy_checked(param.data[index], tensor[:, self.cols[0]:self.cols[1]])
 
 
-
 class SparseMoE(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, intermediate_size: int,
                  shared_intermediate_size: int, norm_topk_prob: bool,

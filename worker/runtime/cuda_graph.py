@@ -139,7 +139,6 @@ class StepGraphs:
         return self.static.batch(bs, self.kv_cache, self.state_cache, self.spec_states)
 
 
-
 class SizeGraphs:
     """`run(size)` captured once per size — or, with `eager`, simply run (CPU tests of the
     static buffers). `replay(size)` returns that size's output: the captured tensors, valid
