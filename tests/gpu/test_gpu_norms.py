@@ -88,3 +88,22 @@ def test_launchers_reject_bad_inputs():
         add_rms_norm(x, torch.ones(32, device=DEVICE), 1e-6)
     with pytest.raises(ValueError, match="contiguous"):
         gated_rms_norm(x.t(), x.t(), torch.ones(4, device=DEVICE), 1e-6)
+
+
+@pytest.mark.parametrize("rows,dim", SHAPES)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_combine_add_rms_norm(rows, dim, dtype, tol):
+    """One rank's MoE rows (3 a token, some ids dropped) summed, added and normalised in one
+    kernel: h as ExpertRows.combine() + residual gives it, y within the norm's tolerance."""
+    from qnext.kernels.expert_rows import ExpertRows
+    from qnext.kernels.combine_norm import combine_add_rms_norm
+
+    gen = torch.Generator(device=DEVICE).manual_seed(rows + dim)
+    ids = torch.randint(-1, 6, (rows, 3), generator=gen, device=DEVICE)  # E = 5: -1, 5 dropped
+    expert_rows = ExpertRows(_rand((rows * 3, dim), dtype, 7), ids, 5)
+    residual, w = _rand((rows, dim), dtype, 8), _rand((dim,), dtype, 9) * 0.1
+    combined = expert_rows.combine()
+    y, h = combine_add_rms_norm(expert_rows, residual, w, 1e-6)
+    want_y, want_h = rms_norm_ref(combined, w, 1e-6, residual)
+    assert rel_err(h, want_h) <= tol and (dtype != torch.float32 or torch.equal(h, want_h))
+    assert not torch.isnan(y).any() and rel_err(y, want_y) <= tol

@@ -115,7 +115,8 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """[T, H]; or, when the caller reduces (reduce_results=False) and its norm can sum the
-        experts' rows inside the fused all-reduce, the uncombined `ExpertRows`."""
+        experts' rows in its own kernel (one rank, or the fused all-reduce), the uncombined
+        `ExpertRows`."""
         if not self.reduce_results and self.shared_expert is None and use_triton(x) \
                 and self.comm.fuses_expert_rows:
             return self.experts_out(x, combine=False)

@@ -16,8 +16,9 @@ from qnext.worker.layers.parallel import get_tp_info
 
 class RMSNorm(nn.Module):
     """y = x / rms(x) * (1 + w); with `residual`, normalises x + residual and returns the sum.
-    With `reduce`, x is a partial sum over the TP ranks: it is all-reduced first, in the same
-    kernel as the add and the norm where the communicator has one."""
+    With `reduce`, x is a partial sum over the TP ranks (or a MoE's uncombined `ExpertRows`):
+    it is all-reduced (combined) first, in the same kernel as the add and the norm where there
+    is one."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -28,10 +29,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 reduce: bool = False):
         if reduce:
-            if residual is not None:
-                fused = self.comm.all_reduce_add_rms_norm(x, residual, self.weight, self.eps)
-                if fused is not None:
-                    return fused
+            fused = self._fused(x, residual) if residual is not None else None
+            if fused is not None:
+                return fused
             if isinstance(x, ExpertRows):  # a MoE's rows, not yet summed per token
                 x = x.combine()
             x = self.comm.all_reduce(x)
@@ -44,6 +44,16 @@ class RMSNorm(nn.Module):
             return add_rms_norm(x.contiguous(), self.weight, self.eps,
                                 residual.to(x.dtype).contiguous())
         return rms_norm_ref(x, self.weight, self.eps, residual)
+
+    def _fused(self, x, residual: torch.Tensor):
+        """(y, h) from one kernel that also reduces x over the ranks (and sums a MoE's rows),
+        or None: one rank's MoE rows take the combine + add + norm kernel."""
+        if self.comm.size == 1 and isinstance(x, ExpertRows):
+            from qnext.kernels.combine_norm import combine_add_rms_norm
+
+            return combine_add_rms_norm(x, residual.to(x.rows.dtype).contiguous(),
+                                        self.weight, self.eps)
+        return self.comm.all_reduce_add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class GatedRMSNorm(nn.Module):

@@ -47,8 +47,10 @@ class Communicator:
 
     @property
     def fuses_expert_rows(self) -> bool:
-        """Whether `all_reduce_add_rms_norm` can take a MoE's uncombined `ExpertRows`."""
-        return self.size > 1 and self.fast is not None and self.fast.lamport is not None
+        """Whether the norm after a MoE sums its uncombined `ExpertRows` in its own kernel: one
+        rank (layers/norm.py's combine + add + norm), or `all_reduce_add_rms_norm` over the
+        barrier-free path."""
+        return self.size == 1 or (self.fast is not None and self.fast.lamport is not None)
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Concatenate equal-shaped shards of all ranks along `dim`."""

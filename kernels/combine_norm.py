@@ -1,0 +1,61 @@
+"""Triton: a MoE's combine fused with the residual add and zero-centred RMSNorm after it, for
+one rank (no tensor parallelism: nothing to all-reduce). The TP counterpart is
+`kernels/allreduce_norm.py`.
+
+A decoder layer's MoE ends with the per-token sum of its k weighted expert rows; the next step
+is `h = sum + residual; y = rms_norm(h)`. One program per token row does both: the sum in slot
+order (float32, rounded to the rows' dtype as the combine kernel stores it), the add in float32
+rounded once, then the norm. One launch instead of two; the combined row never goes to memory.
+
+Reference: `ExpertRows.combine()` then `rms_norm_ref` with the residual.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from qnext.kernels.expert_rows import ExpertRows
+from qnext.kernels.launch import check_device
+from qnext.kernels.moe import combined_row
+from qnext.kernels.norm import zero_centred_rms_norm
+
+
+@triton.jit
+def _combine_norm_kernel(rows_ptr, ids_ptr, r_ptr, w_ptr, y_ptr, s_ptr, D, E, eps,
+                         K: tl.constexpr, BD: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BD)
+    cm = cols < D
+    acc = combined_row(rows_ptr, ids_ptr, t, cols, cm, D, E, K, BD)
+    hf = acc.to(rows_ptr.dtype.element_ty).to(tl.float32) \
+        + tl.load(r_ptr + t * D + cols, mask=cm, other=0.0).to(tl.float32)
+    h = hf.to(rows_ptr.dtype.element_ty)
+    tl.store(s_ptr + t * D + cols, h, mask=cm)
+    hf = tl.where(cm, h.to(tl.float32), 0.0)
+    y = zero_centred_rms_norm(hf[None, :], w_ptr, cols, D, eps)
+    tl.store(y_ptr + t * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=cm[None, :])
+
+
+def combine_add_rms_norm(rows: ExpertRows, residual: torch.Tensor, weight: torch.Tensor,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h): h = rows.combine() + residual, y = zero-centred RMSNorm of h. residual [T, D]
+    contiguous, the rows' dtype; weight [D]; rows.rows [T·k, D] contiguous."""
+    y_rows, ids = rows.rows, rows.ids
+    (T, K), D = ids.shape, residual.shape[-1]
+    if residual.shape != (T, D) or not residual.is_contiguous() \
+            or residual.dtype != y_rows.dtype:
+        raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must be a "
+                         f"contiguous [{T}, D] in the rows' dtype {y_rows.dtype}")
+    if y_rows.shape != (T * K, D) or not y_rows.is_contiguous() or not ids.is_contiguous():
+        raise ValueError(f"rows {tuple(y_rows.shape)} must be contiguous [T·k = {T * K}, {D}]")
+    if weight.shape != (D,):
+        raise ValueError(f"weight {tuple(weight.shape)} must be [{D}]")
+    check_device("combine_add_rms_norm", y_rows, ids, residual, weight)
+    y, summed = torch.empty_like(residual), torch.empty_like(residual)
+    if T:
+        _combine_norm_kernel[(T,)](y_rows, ids, residual, weight, y, summed, D,
+                                   rows.num_experts, eps, K=K, BD=triton.next_power_of_2(D),
+                                   num_warps=4)
+    return y, summed
