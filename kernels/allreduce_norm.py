@@ -37,7 +37,7 @@ from qnext.kernels.allreduce import (
 from qnext.kernels.launch import check_device
 from qnext.kernels.expert_rows import ExpertRows
 from qnext.kernels.moe import combined_row
-from qnext.kernels.norm import zero_centred_rms_norm
+from qnext.kernels.norm import add_norm_row
 from qnext.kernels.norm_ref import rms_norm_ref
 
 
@@ -65,13 +65,7 @@ def _reduce_norm_kernel(x_ptr, ids_ptr, r_ptr, w_ptr, y_ptr, s_ptr, peers_ptr, s
         offs = row * D + cols
         acc, spins = arrived(mine, slot, offs, cm, cap, spins, max_spin, WORLD, BD)
         # the sum rounded as the all-reduce returns it, + residual in float32 (as torch adds)
-        hf = acc.to(x_ptr.dtype.element_ty).to(tl.float32) \
-            + tl.load(r_ptr + offs, mask=cm, other=0.0).to(tl.float32)
-        h = hf.to(x_ptr.dtype.element_ty)
-        tl.store(s_ptr + offs, h, mask=cm)
-        hf = tl.where(cm, h.to(tl.float32), 0.0)
-        y = zero_centred_rms_norm(hf[None, :], w_ptr, cols, D, eps)
-        tl.store(y_ptr + offs[None, :], y.to(y_ptr.dtype.element_ty), mask=cm[None, :])
+        add_norm_row(acc, r_ptr, s_ptr, y_ptr, w_ptr, offs, cols, cm, D, eps)
         row += tl.num_programs(0)
     end_call(st, mine, slot, calls, n, cap, spins, max_spin, WORLD, BLOCK)
 

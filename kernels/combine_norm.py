@@ -19,7 +19,7 @@ import triton.language as tl
 from qnext.kernels.expert_rows import ExpertRows
 from qnext.kernels.launch import check_device
 from qnext.kernels.moe import combined_row
-from qnext.kernels.norm import zero_centred_rms_norm
+from qnext.kernels.norm import add_norm_row
 
 
 @triton.jit
@@ -29,13 +29,7 @@ def _combine_norm_kernel(rows_ptr, ids_ptr, r_ptr, w_ptr, y_ptr, s_ptr, D, E, ep
     cols = tl.arange(0, BD)
     cm = cols < D
     acc = combined_row(rows_ptr, ids_ptr, t, cols, cm, D, E, K, BD)
-    hf = acc.to(rows_ptr.dtype.element_ty).to(tl.float32) \
-        + tl.load(r_ptr + t * D + cols, mask=cm, other=0.0).to(tl.float32)
-    h = hf.to(rows_ptr.dtype.element_ty)
-    tl.store(s_ptr + t * D + cols, h, mask=cm)
-    hf = tl.where(cm, h.to(tl.float32), 0.0)
-    y = zero_centred_rms_norm(hf[None, :], w_ptr, cols, D, eps)
-    tl.store(y_ptr + t * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=cm[None, :])
+    add_norm_row(acc, r_ptr, s_ptr, y_ptr, w_ptr, t * D + cols, cols, cm, D, eps)
 
 
 def combine_add_rms_norm(rows: ExpertRows, residual: torch.Tensor, weight: torch.Tensor,

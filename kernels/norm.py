@@ -37,6 +37,19 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, XH, s_xt, s_xh
 
 
 @triton.jit
+def add_norm_row(acc, r_ptr, s_ptr, y_ptr, w_ptr, offs, cols, cm, D, eps):
+    """One row [BD] of a fused add + norm: acc (float32) rounded to the residual's dtype, as
+    the unfused producer would store it; h = that + residual in float32, rounded once, stored
+    at s_ptr; y = zero-centred RMSNorm of h, stored at y_ptr (offs: the row's offsets)."""
+    dtype = r_ptr.dtype.element_ty
+    hf = acc.to(dtype).to(tl.float32) + tl.load(r_ptr + offs, mask=cm, other=0.0).to(tl.float32)
+    h = hf.to(dtype)
+    tl.store(s_ptr + offs, h, mask=cm)
+    y = zero_centred_rms_norm(tl.where(cm, h.to(tl.float32), 0.0)[None, :], w_ptr, cols, D, eps)
+    tl.store(y_ptr + offs[None, :], y.to(y_ptr.dtype.element_ty), mask=cm[None, :])
+
+
+@triton.jit
 def zero_centred_rms_norm(xf, w_ptr, cols, D, eps):
     """float32 rows [BR, BD] (lanes past D hold 0) -> xf / rms(xf) * (1 + w)."""
     scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
