@@ -34,8 +34,8 @@ from qnext.kernels.allreduce import (
     push_lanes,
     push_values,
 )
-from qnext.kernels.launch import check_device
 from qnext.kernels.expert_rows import ExpertRows
+from qnext.kernels.launch import check_device
 from qnext.kernels.moe import combined_row
 from qnext.kernels.norm import add_norm_row
 from qnext.kernels.norm_ref import rms_norm_ref
@@ -82,7 +82,8 @@ def lamport_all_reduce_add_rms_norm(x, residual: torch.Tensor, weight: torch.Ten
     name = "lamport_all_reduce_add_rms_norm"
     expert_rows = x if isinstance(x, ExpertRows) else None
     if expert_rows is not None:
-        x = _check_rows(expert_rows, residual)
+        expert_rows.check(residual)
+        x = residual  # the message's shape, dtype and device, for the common checks below
     check_call(name, x, x, peers, state, rank, world, cap)
     check_device(name, x, residual, weight)
     if x.dim() != 2 or residual.shape != x.shape or residual.dtype != x.dtype \
@@ -101,18 +102,6 @@ def lamport_all_reduce_add_rms_norm(x, residual: torch.Tensor, weight: torch.Ten
                                      WORLD=world, BLOCK=BLOCK, BD=triton.next_power_of_2(D),
                                      K=K, COMBINE=expert_rows is not None, num_warps=4)
     return y, summed
-
-
-def _check_rows(expert_rows: ExpertRows, residual: torch.Tensor) -> torch.Tensor:
-    """The checks of an ExpertRows message; returns a [T, D] stand-in for the message (the
-    residual: its shape, dtype and device) for the common checks."""
-    rows, ids = expert_rows.rows, expert_rows.ids
-    T, K = ids.shape
-    if rows.shape != (T * K, residual.shape[-1]) or not rows.is_contiguous() \
-            or not ids.is_contiguous() or rows.dtype != residual.dtype:
-        raise ValueError(f"expert rows {tuple(rows.shape)} must be contiguous [T·k = {T * K}, "
-                         f"D] for ids {tuple(ids.shape)}, in the residual's dtype")
-    return residual
 
 
 def all_reduce_add_rms_norm_ref(parts: list[torch.Tensor], residual: torch.Tensor,

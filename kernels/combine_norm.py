@@ -36,14 +36,9 @@ def combine_add_rms_norm(rows: ExpertRows, residual: torch.Tensor, weight: torch
                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, h): h = rows.combine() + residual, y = zero-centred RMSNorm of h. residual [T, D]
     contiguous, the rows' dtype; weight [D]; rows.rows [T·k, D] contiguous."""
+    rows.check(residual)
     y_rows, ids = rows.rows, rows.ids
     (T, K), D = ids.shape, residual.shape[-1]
-    if residual.shape != (T, D) or not residual.is_contiguous() \
-            or residual.dtype != y_rows.dtype:
-        raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must be a "
-                         f"contiguous [{T}, D] in the rows' dtype {y_rows.dtype}")
-    if y_rows.shape != (T * K, D) or not y_rows.is_contiguous() or not ids.is_contiguous():
-        raise ValueError(f"rows {tuple(y_rows.shape)} must be contiguous [T·k = {T * K}, {D}]")
     if weight.shape != (D,):
         raise ValueError(f"weight {tuple(weight.shape)} must be [{D}]")
     check_device("combine_add_rms_norm", y_rows, ids, residual, weight)

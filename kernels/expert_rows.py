@@ -21,6 +21,20 @@ class ExpertRows:
     ids: torch.Tensor
     num_experts: int
 
+    def check(self, residual: torch.Tensor) -> None:
+        """ValueError unless these rows can be summed onto `residual`: residual [T, D]
+        contiguous in the rows' dtype, rows [T·k, D] and ids [T, k] contiguous (what the fused
+        kernels after a MoE read)."""
+        (T, K), D = self.ids.shape, residual.shape[-1]
+        if residual.shape != (T, D) or not residual.is_contiguous() \
+                or residual.dtype != self.rows.dtype:
+            raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must be a "
+                             f"contiguous [{T}, D] in the rows' dtype {self.rows.dtype}")
+        if self.rows.shape != (T * K, D) or not self.rows.is_contiguous() \
+                or not self.ids.is_contiguous():
+            raise ValueError(f"rows {tuple(self.rows.shape)} must be contiguous "
+                             f"[T·k = {T * K}, {D}] for ids {tuple(self.ids.shape)}")
+
     def combine(self) -> torch.Tensor:
         from qnext.kernels.moe import combine_rows
 

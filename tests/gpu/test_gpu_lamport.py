@@ -233,3 +233,8 @@ def test_launchers_reject_bad_inputs():
     with pytest.raises(ValueError, match="weight"):
         lamport_all_reduce_add_rms_norm(rows, rows, w[:3], EPS, peers, new_state(DEVICE), 0,
                                         2, CAP)
+    from qnext.kernels.expert_rows import ExpertRows
+
+    moe = ExpertRows(rows, torch.zeros(1, 2, dtype=torch.int64, device=DEVICE), 4)
+    with pytest.raises(ValueError, match="residual"):  # 1 token's rows onto 2 residual rows
+        lamport_all_reduce_add_rms_norm(moe, rows, w, EPS, peers, new_state(DEVICE), 0, 2, CAP)
