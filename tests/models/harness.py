@@ -45,6 +45,10 @@ class Harness:
         # pages deliberately reversed: a sequence's pages need not be contiguous or ascending
         return Seq(slot=self.next_seq, pages=list(range(first + self.max_pages - 1, first - 1, -1)))
 
+    def close(self) -> None:
+        """Drop the runner's decode graphs (before a TP process leaves its group)."""
+        self.runner.close()
+
     def step(self, work: list[tuple[Seq, list[int]]], all_logits: bool = False) -> torch.Tensor:
         """Run one forward where each (seq, new_tokens) advances its sequence."""
         chunks = [SeqChunk(toks, s.num_cached, s.slot, s.pages) for s, toks in work]

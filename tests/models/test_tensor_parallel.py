@@ -43,7 +43,9 @@ def _rank_main(rank: int, size: int, port: int, path: str, page_size: int, dtype
     init_distributed(rank, size, f"tcp://127.0.0.1:{port}", device)
     rank_device = f"cuda:{rank}" if device == "cuda" else device
     cfg = make_config(path, dtype=dtype, device=rank_device, page_size=page_size, tp_size=size)
-    outputs = _workload(Harness(cfg), cfg.model.vocab_size)
+    harness = Harness(cfg)
+    outputs = _workload(harness, cfg.model.vocab_size)
+    harness.close()  # graphs holding NCCL work would keep destroy_process_group waiting
     if rank == 0:
         torch.save([t.cpu() for t in outputs], result_file)
     torch.distributed.barrier()  # nobody leaves the group while a peer still talks

@@ -6,6 +6,7 @@ each time pools are (re)allocated; `try_graphs` also serves the speculative veri
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 
 import structlog
@@ -138,6 +139,12 @@ class ModelRunner:
         self.graphs = None  # captured over the old pools
         self.kv_pool, self.state_pool = make_pools(self.cfg, num_pages, num_slots)
         self.graphs = self.try_graphs()
+
+    def close(self) -> None:
+        """Release the decode graphs: NCCL work captured in a graph holds its communicator,
+        and destroy_process_group waits (forever) until every such graph is gone."""
+        self.graphs = None
+        gc.collect()
 
     def try_graphs(self, n: int = 1, spec_states=None, max_bs: int | None = None
                    ) -> StepGraphs | None:

@@ -63,10 +63,8 @@ class PlanExecutor:
         return warm_up(self.runner, max_tokens)
 
     def close(self) -> None:
-        """Release the decode graphs: NCCL work captured in them holds the communicator,
-        and destroy_process_group waits until such graphs are gone."""
-        self.runner.graphs = None
-        gc.collect()
+        """Release the decode graphs before the process group goes (`ModelRunner.close`)."""
+        self.runner.close()
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
