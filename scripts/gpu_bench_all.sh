@@ -5,7 +5,8 @@
 # it); FLA anchors from .whl/anchor. Usage: bash scripts/gpu_bench_all.sh [names...]
 # (default: every single-GPU step but "tests", in the order below). Budget the call's timeout as
 # the sum of the limits used. Steps named tp4_* need a 4-GPU kind and run only when
-# named; a step whose name ends in _lamport runs with QNEXT_LAMPORT_ALLREDUCE=1.
+# named; a step whose name ends in _oneshot runs with QNEXT_LAMPORT_ALLREDUCE=0 (torch's
+# one-shot all-reduce instead of the default barrier-free one). "setup" only installs the wheels.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -37,11 +38,11 @@ steps=(
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
   "vs_hf|240|$site|scripts/bench_vs_hf.py --repeats 2 --profile"
   "tp4_tests|560|$site|$pytest tests/gpu/test_gpu_allreduce.py tests/gpu/test_gpu_tp.py"
-  "tp4_tests_lamport|400|$site|$pytest tests/gpu/test_gpu_tp.py"
+  "tp4_tests_oneshot|400|$site|$pytest tests/gpu/test_gpu_tp.py"
   "tp4_allreduce|120|$site|scripts/bench_allreduce.py"
-  "tp4_allreduce_lamport|120|$site|scripts/bench_allreduce.py"
+  "tp4_allreduce_oneshot|120|$site|scripts/bench_allreduce.py"
   "tp4_b1|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32 --trace $out/b1"
-  "tp4_b1_lamport|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
+  "tp4_b1_oneshot|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b8|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --batch 8 --trace $out/b8"
   "tp4_full|400|$site|scripts/bench_full_size.py --tp 4"
   "tp4_serve|500|$served|scripts/bench_serve.py --tp 4 --out $out/serve"
@@ -52,7 +53,7 @@ for step in "${steps[@]}"; do
   IFS="|" read -r name limit path cmd <<< "$step"
   if [ $# -eq 0 ]; then [[ "$name" != tp4_* && "$name" != tests ]] || continue
   else [[ "$wanted" == *" $name "* ]] || continue; fi
-  lamport=0; [[ "$name" != *_lamport ]] || lamport=1
+  lamport=1; [[ "$name" != *_oneshot ]] || lamport=0
   start=$(date +%s)
   # shellcheck disable=SC2086  # cmd is a word list on purpose
   run=(python3); [[ "$cmd" != *.sh* ]] || run=(bash)
