@@ -103,7 +103,8 @@ def route_outputs(router_logits: torch.Tensor, top_k: int, shared: bool,
 def _chunk_ids(ids_ptr, c, N, E, CHUNK: tl.constexpr):
     """Expert ids of chunk c as int32, E for dropped ids and past the end."""
     offs = c * CHUNK + tl.arange(0, CHUNK)
-    e = tl.load(ids_ptr + offs, mask=offs < N, other=-1)
+    # ".cg": past L1, which may hold stale lines of ids stored by other programs
+    e = tl.load(ids_ptr + offs, mask=offs < N, other=-1, cache_modifier=".cg")
     return tl.where((e >= 0) & (e < E), e, E).to(tl.int32)
 
 
@@ -225,12 +226,17 @@ def _align_small_kernel(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E, ROWS, N
 
 
 def small_align_meta(num_assignments: int, num_blocks: int, block_m: int) -> dict:
-    """The compile-time arguments of `align_small`."""
-    return dict(BM=block_m, C=max(16, triton.next_power_of_2(num_assignments)),
-                NB=triton.next_power_of_2(num_blocks), RB=256)
+    """The compile-time arguments of `align_small` (and the launch's warps: its C x C
+    comparisons spread over 8 warps from C = 128)."""
+    c = max(16, triton.next_power_of_2(num_assignments))
+    return dict(BM=block_m, C=c, NB=triton.next_power_of_2(num_blocks), RB=256,
+                num_warps=8 if c >= 128 else 4)
 
 
-SMALL_N = 64  # up to this many assignments (decode batches) one small program does it all
+# NOTE: up to this many assignments (decode batches up to 11 tokens with top-10 + the shared
+# expert) one small program does it all; 64 covered only 5 tokens, and at batch 8 the two
+# general launches took 13.8 µs a layer (4 x H200, docs/perf/serving.md)
+SMALL_N = 128
 
 
 def padded_rows(num_assignments: int, num_experts: int, block_m: int) -> int:

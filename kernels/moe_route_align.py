@@ -1,11 +1,21 @@
 """Triton: MoE routing and the sort/align step in one launch, for decode-sized batches.
 
-At T = 1 the routing (`moe_route`, one program per token) and the alignment
-(`moe_align`'s one-program path for up to `SMALL_N` assignments) are two launches of a few
-microseconds each, mostly launch latency. Here one program routes every token in turn
-(softmax, top-k, renormalisation, the fused shared expert: `route_token`), stores the weights
-and ids, and after a CTA barrier (global stores are then visible to the whole program) lays the
-assignments out by expert (`align_small`). The outputs are those of the two launches.
+At decode the routing (`moe_route`, one program per token) and the alignment (`moe_align`'s
+one-program path for up to `SMALL_N` assignments) are two launches of a few microseconds
+each, mostly launch latency. Here each program routes one token (softmax, top-k,
+renormalisation, the fused shared expert: `route_token`) and then counts itself in on an
+arrival counter; the last program to arrive lays every assignment out by expert
+(`align_small`) and resets the counter for the next launch. The outputs are those of the two
+launches.
+
+Ordering: a program's threads store its ids, a CTA barrier, then one acquire-release atomic
+at GPU scope; the last program's atomic acquires every earlier release, and its threads read
+the ids after a CTA barrier, bypassing L1 (`_chunk_ids` loads with ".cg"). With one token
+there is nothing to wait for and no atomic.
+
+One counter per (device, stream), made on first use (warm-up runs before graph capture, so
+graphs capture a counter that already exists); launches on one stream never overlap, so no
+two launches share a counter at once.
 
 Reference: `moe_route_ref`, then `moe_align`'s layout (grouping `torch.nonzero(ids == e)`).
 """
@@ -26,25 +36,39 @@ from qnext.kernels.moe_route import (
     small_align_meta,
 )
 
+_counters: dict[tuple, torch.Tensor] = {}
+
 
 @triton.jit(do_not_specialize=["T", "N"])
-def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad_ptr, T, s_t,
-                        E, N, EA, ROWS, NUM_BLOCKS, K: tl.constexpr, BLOCK_E: tl.constexpr,
-                        BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr,
-                        BM: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
-                        RB: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64) * 0
-    while t < T:
-        route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
-        t += 1
-    tl.debug_barrier()  # every id stored before the layout reads them back
-    align_small(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, EA, ROWS, NUM_BLOCKS, BM, C, NB,
-                RB)
+def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad_ptr, count_ptr,
+                        T, s_t, E, N, EA, ROWS, NUM_BLOCKS, K: tl.constexpr,
+                        BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
+                        SHARED: tl.constexpr, BM: tl.constexpr, C: tl.constexpr,
+                        NB: tl.constexpr, RB: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
+    tl.debug_barrier()  # all of this program's ids stored before it counts itself in / reads
+    last = T == 1
+    if T > 1:
+        last = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == T - 1
+        if last:
+            tl.store(count_ptr, 0)  # every program has arrived: ready for the next launch
+        tl.debug_barrier()
+    if last:
+        align_small(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, EA, ROWS, NUM_BLOCKS, BM, C,
+                    NB, RB)
 
 
 def takes(num_tokens: int, top_k: int, shared: bool) -> bool:
     """Whether `moe_route_align` handles this batch (the small layout's limit)."""
     return 0 < num_tokens * (top_k + shared) <= SMALL_N
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    if key not in _counters:
+        _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _counters[key]
 
 
 def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, shared: bool,
@@ -62,8 +86,9 @@ def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, 
     n = ids.numel()
     aligned = align_outputs(n, E + shared, block_m, ids.device)
     rows, num_blocks = aligned[0].shape[0], aligned[1].shape[0]
-    _route_align_kernel[(1,)](router_logits, weights, ids, *aligned, T,
+    route, align = route_meta(top_k, E, shared), small_align_meta(n, num_blocks, block_m)
+    warps = max(route.pop("num_warps"), align.pop("num_warps"))
+    _route_align_kernel[(T,)](router_logits, weights, ids, *aligned, _counter(ids.device), T,
                               router_logits.stride(0), E, n, E + shared, rows, num_blocks,
-                              RENORM=renormalize, **route_meta(top_k, E, shared),
-                              **small_align_meta(n, num_blocks, block_m))
+                              RENORM=renormalize, num_warps=warps, **route, **align)
     return weights, ids, aligned

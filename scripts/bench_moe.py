@@ -114,7 +114,7 @@ def route_table() -> None:
               f"{differ} |", flush=True)
     print("\n| T | route + align, two launches, graph µs | one launch (moe_route_align) |")
     print("|---|---|---|")
-    for T in (1, 4):  # Qwen3-Next: top-10 and the fused shared expert (E + 1 logit columns)
+    for T in (1, 4, 8, 11):  # Qwen3-Next: top-10 + the fused shared expert (E + 1 logit columns)
         logits = torch.randn(T, E + 1, device="cuda", dtype=torch.bfloat16)
         two = lambda: moe_align(moe_route(logits, TOPK, True, True)[1], E + 1, 16)  # noqa: E731
         one = lambda: moe_route_align(logits, TOPK, True, True, 16)  # noqa: E731

@@ -60,8 +60,9 @@ def test_route_matches_reference(T, E, k, renormalize, dtype, shared):
 
 
 @pytest.mark.parametrize("T,E,k,block_m,chunk", [
-    (1, 7, 3, 16, 1024), (5, 16, 4, 16, 16), (33, 8, 2, 64, 16), (300, 64, 10, 16, 256),
-    (300, 5, 3, 32, 1024), (1, 513, 11, 16, 1024), (8, 12, 8, 16, 1024), (32, 2, 2, 16, 1024)])
+    (1, 7, 3, 16, 1024), (5, 16, 4, 16, 16), (70, 8, 2, 64, 16), (300, 64, 10, 16, 256),
+    (300, 5, 3, 32, 1024), (1, 513, 11, 16, 1024), (8, 12, 8, 16, 1024), (32, 2, 2, 16, 1024),
+    (11, 513, 11, 16, 1024)])
 def test_align_layout(T, E, k, block_m, chunk):
     from qnext.kernels.moe_route import moe_align
 
@@ -149,7 +150,8 @@ def test_launchers_reject_bad_shapes():
 
 @pytest.mark.parametrize("T,E,k,shared", [(1, 7, 3, False), (1, 512, 10, True),
                                           (5, 512, 10, True), (4, 16, 16, False),
-                                          (3, 64, 4, True)])
+                                          (3, 64, 4, True), (8, 512, 10, True),
+                                          (11, 512, 10, True)])
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
     """`moe_route_align` (decode batches) gives the weights, ids and layout of `moe_route`
@@ -159,7 +161,9 @@ def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
     from qnext.kernels.moe_route_align import moe_route_align
 
     order = torch.rand(T, E + shared, generator=generator(T + E), device=DEVICE).argsort(dim=1)
-    logits = ((order - E // 2) * (8 / E)).float()  # distinct: no ties
+    wide = torch.full((T, E + shared + 7), float("nan"), device=DEVICE)  # a padded router
+    wide[:, :E + shared] = (order - E // 2) * (8 / E)  # distinct: no ties
+    logits = wide[:, :E + shared]  # as layers/moe.py slices it: rows of stride E + shared + 7
     want_w, want_ids = moe_route(logits, k, renormalize, shared)
     want = moe_align(want_ids, E + shared, 16)
     _poison()
@@ -176,8 +180,8 @@ def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
 def test_route_align_rejects_batches_past_its_limit():
     from qnext.kernels.moe_route_align import moe_route_align, takes
 
-    logits = torch.randn(6, 512, device=DEVICE)
-    assert takes(5, 10, True) and not takes(6, 10, True) and not takes(0, 10, True)
+    logits = torch.randn(12, 513, device=DEVICE)
+    assert takes(11, 10, True) and not takes(12, 10, True) and not takes(0, 10, True)
     with pytest.raises(ValueError, match="exceed"):
         moe_route_align(logits, 10, True, True, 16)
 

@@ -13,6 +13,9 @@ routing kernel writes — one grouped GEMM pair instead of three more GEMMs and 
 (docs/perf/moe.md: ≈ 10 µs a layer at decode). Other widths keep a dense shared MLP. The
 checkpoint's `shared_expert.*` tensors load into those slots (`CHECKPOINT_RULES` in
 models/qwen3_next.py).
+The router's rows (E, + 1 with the fused shared gate) are padded with zero rows to a multiple of
+`ROUTER_ALIGN`, and the logits sliced back: 513 rows sent cuBLAS to an unaligned split-K GEMM
+and a reduce at batch 8 (≈ 10.8 µs a layer on 4 x H200, docs/perf/serving.md).
 Legend: T = tokens, H = hidden, E = experts, I = local intermediate size, k = experts per token.
 """
 
@@ -32,6 +35,8 @@ from qnext.worker.layers.linear import (
     set_loader,
 )
 from qnext.worker.layers.parallel import get_tp_info, shard_range
+
+ROUTER_ALIGN = 16
 
 
 class MLP(nn.Module):
@@ -86,26 +91,30 @@ class SparseMoE(nn.Module):
         self.norm_topk_prob = norm_topk_prob
         self.comm = get_tp_info().comm
         self.fused_shared = shared_intermediate_size == intermediate_size > 0
-        self.gate = ReplicatedLinear(hidden_size, num_experts + self.fused_shared)
-        self.experts = FusedExperts(num_experts + self.fused_shared, hidden_size,
-                                    intermediate_size)
+        self.router_rows = num_experts + self.fused_shared
+        padded = -(-self.router_rows // ROUTER_ALIGN) * ROUTER_ALIGN
+        self.gate = ReplicatedLinear(hidden_size, padded)
+        # the checkpoint's router (and, fused, the shared expert's gate) fill its first rows
+        set_loader(self.gate.weight, self._load_gate, num_loads=1 + self.fused_shared)
+        self.experts = FusedExperts(self.router_rows, hidden_size, intermediate_size)
         self.shared_expert = self.shared_expert_gate = None
-        if self.fused_shared:  # the checkpoint's router and shared gate fill it
-            set_loader(self.gate.weight, self._load_gate, num_loads=2)
-        elif shared_intermediate_size:
+        if shared_intermediate_size and not self.fused_shared:
             self.shared_expert = MLP(hidden_size, shared_intermediate_size, reduce_results=False)
             self.shared_expert_gate = ReplicatedLinear(hidden_size, 1)
 
     def _load_gate(self, param: nn.Parameter, tensor: torch.Tensor, row: str | None = None) -> None:
-        """The router's rows, or (row "shared") the shared expert's gate as the last row."""
-        copy_checked(param.data[-1:] if row else param.data[:self.num_experts], tensor)
+        """The router's rows, or (row "shared") the shared expert's gate as row E."""
+        E = self.num_experts
+        copy_checked(param.data[E:E + 1] if row else param.data[:E], tensor)
+        param.data[self.router_rows:].zero_()  # the padding
 
     def experts_out(self, x: torch.Tensor, combine: bool = True):
         """The routed experts' sum (and the fused shared expert's) [T, H], partial over ranks
         (combine=False, Triton only: the `ExpertRows` before the per-token sum). Routing: k
         experts per token, or k + 1 with the fused shared expert (id E, weight sigmoid of its
         gate) last."""
-        args = (self.gate(x), self.top_k, self.norm_topk_prob, self.fused_shared)
+        logits = self.gate(x)[:, :self.router_rows]
+        args = (logits, self.top_k, self.norm_topk_prob, self.fused_shared)
         w13, w2 = self.experts.w13, self.experts.w2
         if use_triton(x):
             from qnext.kernels.moe import fused_moe_routed
