@@ -8,17 +8,24 @@ adds the k rows of each token in slot order (deterministic, no atomics), skippin
 Accumulation in float32; the intermediate and the per-assignment rows are stored in x.dtype
 (the reference rounds there too); float32 operands multiply in IEEE float32 (no TF32).
 
+Decode batches (up to `moe_gemv.MAX_ASSIGNMENTS` assignments) take `kernels/moe_gemv.py`
+instead: routing alone, then per-assignment GEMVs with no alignment (`MoeConfig.gemv`). Not yet
+timed against the grouped GEMMs on a GPU; QNEXT_MOE_GEMV=0 turns it off (bench_moe.py times
+both).
+
 Reference: `fused_moe_ref` (kernels/moe_ref.py).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels import moe_gemv
 from qnext.kernels import moe_route_align as route_align
 from qnext.kernels.expert_rows import ExpertRows
 from qnext.kernels.launch import check_device
@@ -28,7 +35,8 @@ from qnext.kernels.moe_route import moe_align, moe_route
 @dataclass(frozen=True)
 class MoeConfig:
     """Tiles (powers of 2, >= 16) of the two grouped GEMMs: rows per expert block, then the
-    output (n) and reduction (k) tiles of GEMM 1 (over I, H) and GEMM 2 (over H, I)."""
+    output (n) and reduction (k) tiles of GEMM 1 (over I, H) and GEMM 2 (over H, I). `gemv`:
+    per-assignment GEMVs instead (kernels/moe_gemv.py: no alignment, its own tiles)."""
     block_m: int = 16
     block_n1: int = 64
     block_k1: int = 128
@@ -36,12 +44,19 @@ class MoeConfig:
     block_k2: int = 128
     num_warps: int = 4
     num_stages: int = 4
+    gemv: bool = False
+
+
+DECODE_GEMV = os.environ.get("QNEXT_MOE_GEMV", "1") != "0"
 
 
 def default_config(num_assignments: int, num_experts: int, elem_size: int) -> MoeConfig:
     """Decode (few rows per expert): 16-row blocks, 4 pipeline stages; float32 operands or
     weights (elem_size 4) halve GEMM 1's n tile to fit shared memory. Prefill: 64-row blocks,
-    so that each expert's weights are read about once. Chosen by scripts/bench_moe.py --sweep."""
+    so that each expert's weights are read about once. Chosen by scripts/bench_moe.py --sweep.
+    Decode batches: the GEMVs (`DECODE_GEMV`)."""
+    if DECODE_GEMV and moe_gemv.takes(num_assignments):
+        return MoeConfig(gemv=True)
     per_expert = num_assignments / max(1, min(num_assignments, num_experts))
     if per_expert <= 16:
         return MoeConfig(block_n1=64 if elem_size <= 2 else 32)
@@ -165,13 +180,13 @@ def fused_moe_routed(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      router_logits: torch.Tensor, top_k: int, renormalize: bool,
                      shared: bool = False, combine: bool = True):
     """Routing (`moe_route`'s contract, incl. a fused shared expert as the last expert of w13 /
-    w2) and the expert mixture; decode batches route and align in one launch
-    (`moe_route_align`). `combine`: as for `fused_moe`."""
+    w2) and the expert mixture; decode batches take the GEMVs after routing, or (QNEXT_MOE_GEMV
+    =0) route and align in one launch (`moe_route_align`). `combine`: as for `fused_moe`."""
     T, n = x.shape[0], x.shape[0] * (top_k + shared)
-    if not route_align.takes(T, top_k, shared):
-        routing = moe_route(router_logits, top_k, renormalize, shared)
-        return fused_moe(x, w13, w2, *routing, combine=combine)
     cfg = default_config(n, w13.shape[0], _elem_size(x, w13, w2))
+    if cfg.gemv or not route_align.takes(T, top_k, shared):
+        routing = moe_route(router_logits, top_k, renormalize, shared)
+        return fused_moe(x, w13, w2, *routing, cfg, combine=combine)
     weights, ids, aligned = route_align.moe_route_align(router_logits, top_k, renormalize,
                                                         shared, cfg.block_m)
     return fused_moe(x, w13, w2, weights, ids, cfg, aligned, combine)
@@ -204,6 +219,9 @@ def _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned) -> None
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
     I, n = I2 // 2, T * k
     cfg = config or default_config(n, E, _elem_size(x, w13, w2))
+    if cfg.gemv:
+        moe_gemv.expert_rows_gemv(x, w13, w2, topk_weights, topk_ids, y)
+        return
     sorted_ids, block_expert, _ = aligned or moe_align(topk_ids, E, cfg.block_m)
     inter = torch.empty(sorted_ids.shape[0], I, dtype=x.dtype, device=x.device)
     blocks, ieee = block_expert.shape[0], x.dtype == torch.float32

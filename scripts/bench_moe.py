@@ -8,7 +8,10 @@ HBM bandwidth measured in the same run by a 1 GiB device-to-device copy. qnext r
 (`triton.testing.do_bench`, median, Python launches included) and from a CUDA graph (median of
 graph replays with L2 flushed before each — a captured decode step); the reference syncs with
 the host (torch.unique) so it runs eagerly only. Also: the shared expert as a dense torch MLP
-vs as an 11th fused expert, the routing kernel, and (--sweep) alternative tile configs.
+vs as an 11th fused expert, the routing kernel, the two decode paths (grouped GEMMs after one
+route + align launch vs per-assignment GEMVs after routing, kernels/moe_gemv.py) and (--sweep)
+alternative tile configs, GEMV tiles included. Decode batches (≤ 128 assignments) of the main
+table take the default path (the GEMVs unless QNEXT_MOE_GEMV=0).
 
     python scripts/bench_moe.py [--sweep [SECONDS]]
 """
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 import triton.testing
 
 from qnext.kernels import fused_moe_ref, moe_route_ref
+from qnext.kernels import moe_gemv
 from qnext.kernels.moe import MoeConfig, default_config, fused_moe
 from qnext.kernels.moe_route import moe_align, moe_route
 from qnext.kernels.moe_route_align import moe_route_align
@@ -101,6 +105,43 @@ def shared_table(weights: dict) -> None:
                   f"{graph_us(fused):.1f} |", flush=True)
 
 
+GEMV_TILES = [(4, 1024, 32, 128), (8, 256, 32, 128), (2, 2048, 32, 128), (4, 512, 64, 128),
+              (4, 1024, 16, 128), (8, 1024, 64, 64)]
+
+
+def decode_table(bw: float, weights: dict, sweep_tiles: bool) -> None:
+    """Routing + the routed and fused shared experts of a decode batch, graph-timed: grouped
+    GEMMs after one route + align launch, against the GEMVs after routing (and their tiles)."""
+    print("\n| TP | T | floor µs | route + align + grouped GEMMs µs | route + GEMVs µs "
+          "| GEMV tiles (BN1, BK1, BN2, BK2): µs |")
+    print("|---|---|---|---|---|---|")
+    for tp, I in ((4, 128), (1, 512)):
+        w13, w2 = weights[I]
+        for T in (1, 4, 8, 11):
+            x = _tokens(T, T)[0]
+            logits = torch.randn(T, E + 1, device="cuda", dtype=torch.bfloat16)
+            touched = moe_route(logits, TOPK, True, True)[1].unique().numel()
+
+            def grouped():
+                tw, ids, aligned = moe_route_align(logits, TOPK, True, True, 16)
+                return fused_moe(x, w13, w2, tw, ids, MoeConfig(), aligned)
+
+            def gemv(tiles=(moe_gemv.BN1, moe_gemv.BK1, moe_gemv.BN2, moe_gemv.BK2)):
+                tw, ids = moe_route(logits, TOPK, True, True)
+                y = torch.empty(ids.numel(), H, dtype=x.dtype, device="cuda")
+                moe_gemv.expert_rows_gemv(x, w13, w2, tw, ids, y, tiles)
+                return y
+
+            diff = rel_diff(fused_moe(x, w13, w2, *moe_route(logits, TOPK, True, True),
+                                      MoeConfig(gemv=True)), grouped())
+            assert diff < 1e-2, diff
+            tiles = "; ".join(f"{t}: {graph_us(lambda: gemv(t)):.1f}"  # noqa: B023
+                              for t in GEMV_TILES) if sweep_tiles else "—"
+            floor = touched * 3 * H * I * 2 / bw * 1e6
+            print(f"| {tp} | {T} | {floor:.1f} | {graph_us(grouped):.1f} | "
+                  f"{graph_us(gemv):.1f} | {tiles} |", flush=True)
+
+
 def route_table() -> None:
     print("\n| T | moe_route graph µs | moe_route eager µs | moe_route_ref eager µs "
           "| tokens routed differently (bf16 ties) |")
@@ -166,6 +207,7 @@ def main() -> None:
     main_table(bw, weights)
     shared_table(weights)
     deadline = _sweep_deadline(start)
+    decode_table(bw, weights, deadline is not None)
     if deadline is not None:
         sweep(weights, deadline)
     route_table()

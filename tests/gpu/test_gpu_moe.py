@@ -95,15 +95,18 @@ def _moe_inputs(T, H, E, k, I, dtype, seed, dropped=0.0):
 
 SMALL = [(1, 96, 7, 3, 40), (5, 96, 7, 3, 40), (33, 64, 8, 2, 32), (300, 48, 16, 4, 24)]
 QWEN = [(1, 2048, 512, 10, 512), (64, 2048, 512, 10, 128), (256, 2048, 512, 10, 512),
-        (2048, 2048, 512, 10, 128)]
+        (2048, 2048, 512, 10, 128), (8, 2048, 512, 11, 128)]
 # the small shapes with each tile config in the dtype of the run (the interpreter: fp32 only;
 # the GPU: bf16, and small_k left to the interpreter to save compile time); the GPU adds the
-# Qwen3-Next shapes (TP1 I = 512, TP4 I = 128), default tiles, fp32 and bf16
+# Qwen3-Next shapes (TP1 I = 512, TP4 I = 128), default tiles, fp32 and bf16. "default" takes
+# the GEMVs for decode batches (≤ 128 assignments), "grouped" the grouped GEMMs there too
 MAIN = DTYPES[-1]
-TILES = ("default", "prefill") if ON_GPU else ("default", "prefill", "small_k")
+TILES = ("default", "prefill", "grouped") if ON_GPU else ("default", "prefill", "small_k",
+                                                          "grouped")
 CASES = [(*s, *MAIN, t) for s in SMALL for t in TILES] \
     + ([(*s, torch.float32, 1e-3, "default") for s in QWEN[:2]]
-       + [(*s, *MAIN, "default") for s in QWEN] if ON_GPU else [])
+       + [(*s, *MAIN, "default") for s in QWEN]
+       + [(*QWEN[0], *MAIN, "grouped"), (*QWEN[-1], *MAIN, "grouped")] if ON_GPU else [])
 
 
 @pytest.mark.parametrize("T,H,E,k,I,dtype,tol,tiles", CASES)
@@ -111,7 +114,7 @@ def test_fused_moe_matches_reference(T, H, E, k, I, dtype, tol, tiles):
     from qnext.kernels.moe import MoeConfig, fused_moe
 
     config = {"default": None, "prefill": MoeConfig(**PREFILL),
-              "small_k": MoeConfig(**SMALL_K)}[tiles]
+              "small_k": MoeConfig(**SMALL_K), "grouped": MoeConfig()}[tiles]
     x, w13, w2, weights, ids = _moe_inputs(T, H, E, k, I, dtype, T * 7 + H, dropped=0.1)
     want = fused_moe_ref(x, w13, w2, weights, ids)
     _poison()
@@ -121,12 +124,13 @@ def test_fused_moe_matches_reference(T, H, E, k, I, dtype, tol, tiles):
 
 
 def test_all_ids_dropped_gives_zeros():
-    from qnext.kernels.moe import fused_moe
+    from qnext.kernels.moe import MoeConfig, fused_moe
 
     x, w13, w2, weights, ids = _moe_inputs(4, 40, 5, 2, 24, torch.float32, 3)
-    _poison()
-    got = fused_moe(x, w13, w2, weights, torch.full_like(ids, 5))
-    assert torch.equal(got, torch.zeros_like(got))
+    for config in (MoeConfig(), MoeConfig(gemv=True)):
+        _poison()
+        got = fused_moe(x, w13, w2, weights, torch.full_like(ids, 5), config)
+        assert torch.equal(got, torch.zeros_like(got))
 
 
 def test_launchers_reject_bad_shapes():
@@ -188,10 +192,12 @@ def test_route_align_rejects_batches_past_its_limit():
 
 def test_expert_rows_combine_to_the_mixture():
     """combine=False hands out the weighted rows before the per-token sum (what the fused
-    all-reduce + norm consumes); their combine is the mixture, bit for bit."""
-    from qnext.kernels.moe import fused_moe
+    all-reduce + norm consumes); their combine is the mixture, bit for bit (grouped GEMMs and
+    GEMVs alike)."""
+    from qnext.kernels.moe import MoeConfig, fused_moe
 
     x, w13, w2, weights, ids = _moe_inputs(5, 96, 7, 3, 40, torch.float32, 21, dropped=0.2)
-    rows = fused_moe(x, w13, w2, weights, ids, combine=False)
-    assert rows.rows.shape == (15, 96) and rows.ids is ids and rows.num_experts == 7
-    assert torch.equal(rows.combine(), fused_moe(x, w13, w2, weights, ids))
+    for config in (MoeConfig(), MoeConfig(gemv=True)):
+        rows = fused_moe(x, w13, w2, weights, ids, config, combine=False)
+        assert rows.rows.shape == (15, 96) and rows.ids is ids and rows.num_experts == 7
+        assert torch.equal(rows.combine(), fused_moe(x, w13, w2, weights, ids, config))

@@ -1,0 +1,112 @@
+"""Triton: the expert mixture of a decode batch as per-assignment GEMVs, with no alignment.
+
+The grouped GEMMs of `kernels/moe.py` need the assignments sorted and padded by expert
+(`moe_align`) and give each 16-row block one expert: at one token and TP 4 (I = 128) that is
+22 GEMM-1 programs, each streaming 512 KB of weights, on a 132-SM GPU. Here every program
+takes one assignment a = t·k + j (expert ids[a], token t) and a slice of outputs:
+
+- gate/up: BN1 rows of the expert's gate and up weights against x[t] (products summed in
+  float32), SwiGLU in registers -> inter[a] (x.dtype, where the reference rounds);
+- down: BN2 rows of w2[ids[a]] against inter[a], scaled by the routing weight -> y[a].
+
+Grids are (assignments, output slices).
+No tensor cores (one row has nothing to share a tile with), no sort; an assignment whose id is
+outside [0, E) writes nothing, and its row stays unset (its consumers skip it by id, as
+`ExpertRows` says). Two tokens with the same expert each read its weights (L2 may serve the
+second): the path is for decode batches (`takes`), where experts rarely repeat.
+
+Reference: `fused_moe_ref` (kernels/moe_ref.py); y is the `ExpertRows` layout of `fused_moe`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# NOTE: tiles sized for bytes in flight, not for a pipeline (these loops may not be software
+# pipelined): every program holds one 16 KB (gate/up: 4 rows each of gate and up x 1024) or
+# 8 KB (down: 32 x 128) tile load at a time, and small tiles make many programs (352 and 704
+# at one token, TP 4), all resident at once
+BN1, BK1 = 4, 1024  # gate/up: output rows (of gate and of up) x reduction slice a program
+BN2, BK2 = 32, 128  # down
+MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert)
+
+
+@triton.jit
+def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
+                         H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
+                         BN: tl.constexpr, BK: tl.constexpr):
+    a = tl.program_id(0).to(tl.int64)
+    e = tl.load(ids_ptr + a)
+    if (e < 0) | (e >= E):
+        return
+    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    n_ok = offs_n < I
+    x_ptrs = x_ptr + (a // TOPK) * s_xt + offs_k
+    g_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
+    u_ptrs = g_ptrs + I * s_wn
+    gate = tl.zeros([BN, BK], tl.float32)
+    up = tl.zeros([BN, BK], tl.float32)
+    for k0 in range(0, H, BK):
+        k_ok = offs_k < H - k0
+        x = tl.load(x_ptrs, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        ok = n_ok[:, None] & k_ok[None, :]
+        gate += tl.load(g_ptrs, mask=ok, other=0.0).to(tl.float32) * x
+        up += tl.load(u_ptrs, mask=ok, other=0.0).to(tl.float32) * x
+        x_ptrs += BK
+        g_ptrs += BK
+        u_ptrs += BK
+    g = tl.sum(gate, axis=1)
+    act = g * tl.sigmoid(g) * tl.sum(up, axis=1)
+    tl.store(inter_ptr + a * I + offs_n, act.to(inter_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw, E,
+                      H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
+                      BN: tl.constexpr, BK: tl.constexpr):
+    a = tl.program_id(0).to(tl.int64)
+    e = tl.load(ids_ptr + a)
+    if (e < 0) | (e >= E):
+        return
+    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    n_ok = offs_n < H
+    v_ptrs = inter_ptr + a * I + offs_k
+    w_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
+    acc = tl.zeros([BN], tl.float32)
+    for k0 in range(0, I, BK):
+        k_ok = offs_k < I - k0
+        v = tl.load(v_ptrs, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * v[None, :], axis=1)
+        v_ptrs += BK
+        w_ptrs += BK
+    tw = tl.load(tw_ptr + (a // TOPK) * s_tw + a % TOPK).to(tl.float32)
+    tl.store(y_ptr + a * H + offs_n, (acc * tw).to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+def takes(num_assignments: int) -> bool:
+    """Whether a batch of this many assignments takes the GEMV path (decode batches)."""
+    return 0 < num_assignments <= MAX_ASSIGNMENTS
+
+
+def expert_rows_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                     topk_weights: torch.Tensor, topk_ids: torch.Tensor, y: torch.Tensor,
+                     tiles: tuple[int, int, int, int] = (BN1, BK1, BN2, BK2)) -> None:
+    """Fills y [T·k, H] with one weighted row per assignment (fused_moe's `ExpertRows`), for
+    inputs `fused_moe` has checked. `tiles`: (BN1, BK1, BN2, BK2), powers of 2 (benchmarks)."""
+    (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
+    bn1, bk1, bn2, bk2 = tiles
+    I, n = I2 // 2, T * k
+    inter = torch.empty(n, I, dtype=x.dtype, device=x.device)
+    topk_ids = topk_ids.contiguous()
+    meta = dict(H=H, I=I, TOPK=k, num_warps=4)
+    _gemv_gate_up_kernel[(n, triton.cdiv(I, bn1))](
+        x, w13, topk_ids, inter, x.stride(0), w13.stride(0), w13.stride(1), E, BN=bn1,
+        BK=bk1, **meta)
+    _gemv_down_kernel[(n, triton.cdiv(H, bn2))](
+        inter, w2, topk_ids, topk_weights, y, w2.stride(0), w2.stride(1),
+        topk_weights.stride(0), E, BN=bn2, BK=bk2, **meta)
