@@ -3,7 +3,9 @@
 Fuses, per (sequence, value head, block of value columns): the gates (g = -exp(A_log) *
 softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the recurrence on the slot's
 state in place (decay, delta, write, read) and optionally a copy of the new state into a
-snapshot slot (extra_buffer prefix caching). Its gate and q / k helpers (`softplus`, `gates`,
+snapshot slot (extra_buffer prefix caching); with `norm`, the GDN output norm too (gated
+RMSNorm over each head's dv columns, `kernels/norm.py`'s `gated_rms_rows`: one program then
+holds the whole head, BV >= dv), saving the norm's launch. Its gate and q / k helpers (`softplus`, `gates`,
 `load_qk`) serve the verify and chunked-prefill kernels too. Grouped heads: value head j reads
 key head j // (Hv // Hk); q and k are never repeated in memory.
 
@@ -18,6 +20,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import check_device
+from qnext.kernels.norm import gated_rms_rows
 
 
 @triton.jit
@@ -44,12 +47,12 @@ def load_qk(ptr, offs_k, mask_k, eps, L2NORM: tl.constexpr):
 
 @triton.jit
 def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, state_ptr,
-                       slot_ptr, snap_ptr, out_ptr,
-                       s_qb, s_qh, s_vb, s_vh, s_ab, s_ss, s_sh, s_sk, s_ob, s_oh,
-                       scale, eps,
+                       slot_ptr, snap_ptr, out_ptr, z_ptr, nw_ptr,
+                       s_qb, s_qh, s_vb, s_vh, s_ab, s_ss, s_sh, s_sk, s_ob, s_oh, s_zb, s_zh,
+                       scale, eps, norm_eps,
                        HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr,
-                       HAS_SNAP: tl.constexpr):
+                       HAS_SNAP: tl.constexpr, GATED: tl.constexpr):
     i_b = tl.program_id(0).to(tl.int64)
     i_hv = tl.program_id(1).to(tl.int64)
     i_v = tl.program_id(2)
@@ -76,8 +79,12 @@ def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
     s = s + k[:, None] * u[None, :]
     o = tl.sum(s * q[:, None], axis=0)
     tl.store(ptrs, s.to(state_ptr.dtype.element_ty), mask=mask)
-    tl.store(out_ptr + i_b * s_ob + i_hv * s_oh + offs_v, o.to(out_ptr.dtype.element_ty),
-             mask=mask_v)
+    o = o.to(out_ptr.dtype.element_ty)[None, :]  # where the unfused kernel stores it
+    if GATED:
+        z = tl.load(z_ptr + i_b * s_zb + i_hv * s_zh + offs_v, mask=mask_v, other=0.0)
+        o = gated_rms_rows(o, z[None, :], nw_ptr, offs_v, DV, norm_eps)
+    tl.store(out_ptr + i_b * s_ob + i_hv * s_oh + offs_v[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=mask_v[None, :])
     if HAS_SNAP:
         snap = tl.load(snap_ptr + i_b).to(tl.int64)
         if snap >= 0:
@@ -90,28 +97,43 @@ def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
                ssm_states: torch.Tensor, state_indices: torch.Tensor,
                snapshot_slots: torch.Tensor | None = None, scale: float | None = None,
                use_qk_l2norm: bool = True, eps: float = 1e-6, block_v: int = 64,
-               num_warps: int = 4) -> torch.Tensor:
+               num_warps: int = 4, norm: tuple | None = None) -> torch.Tensor:
     """One decode step. q, k [B, Hk, dk]; v [B, Hv, dv]; a, b [B, Hv] (raw gate inputs);
     A_log, dt_bias [Hv] float32; ssm_states [S, Hv, dk, dv] (updated in place at the distinct
     state_indices [B]); snapshot_slots [B] (-1: none) also receive the new state.
-    Returns o [B, Hv, dv] in v.dtype."""
+    Returns o [B, Hv, dv] in v.dtype; with norm = (z, weight, eps) — z [B, Hv, dv] in v.dtype,
+    contiguous heads, weight [dv] — `gated_rms_norm(o, z, weight, eps)` of it instead."""
     B, HK, DK = q.shape
     HV, DV = v.shape[1], v.shape[2]
     _check(q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snapshot_slots)
+    z, weight, norm_eps = norm if norm is not None else (v, A_log, 0.0)
+    if norm is not None:
+        _check_norm(v, z, weight)
+        block_v, num_warps = triton.next_power_of_2(DV), 8  # the whole head a program
     out = torch.empty_like(v)
     if B == 0:
         return out
     grid = (B, HV, triton.cdiv(DV, block_v))
     snaps = snapshot_slots if snapshot_slots is not None else state_indices
     _gdn_decode_kernel[grid](
-        q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snaps, out,
+        q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snaps, out, z, weight,
         q.stride(0), q.stride(1), v.stride(0), v.stride(1), a.stride(0),
         ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
-        out.stride(0), out.stride(1),
-        DK**-0.5 if scale is None else scale, eps,
+        out.stride(0), out.stride(1), z.stride(0), z.stride(1),
+        DK**-0.5 if scale is None else scale, eps, norm_eps,
         HV=HV, HK=HK, DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=block_v,
-        L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None, num_warps=num_warps)
+        L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None, GATED=norm is not None,
+        num_warps=num_warps)
     return out
+
+
+def _check_norm(v: torch.Tensor, z: torch.Tensor, weight: torch.Tensor) -> None:
+    if z.shape != v.shape or z.dtype != v.dtype or z.stride(2) != 1:
+        raise ValueError(f"norm z {tuple(z.shape)} {z.dtype} must be v's shape and dtype "
+                         f"{tuple(v.shape)} {v.dtype}, contiguous in dv")
+    if weight.shape != (v.shape[2],):
+        raise ValueError(f"norm weight {tuple(weight.shape)} must be [dv = {v.shape[2]}]")
+    check_device("gdn_decode", z, weight)
 
 
 def _check(q, k, v, a, b, A_log, dt_bias, states, indices, snaps) -> None:

@@ -35,16 +35,22 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
     x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"))
     x = x.to(tl.float32)
     p = tl.exp(x - tl.max(x, 0))
-    p = tl.where(lanes < E, p / tl.sum(p, 0), -1.0)
+    p = p / tl.sum(p, 0)
+    # one int64 key a lane: the probability's bits (>= 0, so they order as the floats do)
+    # above the reversed lane, so that one max reduction gives the largest probability and,
+    # on ties, the lowest index; lanes past E and lanes taken hold -1
+    key = (p.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (BLOCK_E - 1 - lanes)
+    key = tl.where(lanes < E, key, -1)
     slots = tl.arange(0, BLOCK_K)
     w = tl.zeros([BLOCK_K], tl.float32)
     ids = tl.zeros([BLOCK_K], tl.int64)
-    for j in tl.static_range(K):  # repeated arg-max, the lowest index first on ties
-        m = tl.max(p, 0)
-        i = tl.min(tl.where(p == m, lanes, BLOCK_E), 0)
+    for j in tl.static_range(K):  # repeated arg-max
+        top = tl.max(key, 0)
+        i = BLOCK_E - 1 - (top & 0xFFFFFFFF)
+        m = (top >> 32).to(tl.int32).to(tl.float32, bitcast=True)
         w = tl.where(slots == j, m, w)
         ids = tl.where(slots == j, i, ids)
-        p = tl.where(lanes == i, -2.0, p)
+        key = tl.where(lanes == i, -1, key)
     if RENORM:
         w = w / tl.sum(w, 0)
     if SHARED:  # slot K: the shared expert E, weight sigmoid of its gate logit (column E)

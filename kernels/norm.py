@@ -66,13 +66,22 @@ def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, ZH, s_zt, eps, BR: 
     at = rows[:, None] * D + cols[None, :]
     z_at = ((rows // ZH) * s_zt + (rows % ZH) * D)[:, None] + cols[None, :]
     x = tl.load(x_ptr + at, mask=mask, other=0.0)
+    z = tl.load(z_ptr + z_at, mask=mask, other=0.0)
+    y = gated_rms_rows(x, z, w_ptr, cols, D, eps)
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gated_rms_rows(x, z, w_ptr, cols, D, eps):
+    """Rows x, z [BR, BD] in x's storage dtype (lanes past D hold 0) -> float32
+    (w * (x / rms(x))) * silu(z), rounded to x.dtype where the reference rounds (also the
+    GDN decode kernel's epilogue, kernels/gdn_decode.py)."""
     xf = x.to(tl.float32)
     scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
     normed = (xf * scale[:, None]).to(x.dtype).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + z_at, mask=mask, other=0.0).to(tl.float32)
-    y = (w[None, :] * normed).to(x.dtype).to(tl.float32) * (z * tl.sigmoid(z))
-    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
+    zf = z.to(tl.float32)
+    return (w[None, :] * normed).to(x.dtype).to(tl.float32) * (zf * tl.sigmoid(zf))
 
 
 def _blocks(rows: int, dim: int) -> tuple[tuple[int], int, int]:

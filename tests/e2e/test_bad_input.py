@@ -303,11 +303,14 @@ def test_admin_rejects_bad_values_and_changes_nothing(admin, method, request_, f
 
 
 def test_resize_that_cannot_hold_a_running_request_is_failed_precondition(server, gen, admin):
-    """A ratio that leaves a few KV tokens is a possible plan, but not with a request running."""
+    """A ratio that leaves a few KV tokens is a possible plan, but not with a request running
+    that has more tokens than that (how few is the remainder of the memory split: ask)."""
     before = plan(admin)
-    stream = gen.Stream(g.GenerateRequest(token_ids=ids(20), sampling=LONG), timeout=60)
+    few = admin("ResizeMambaCache", resize(ratio=1e300), timeout=30).memory.max_total_tokens
+    assert few < CONTEXT // 2, few
+    stream = gen.Stream(g.GenerateRequest(token_ids=ids(few), sampling=LONG), timeout=60)
     try:
-        assert next(stream).chunk.token_ids  # running, 21 tokens and growing
+        assert next(stream).chunk.token_ids  # running, few + 1 tokens and growing
         err = error(admin, "ResizeMambaCache", resize(False, ratio=1e300))
         assert err.code() is grpc.StatusCode.FAILED_PRECONDITION, err.details()
         assert "running request" in err.details()

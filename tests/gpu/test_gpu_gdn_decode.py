@@ -70,3 +70,31 @@ def test_launcher_rejects_bad_shapes():
                    ssm_states=states[:, :3], state_indices=slots)
     with pytest.raises(ValueError, match="ssm_states"):
         gdn_decode(**x, ssm_states=states.transpose(2, 3), state_indices=slots)
+
+
+@pytest.mark.parametrize("B,hk,hv,dk,dv", [(1, 4, 8, 128, 128), (6, 3, 6, 64, 96)])
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32),
+                                               (torch.bfloat16, torch.float32)])
+def test_output_norm_inside_the_kernel_equals_the_norm_after_it(B, hk, hv, dk, dv, dtype,
+                                                                state_dtype):
+    """norm=(z, w, eps): the GDN output norm applied in the kernel's epilogue gives what
+    `gated_rms_norm` gives on the unfused output (z a head view of a wider projection, as
+    the layer passes it), and the same state update."""
+    from qnext.kernels.gdn_decode import gdn_decode
+    from qnext.kernels.norm import gated_rms_norm
+
+    x, states, slots, _ = _inputs(B, hk, hv, dk, dv, dtype, state_dtype, 2 * B + 3, 40 + B)
+    gen = torch.Generator(device=DEVICE).manual_seed(B)
+    wide = torch.randn(B, hv * dv + 5, generator=gen, device=DEVICE).to(dtype)
+    z = wide[:, :hv * dv].unflatten(-1, (hv, dv))
+    weight = torch.rand(dv, generator=gen, device=DEVICE) + 0.5
+    plain_states = states.clone()
+    want = gated_rms_norm(gdn_decode(**x, ssm_states=plain_states, state_indices=slots), z,
+                          weight.to(dtype), 1e-6)
+    got = gdn_decode(**x, ssm_states=states, state_indices=slots,
+                     norm=(z, weight.to(dtype), 1e-6))
+    assert torch.equal(states, plain_states)
+    assert got.dtype == dtype and rel_err(got, want) <= (1e-5 if dtype == torch.float32
+                                                         else 1e-2)
+    with pytest.raises(ValueError, match="norm z"):
+        gdn_decode(**x, ssm_states=states, state_indices=slots, norm=(z[:, :1], weight, 1e-6))

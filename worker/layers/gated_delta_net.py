@@ -94,10 +94,23 @@ class GatedDeltaNet(nn.Module):
             state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,
             snapshot_slots=batch.snapshot_slots, snapshot_offsets=batch.snapshot_offsets)
 
+    def _normed_delta_rule(self, q, k, v, a, b, z, batch: ForwardBatch) -> torch.Tensor:
+        """The delta rule's output through the gated norm; decode on CUDA does both in one
+        kernel (gdn_decode's `norm`)."""
+        if batch.is_decode and use_triton(q):
+            from qnext.kernels.gdn_decode import gdn_decode
+
+            return gdn_decode(q, k, v, a, b, self.A_log, self.dt_bias,
+                              ssm_states=batch.state_cache.ssm(self.state_layer),
+                              state_indices=batch.state_slots,
+                              snapshot_slots=batch.snapshot_slots,
+                              norm=(z.to(v.dtype), self.norm.weight, self.norm.eps))
+        return self.norm(self._delta_rule(q, k, v, a, b, batch), z)
+
     def _delta_rule(self, q, k, v, a, b, batch: ForwardBatch) -> torch.Tensor:
         ssm_states = batch.state_cache.ssm(self.state_layer)
         if use_triton(q):  # gates fused in the kernels
-            return self._delta_rule_triton(q, k, v, a, b, batch, ssm_states)
+            return self._prefill_triton(q, k, v, a, b, batch, ssm_states)
         g, beta = gdn_gating_ref(self.A_log, a, b, self.dt_bias)
         if batch.is_decode:
             return fused_recurrent_gated_delta_rule_ref(
@@ -108,14 +121,8 @@ class GatedDeltaNet(nn.Module):
             state_indices=batch.state_slots, has_initial_state=batch.has_initial_state,
             snapshot_slots=batch.snapshot_slots, snapshot_offsets=batch.snapshot_offsets)
 
-    def _delta_rule_triton(self, q, k, v, a, b, batch: ForwardBatch, ssm_states):
-        if batch.is_decode:
-            from qnext.kernels.gdn_decode import gdn_decode
-
-            return gdn_decode(q, k, v, a, b, self.A_log, self.dt_bias, ssm_states=ssm_states,
-                              state_indices=batch.state_slots,
-                              snapshot_slots=batch.snapshot_slots)
-        from qnext.kernels.gdn_prefill import gdn_prefill
+    def _prefill_triton(self, q, k, v, a, b, batch: ForwardBatch, ssm_states):
+        from qnext.kernels.gdn_prefill import gdn_prefill  # decode: in _normed_delta_rule
 
         return gdn_prefill(
             q, k, v, a, b, self.A_log, self.dt_bias, cu_seqlens=batch.cu_seqlens,
@@ -132,8 +139,7 @@ class GatedDeltaNet(nn.Module):
         k = k.reshape(num_tokens, self.hk, self.dk)
         v = v.reshape(num_tokens, self.hv, self.dv)
         if batch.is_verify:  # every draft step's state kept apart, the pool untouched
-            out = verify_delta_rule(self, q, k, v, a, b, batch)
+            out = self.norm(verify_delta_rule(self, q, k, v, a, b, batch), z)
         else:
-            out = self._delta_rule(q, k, v, a, b, batch)
-        out = self.norm(out, z)  # [T, hv, dv]
+            out = self._normed_delta_rule(q, k, v, a, b, z, batch)  # [T, hv, dv]
         return self.out_proj(out.reshape(num_tokens, -1))
