@@ -34,18 +34,25 @@ MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert
 
 
 @triton.jit
+def _tile(ids_ptr, w_ptr, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
+    """This program's assignment a, its expert e, its BN output rows (and which are < N), the
+    BK reduction lanes, and pointers to w[e, rows, :BK]."""
+    a = tl.program_id(0).to(tl.int64)
+    e = tl.load(ids_ptr + a)
+    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    w_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
+    return a, e, offs_n, offs_n < N, offs_k, w_ptrs
+
+
+@triton.jit
 def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
                          H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
                          BN: tl.constexpr, BK: tl.constexpr):
-    a = tl.program_id(0).to(tl.int64)
-    e = tl.load(ids_ptr + a)
+    a, e, offs_n, n_ok, offs_k, g_ptrs = _tile(ids_ptr, w_ptr, s_we, s_wn, I, BN, BK)
     if (e < 0) | (e >= E):
         return
-    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    offs_k = tl.arange(0, BK)
-    n_ok = offs_n < I
     x_ptrs = x_ptr + (a // TOPK) * s_xt + offs_k
-    g_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
     u_ptrs = g_ptrs + I * s_wn
     gate = tl.zeros([BN, BK], tl.float32)
     up = tl.zeros([BN, BK], tl.float32)
@@ -67,15 +74,10 @@ def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
 def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw, E,
                       H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
                       BN: tl.constexpr, BK: tl.constexpr):
-    a = tl.program_id(0).to(tl.int64)
-    e = tl.load(ids_ptr + a)
+    a, e, offs_n, n_ok, offs_k, w_ptrs = _tile(ids_ptr, w_ptr, s_we, s_wn, H, BN, BK)
     if (e < 0) | (e >= E):
         return
-    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    offs_k = tl.arange(0, BK)
-    n_ok = offs_n < H
     v_ptrs = inter_ptr + a * I + offs_k
-    w_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
     acc = tl.zeros([BN], tl.float32)
     for k0 in range(0, I, BK):
         k_ok = offs_k < I - k0
