@@ -202,6 +202,7 @@ def test_flush_dry_run_and_log_level(setup):
     gen = generation_pb2_grpc.GenerationStub(server.data)
     gen.Generate(g.GenerateRequest(token_ids=g.TokenIds(ids=list(range(1, 140))),
                                    sampling=g.SamplingParams(max_new_tokens=2)), timeout=60)
+    until(lambda: idle(admin, server.auth))  # the answer may come before its pages go back
     before = admin.GetMemory(admin_pb2.GetMemoryRequest(), metadata=server.auth)
     plan = admin.ResizeMambaCache(admin_pb2.ResizeMambaCacheRequest(ratio=0.3, dry_run=True),
                                   metadata=server.auth, timeout=30)
