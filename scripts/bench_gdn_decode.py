@@ -8,7 +8,9 @@ checked against qnext's before timing. At Hv = 8 (TP4) the anchor is not run: FL
 an illegal memory access there on H100 (it would poison the CUDA context).
 
 qnext is also timed replayed from a CUDA graph (L2 flushed before each replay), as a decode
-step runs it; the state traffic is read against the copy bandwidth of the same run.
+step runs it; the state traffic is read against the copy bandwidth of the same run. The last
+two columns: the step with the GDN output norm, inside the kernel (`norm=`, what the model
+runs) and as the separate `gated_rms_norm` launch after it, graph-timed.
 
     PYTHONPATH=$PWD:$PWD/scripts python scripts/bench_gdn_decode.py [--sweep]
 
@@ -24,6 +26,7 @@ import torch
 import triton.testing
 
 from qnext.kernels.gdn_decode import gdn_decode
+from qnext.kernels.norm import gated_rms_norm
 from bench_common import copy_gbps, graph_us
 
 
@@ -70,8 +73,8 @@ def main() -> None:
     print(f"HBM copy bandwidth (1 GiB device-to-device, same run): {gbps:.0f} GB/s\n")
     print("| B | Hv | qnext µs | qnext graph µs | FLA fused gates µs "
           "| FLA precomputed gates µs | best FLA / qnext | qnext state GB/s (graph) "
-          "| of copy bw | rel. diff vs FLA |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| of copy bw | rel. diff vs FLA | + norm inside graph µs | + norm after graph µs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for hv, batches in ((32, (1, 32, 64, 256)), (8, (1, 32, 64, 256))):
         for B in batches:
             x, states, slots = _case(B, hv)
@@ -90,8 +93,22 @@ def main() -> None:
                     times.append(triton.testing.do_bench(fla, warmup=50, rep=300) * 1e3)
                 cells = [f"{times[0]:.1f}", f"{times[1]:.1f}", f"{min(times) / us:.2f}",
                          f"{max(diffs):.1e}"]
+            normed = _with_norm(x, states, slots)
             print(f"| {B} | {hv} | {us:.1f} | {in_graph:.1f} | {cells[0]} | {cells[1]} | "
-                  f"{cells[2]} | {traffic:.0f} | {traffic / gbps:.0%} | {cells[3]} |")
+                  f"{cells[2]} | {traffic:.0f} | {traffic / gbps:.0%} | {cells[3]} | "
+                  f"{normed[0]:.1f} | {normed[1]:.1f} |", flush=True)
+
+
+def _with_norm(x, states, slots) -> tuple[float, float]:
+    """Graph µs of the step with the output norm fused, and with it as a launch after."""
+    v = x["v"]
+    z = torch.randn(v.shape, device="cuda").to(v.dtype)
+    w = (torch.rand(v.shape[-1], device="cuda") + 0.5).to(v.dtype)
+    inside = lambda: gdn_decode(**x, ssm_states=states, state_indices=slots,  # noqa: E731
+                                norm=(z, w, 1e-6))
+    after = lambda: gated_rms_norm(  # noqa: E731
+        gdn_decode(**x, ssm_states=states, state_indices=slots), z, w, 1e-6)
+    return graph_us(inside), graph_us(after)
 
 
 def sweep() -> None:

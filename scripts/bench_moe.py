@@ -9,8 +9,8 @@ HBM bandwidth measured in the same run by a 1 GiB device-to-device copy. qnext r
 graph replays with L2 flushed before each — a captured decode step); the reference syncs with
 the host (torch.unique) so it runs eagerly only. Also: the shared expert as a dense torch MLP
 vs as an 11th fused expert, the routing kernel, the two decode paths (grouped GEMMs after one
-route + align launch vs per-assignment GEMVs after routing, kernels/moe_gemv.py) and (--sweep)
-alternative tile configs, GEMV tiles included. Decode batches (≤ 128 assignments) of the main
+route + align launch vs per-assignment GEMVs after routing, kernels/moe_gemv.py, with the
+GEMV tile variants) and (--sweep) alternative tile configs of the grouped GEMMs. Decode batches (≤ 128 assignments) of the main
 table take the default path (the GEMVs unless QNEXT_MOE_GEMV=0).
 
     python scripts/bench_moe.py [--sweep [SECONDS]]
@@ -111,7 +111,8 @@ GEMV_TILES = [(4, 1024, 32, 128), (8, 256, 32, 128), (2, 2048, 32, 128), (4, 512
 
 def decode_table(bw: float, weights: dict, sweep_tiles: bool) -> None:
     """Routing + the routed and fused shared experts of a decode batch, graph-timed: grouped
-    GEMMs after one route + align launch, against the GEMVs after routing (and their tiles)."""
+    GEMMs after one route + align launch, against the GEMVs after routing (and, sweep_tiles,
+    the GEMVs' tile variants: the data that sets moe_gemv's tiles and QNEXT_MOE_GEMV)."""
     print("\n| TP | T | floor µs | route + align + grouped GEMMs µs | route + GEMVs µs "
           "| GEMV tiles (BN1, BK1, BN2, BK2): µs |")
     print("|---|---|---|---|---|---|")
@@ -207,7 +208,7 @@ def main() -> None:
     main_table(bw, weights)
     shared_table(weights)
     deadline = _sweep_deadline(start)
-    decode_table(bw, weights, deadline is not None)
+    decode_table(bw, weights, True)
     if deadline is not None:
         sweep(weights, deadline)
     route_table()

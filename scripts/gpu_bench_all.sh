@@ -33,7 +33,7 @@ steps=(
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "conv_prefill|240|$anchored|scripts/bench_conv_prefill.py"
-  "moe|180|$site|scripts/bench_moe.py"
+  "moe|300|$site|scripts/bench_moe.py"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
   "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
