@@ -148,6 +148,8 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
     group = dist.new_group(backend="gloo", timeout=FOREVER)
     executor = (SpecExecutor if cfg.spec.enabled else PlanExecutor)(ModelRunner(cfg),
                                                                      cfg.model.eos_token_ids)
+    if not cfg.spec.enabled:  # plain steps are resolved by rank 0 alone
+        executor.downloads_outputs = False
     last: Launched | None = None  # the overlap loop's `previous` is always the last launch
     while True:
         box = [None]

@@ -36,6 +36,10 @@ class Launched:
 
 
 class PlanExecutor:
+    # NOTE: False on TP followers: nobody resolves their steps, so no device-to-host copy of
+    # the sampled tokens is queued there (the spec executor reads its own, and keeps True)
+    downloads_outputs = True
+
     def __init__(self, runner: ModelRunner, eos_token_ids: tuple[int, ...]) -> None:
         vocab = runner.cfg.model.vocab_size
         self.runner = runner
@@ -106,7 +110,8 @@ class PlanExecutor:
             logits = logits.index_select(0, to_device(rows, logits.device))
         output = self.sampler.sample(logits.float(), seq_ids, specs, self.penalties)
         self.penalties.update(seq_ids, output.token_ids)
-        return Launched(plan, seq_ids, output, Download(output)), hidden, batch.cu_seqlens
+        download = Download(output) if self.downloads_outputs else None
+        return Launched(plan, seq_ids, output, download), hidden, batch.cu_seqlens
 
     def pages_of(self, work) -> torch.Tensor:
         """The page table of these SeqWorks (full lists, as `prepare` returns them), from the
