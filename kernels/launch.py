@@ -36,3 +36,22 @@ def check_verify_rows(indices: torch.Tensor, parents: torch.Tensor | None, B: in
                                 or parents.is_floating_point()):
         raise ValueError(f"parents {tuple(parents.shape)} must be integer [{B}, {T}] with "
                          "contiguous rows")
+
+
+MAX_COUNTERS = 1024
+_counters: dict[tuple, torch.Tensor] = {}
+
+
+def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """n zeroed int32 counters for a kernel whose last-arriving program finishes the work and
+    sets its counter back to 0 (kernels/moe_route_align.py, kernels/moe_router.py). One
+    buffer per (device, stream), made on first use — warm-up runs before graph capture, so a
+    graph captures a buffer that exists already — and never freed (graphs hold its address).
+    Launches on one stream do not overlap, so no two kernels count on it at once."""
+    if not 0 < n <= MAX_COUNTERS:
+        raise ValueError(f"{n} counters: at most {MAX_COUNTERS}")
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    if key not in _counters:
+        _counters[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+    return _counters[key][:n]

@@ -9,9 +9,10 @@ Accumulation in float32; the intermediate and the per-assignment rows are stored
 (the reference rounds there too); float32 operands multiply in IEEE float32 (no TF32).
 
 Decode batches (up to `moe_gemv.MAX_ASSIGNMENTS` assignments) take `kernels/moe_gemv.py`
-instead: routing alone, then per-assignment GEMVs with no alignment (`MoeConfig.gemv`). Not yet
-timed against the grouped GEMMs on a GPU; QNEXT_MOE_GEMV=0 turns it off (bench_moe.py times
-both).
+instead: routing alone (with the router GEMV in the same launch, `kernels/moe_router.py`, when
+`fused_moe_from_hidden` is given the router), then per-assignment GEMVs with no alignment
+(`MoeConfig.gemv`). Not yet timed against the grouped GEMMs on a GPU; QNEXT_MOE_GEMV=0 turns
+both off (bench_moe.py times them).
 
 Reference: `fused_moe_ref` (kernels/moe_ref.py).
 """
@@ -22,10 +23,11 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from qnext.kernels import moe_gemv
+from qnext.kernels import moe_gemv, moe_router
 from qnext.kernels import moe_route_align as route_align
 from qnext.kernels.expert_rows import ExpertRows
 from qnext.kernels.launch import check_device
@@ -190,6 +192,22 @@ def fused_moe_routed(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     weights, ids, aligned = route_align.moe_route_align(router_logits, top_k, renormalize,
                                                         shared, cfg.block_m)
     return fused_moe(x, w13, w2, weights, ids, cfg, aligned, combine)
+
+
+def fused_moe_from_hidden(x: torch.Tensor, router_weight: torch.Tensor, num_logits: int,
+                          w13: torch.Tensor, w2: torch.Tensor, top_k: int, renormalize: bool,
+                          shared: bool = False, combine: bool = True):
+    """`fused_moe_routed` with the router included: logits = x @ router_weight[:num_logits]ᵀ
+    (rows past num_logits are padding). Decode batches on the GEMV path route in one launch
+    with the router GEMV (`moe_router.route_hidden`); the rest run the GEMM first."""
+    T, n = x.shape[0], x.shape[0] * (top_k + shared)
+    cfg = default_config(n, w13.shape[0], _elem_size(x, w13, w2))
+    if cfg.gemv and moe_router.takes(T):
+        routing = moe_router.route_hidden(x, router_weight, num_logits, top_k, renormalize,
+                                          shared)
+        return fused_moe(x, w13, w2, *routing, cfg, combine=combine)
+    logits = F.linear(x, router_weight)[:, :num_logits]
+    return fused_moe_routed(x, w13, w2, logits, top_k, renormalize, shared, combine)
 
 
 def _elem_size(*tensors: torch.Tensor) -> int:

@@ -32,7 +32,9 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
                 BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
     """Token t's top-K (+ the shared expert) weights and ids, stored at row t."""
     lanes = tl.arange(0, BLOCK_E)
-    x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"))
+    # ".cg": past L1 (the logits may come from other programs of the same launch)
+    x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"),
+                cache_modifier=".cg")
     x = x.to(tl.float32)
     p = tl.exp(x - tl.max(x, 0))
     p = p / tl.sum(p, 0)
@@ -54,7 +56,7 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
     if RENORM:
         w = w / tl.sum(w, 0)
     if SHARED:  # slot K: the shared expert E, weight sigmoid of its gate logit (column E)
-        gate = tl.sigmoid(tl.load(logits_ptr + t * s_t + E).to(tl.float32))
+        gate = tl.sigmoid(tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32))
         w = tl.where(slots == K, gate, w)
         ids = tl.where(slots == K, E, ids)
     tl.store(w_ptr + t * (K + SHARED) + slots, w, mask=slots < K + SHARED)

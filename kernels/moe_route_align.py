@@ -13,9 +13,7 @@ at GPU scope; the last program's atomic acquires every earlier release, and its 
 the ids after a CTA barrier, bypassing L1 (`_chunk_ids` loads with ".cg"). With one token
 there is nothing to wait for and no atomic.
 
-One counter per (device, stream), made on first use (warm-up runs before graph capture, so
-graphs capture a counter that already exists); launches on one stream never overlap, so no
-two launches share a counter at once.
+The counter: `launch.arrival_counters`.
 
 Reference: `moe_route_ref`, then `moe_align`'s layout (grouping `torch.nonzero(ids == e)`).
 """
@@ -26,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.launch import arrival_counters
 from qnext.kernels.moe_route import (
     SMALL_N,
     align_outputs,
@@ -35,9 +34,6 @@ from qnext.kernels.moe_route import (
     route_token,
     small_align_meta,
 )
-
-_counters: dict[tuple, torch.Tensor] = {}
-
 
 @triton.jit(do_not_specialize=["T", "N"])
 def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad_ptr, count_ptr,
@@ -64,13 +60,6 @@ def takes(num_tokens: int, top_k: int, shared: bool) -> bool:
     return 0 < num_tokens * (top_k + shared) <= SMALL_N
 
 
-def _counter(device: torch.device) -> torch.Tensor:
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
-    if key not in _counters:
-        _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _counters[key]
-
-
 def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, shared: bool,
                     block_m: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """`moe_route(router_logits, top_k, renormalize, shared)` and then
@@ -88,7 +77,8 @@ def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, 
     rows, num_blocks = aligned[0].shape[0], aligned[1].shape[0]
     route, align = route_meta(top_k, E, shared), small_align_meta(n, num_blocks, block_m)
     warps = max(route.pop("num_warps"), align.pop("num_warps"))
-    _route_align_kernel[(T,)](router_logits, weights, ids, *aligned, _counter(ids.device), T,
+    count = arrival_counters(ids.device, 1)
+    _route_align_kernel[(T,)](router_logits, weights, ids, *aligned, count, T,
                               router_logits.stride(0), E, n, E + shared, rows, num_blocks,
                               RENORM=renormalize, num_warps=warps, **route, **align)
     return weights, ids, aligned

@@ -201,3 +201,55 @@ def test_expert_rows_combine_to_the_mixture():
         rows = fused_moe(x, w13, w2, weights, ids, config, combine=False)
         assert rows.rows.shape == (15, 96) and rows.ids is ids and rows.num_experts == 7
         assert torch.equal(rows.combine(), fused_moe(x, w13, w2, weights, ids, config))
+
+
+@pytest.mark.parametrize("T,H,E,k,shared", [(1, 2048, 512, 10, True), (5, 96, 16, 4, True),
+                                            (11, 64, 7, 3, False)])
+def test_router_gemv_and_routing_in_one_launch(T, H, E, k, shared):
+    """`route_hidden` (router GEMV + routing, the last program of a token routes it) gives
+    `moe_route` of the router's logits; the router weight's padding rows (NaN) are not read.
+    fp32: the same experts; bf16 (logits rounded like the GEMM's output, where ties are
+    likely): the same sorted weights, and nearly always the same experts."""
+    import torch.nn.functional as F
+
+    from qnext.kernels.moe_route import moe_route
+    from qnext.kernels.moe_router import route_hidden
+
+    dtype = MAIN[0]
+    gen = generator(T * H + E)
+    x = torch.randn(T, H, generator=gen, device=DEVICE).to(dtype)
+    weight = torch.full((E + shared + 5, H), float("nan"), device=DEVICE, dtype=dtype)
+    weight[:E + shared] = (torch.randn(E + shared, H, generator=gen, device=DEVICE)
+                           * H**-0.5).to(dtype)
+    want_w, want_ids = moe_route(F.linear(x, weight[:E + shared]), k, True, shared)
+    _poison()
+    got_w, got_ids = route_hidden(x, weight, E + shared, k, True, shared)
+    assert not torch.isnan(got_w).any()
+    exact = dtype == torch.float32
+    err = rel_err(got_w.sort(dim=1).values, want_w.sort(dim=1).values)
+    assert err <= (1e-5 if exact else 2e-2), err
+    same = (got_ids == want_ids).float().mean().item()
+    assert same >= (1.0 if exact else 0.9), same
+    with pytest.raises(ValueError, match="router weight"):
+        route_hidden(x, weight[:, :-1], E + shared, k, True, shared)
+
+
+@pytest.mark.parametrize("T", [1, 9, 40])
+def test_moe_from_hidden_matches_the_reference(T):
+    """`fused_moe_from_hidden` (the layer's call: router included; decode batches route in
+    the router's launch and run the GEMVs, bigger ones the GEMM and the grouped path) equals
+    `fused_moe_ref` of `moe_route_ref` of the router's logits; padding rows are not read."""
+    import torch.nn.functional as F
+
+    from qnext.kernels.moe import fused_moe_from_hidden
+
+    dtype, tol = MAIN
+    H, E, k, I = 64, 12, 3, 32
+    x, w13, w2, _, _ = _moe_inputs(T, H, E + 1, k, I, dtype, 31 + T)
+    router = torch.full((E + 1 + 3, H), float("nan"), device=DEVICE, dtype=dtype)
+    router[:E + 1] = (torch.randn(E + 1, H, generator=generator(T), device=DEVICE)
+                      * H**-0.5).to(dtype)
+    want = fused_moe_ref(x, w13, w2, *moe_route_ref(F.linear(x, router[:E + 1]), k, True,
+                                                     True))
+    got = fused_moe_from_hidden(x, router, E + 1, w13, w2, k, True, True)
+    assert not torch.isnan(got).any() and rel_err(got, want) <= tol

@@ -113,14 +113,15 @@ class SparseMoE(nn.Module):
         (combine=False, Triton only: the `ExpertRows` before the per-token sum). Routing: k
         experts per token, or k + 1 with the fused shared expert (id E, weight sigmoid of its
         gate) last."""
-        logits = self.gate(x)[:, :self.router_rows]
-        args = (logits, self.top_k, self.norm_topk_prob, self.fused_shared)
         w13, w2 = self.experts.w13, self.experts.w2
+        routing = (self.top_k, self.norm_topk_prob, self.fused_shared)
         if use_triton(x):
-            from qnext.kernels.moe import fused_moe_routed
+            from qnext.kernels.moe import fused_moe_from_hidden
 
-            return fused_moe_routed(x, w13, w2, *args, combine=combine)
-        return fused_moe_ref(x, w13, w2, *moe_route_ref(*args))
+            return fused_moe_from_hidden(x, self.gate.weight, self.router_rows, w13, w2,
+                                         *routing, combine=combine)
+        logits = self.gate(x)[:, :self.router_rows]
+        return fused_moe_ref(x, w13, w2, *moe_route_ref(logits, *routing))
 
     def forward(self, x: torch.Tensor):
         """[T, H]; or, when the caller reduces (reduce_results=False) and its norm can sum the

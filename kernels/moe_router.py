@@ -1,0 +1,85 @@
+"""Triton: the MoE router GEMV and the routing of a decode batch in one launch.
+
+`route_hidden(x, weight, ...)` = `moe_route(F.linear(x, weight)[:, :num_logits], ...)`. One
+program per (token t, BN router rows): x[t] against those rows of the router's weight (products
+summed in float32, rounded to x.dtype as the GEMM's output would be), stored to a float32
+logits scratch row; then the program counts itself in on token t's arrival counter
+(`launch.arrival_counters`), and the last of the token's programs routes it (`route_token`:
+softmax, top-k, renormalisation, the fused shared expert's gate) and sets the counter back.
+Ordering as in kernels/moe_route_align.py: CTA barrier, acquire-release atomic at GPU scope,
+CTA barrier; the logits are read back past L1 (`route_token` loads with ".cg").
+
+At decode the router's bf16 GEMM (cuBLAS: ≈ 3.3 µs a layer at batch 1 on 4 x H200 for 2 MB of
+weights) and the routing kernel (≈ 4 µs) were two launches a layer, mostly latency; here 132
+programs stream the 2 MB (528 padded rows of 4, H = 2048) and one routes.
+
+Reference: `moe_route_ref(F.linear(x, weight)[:, :num_logits], ...)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device
+from qnext.kernels.moe_route import route_meta, route_outputs, route_token
+
+BN = 4  # router rows a program
+BK = 1024  # hidden columns a step
+
+
+@triton.jit
+def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s_wr, s_lt, R, E,
+                   H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
+                   SHARED: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * RN + tl.arange(0, RN)
+    cols = tl.arange(0, RK)
+    acc = tl.zeros([RN, RK], tl.float32)
+    for k0 in range(0, H, RK):
+        k_ok = cols < H - k0
+        x = tl.load(x_ptr + t * s_xt + k0 + cols, mask=k_ok, other=0.0)
+        w = tl.load(wr_ptr + rows[:, None].to(tl.int64) * s_wr + k0 + cols[None, :],
+                    mask=(rows[:, None] < R) & k_ok[None, :], other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    logit = tl.sum(acc, axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(logits_ptr + t * s_lt + rows, logit, mask=rows < R)
+    tl.debug_barrier()  # the whole tile stored before the program counts itself in
+    last = tl.atomic_add(count_ptr + t, 1, sem="acq_rel", scope="gpu") == tl.num_programs(1) - 1
+    if last:
+        tl.store(count_ptr + t, 0)  # every program of the token has arrived: reset
+    tl.debug_barrier()
+    if last:
+        route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
+
+
+def takes(num_tokens: int) -> bool:
+    """Whether `route_hidden` handles a batch this big (decode batches)."""
+    return 0 < num_tokens <= MAX_COUNTERS
+
+
+def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: int,
+                 renormalize: bool, shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, H] (contiguous rows); weight [R >= num_logits, H] (contiguous rows, x's dtype):
+    the router's logits are x @ weight[:num_logits]ᵀ (the rest is padding); returns
+    `moe_route`'s (topk_weights float32 [T, k'], topk_ids int64 [T, k'])."""
+    T, H = x.shape
+    if x.dim() != 2 or x.stride(1) != 1 or weight.dim() != 2 or weight.shape[1] != H \
+            or weight.stride(1) != 1 or weight.dtype != x.dtype \
+            or not 0 < num_logits <= weight.shape[0]:
+        raise ValueError(f"x {tuple(x.shape)} {x.dtype} and router weight "
+                         f"{tuple(weight.shape)} {weight.dtype} must be [T, H] and [R, H] "
+                         f"with contiguous rows, one dtype, R >= num_logits = {num_logits}")
+    if not takes(T):
+        raise ValueError(f"{T} tokens: at most {MAX_COUNTERS} (use moe_route)")
+    check_device("route_hidden", x, weight)
+    logits = torch.empty(T, num_logits, dtype=torch.float32, device=x.device)  # scratch
+    weights, ids = route_outputs(logits, top_k, shared, "route_hidden")
+    meta = route_meta(top_k, num_logits - shared, shared)
+    _router_kernel[(T, triton.cdiv(num_logits, BN))](
+        x, weight, logits, weights, ids, arrival_counters(x.device, T), x.stride(0),
+        weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=BN,
+        RK=min(BK, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
+    return weights, ids
