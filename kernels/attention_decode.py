@@ -47,8 +47,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, gate_ptr, seq_lens_ptr
     chunk = split_keys(ctx, n_splits, BN)
     start = i_s * chunk
     end = tl.minimum(start + chunk, ctx)
-    if PARTIAL and start >= ctx and i_s > 0:
-        return  # an empty split: the reduce reads only the first cdiv(ctx, chunk)
+    if PARTIAL:
+        if (start >= ctx) & (i_s > 0):
+            return  # an empty split: the reduce reads only the first cdiv(ctx, chunk)
 
     offs_g = tl.arange(0, HP)
     offs_d = tl.arange(0, DP)
