@@ -7,7 +7,8 @@
 # the sum of the limits used. Steps named tp4_* need a 4-GPU kind and run only when
 # named; a step whose name ends in _oneshot runs with QNEXT_LAMPORT_ALLREDUCE=0 (torch's
 # one-shot all-reduce instead of the default barrier-free one), one ending in _grouped with
-# QNEXT_MOE_GEMV=0 (the grouped MoE GEMMs at decode too). "setup" only installs the wheels.
+# QNEXT_MOE_GEMV=0 (the grouped MoE GEMMs at decode too), one ending in _densegemv with
+# QNEXT_DENSE_GEMV=1 (the Triton GEMV for the dense projections). "setup" installs the wheels.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -26,14 +27,15 @@ pytest="-m pytest -q -p no:cacheprovider -rfE --durations=10"
 steps=(
   "tests|580|$site|scripts/gpu_tests.sh attention gdn_prefill moe parity engine cuda_graph \
                              spec conv_prefill gdn_decode norms rope verify conv_decode lamport \
-                             transfer"
+                             transfer gemv"
   "tests_kernels|560|$site|scripts/gpu_tests.sh attention conv_decode conv_prefill gdn_decode \
-                                     gdn_prefill moe norms rope verify lamport"
+                                     gdn_prefill moe norms rope verify lamport gemv"
   "tests_model|560|$site|scripts/gpu_tests.sh parity engine cuda_graph spec transfer"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
   "conv_prefill|240|$anchored|scripts/bench_conv_prefill.py"
   "moe|300|$site|scripts/bench_moe.py"
+  "gemv|120|$site|scripts/bench_gemv.py"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
   "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
@@ -45,6 +47,7 @@ steps=(
   "tp4_b1|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32 --trace $out/b1"
   "tp4_b1_oneshot|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b1_grouped|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
+  "tp4_b1_densegemv|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b8|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --batch 8 --trace $out/b8"
   "tp4_full|400|$site|scripts/bench_full_size.py --tp 4"
   "tp4_serve|500|$served|scripts/bench_serve.py --tp 4 --out $out/serve"
@@ -57,10 +60,12 @@ for step in "${steps[@]}"; do
   else [[ "$wanted" == *" $name "* ]] || continue; fi
   lamport=1; [[ "$name" != *_oneshot ]] || lamport=0
   gemv=1; [[ "$name" != *_grouped ]] || gemv=0
+  dense=0; [[ "$name" != *_densegemv ]] || dense=1
   start=$(date +%s)
   # shellcheck disable=SC2086  # cmd is a word list on purpose
   run=(python3); [[ "$cmd" != *.sh* ]] || run=(bash)
-  QNEXT_LAMPORT_ALLREDUCE=$lamport QNEXT_MOE_GEMV=$gemv PYTHONPATH="$path" \
+  QNEXT_LAMPORT_ALLREDUCE=$lamport QNEXT_MOE_GEMV=$gemv QNEXT_DENSE_GEMV=$dense \
+    PYTHONPATH="$path" \
     timeout "$limit" "${run[@]}" $cmd > "$out/$name.txt" 2>&1
   echo "$name: exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
 done

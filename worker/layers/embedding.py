@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qnext.worker.layers.linear import copy_checked, set_loader
+from qnext.worker.layers.linear import copy_checked, dense, set_loader
 from qnext.worker.layers.parallel import get_tp_info
 
 
@@ -55,5 +55,5 @@ class ParallelLMHead(nn.Module):
                                  lambda p, t: _load_vocab_rows(p, t, self.start))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)  # [N, V / tp]
+        logits = dense(hidden, self.weight)  # [N, V / tp]
         return self.comm.all_gather(logits, dim=-1)[:, :self.vocab_size]

@@ -12,10 +12,9 @@ regrouped, for this rank's key-head groups: [q | k | v | z | b | a]. One GEMM th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from qnext.worker.layers.linear import copy_checked, set_loader
+from qnext.worker.layers.linear import copy_checked, dense, set_loader
 from qnext.worker.layers.parallel import get_tp_info, shard_range
 
 
@@ -53,6 +52,6 @@ class GroupedInProj(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(mixed [T, q|k|v], z [T, hv, dv], b [T, hv], a [T, hv]): views of one output."""
-        y, ends = F.linear(x, self.weight), self.ends
+        y, ends = dense(x, self.weight), self.ends
         z = y[:, ends[2]:ends[3]].unflatten(-1, (-1, self.dv))
         return y[:, :ends[2]], z, y[:, ends[3]:ends[4]], y[:, ends[4]:]

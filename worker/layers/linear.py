@@ -3,19 +3,35 @@
 Each parameter carries a `weight_loader(param, tensor, **kwargs)` that takes the full checkpoint
 tensor and copies this rank's slice; the loader in `runtime.weights` dispatches without knowing
 layer internals. Collectives are visible in `forward` (RowParallelLinear's all-reduce).
+Every projection goes through `dense`: F.linear, or with QNEXT_DENSE_GEMV=1 the Triton GEMV
+for decode-sized batches on CUDA (kernels/gemv.py; opt-in until timed against cuBLAS).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.parallel import get_tp_info, shard_range
 
 Loader = Callable[..., None]
+DENSE_GEMV = os.environ.get("QNEXT_DENSE_GEMV", "0") == "1"
+GEMV_ROWS = 16  # kernels/gemv.py's MAX_ROWS (not imported: triton stays out of CPU imports)
+
+
+def dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weightᵀ (see the module docstring for which implementation)."""
+    if DENSE_GEMV and x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS and x.stride(1) == 1 \
+            and use_triton(x):
+        from qnext.kernels.gemv import gemv
+
+        return gemv(x, weight)
+    return F.linear(x, weight)
 
 
 def set_loader(param: nn.Parameter, loader: Loader, num_loads: int = 1) -> nn.Parameter:
@@ -64,7 +80,7 @@ class ReplicatedLinear(nn.Module):
         self.weight = set_loader(nn.Parameter(torch.empty(out_size, in_size)), load_full)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return dense(x, self.weight)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -77,7 +93,7 @@ class ColumnParallelLinear(nn.Module):
         self.weight = set_loader(nn.Parameter(torch.empty(end - start, in_size)), load_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return dense(x, self.weight)
 
 
 class RowParallelLinear(nn.Module):
@@ -93,7 +109,7 @@ class RowParallelLinear(nn.Module):
                                  lambda p, t: load_rows(p, t, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = dense(x, self.weight)
         return self.comm.all_reduce(y) if self.reduce_results else y
 
 

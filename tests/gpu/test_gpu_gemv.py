@@ -1,0 +1,46 @@
+"""The decode GEMV (`kernels/gemv.py`) against F.linear: odd row / column counts, rows of x
+with a stride (a slice of a wider activation), every row count up to MAX_ROWS, fp32 (and bf16
+on the GPU); bad shapes rejected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+from tests.gpu.kernel_env import DEVICE, KERNEL_MARKS, ON_GPU, generator  # noqa: E402
+
+pytestmark = KERNEL_MARKS
+
+from tests.unit.kernels.helpers import rel_err  # noqa: E402
+
+DTYPES = [(torch.float32, 1e-5)] + ([(torch.bfloat16, 1e-2)] if ON_GPU else [])
+SHAPES = [(1, 7, 64), (3, 37, 1000), (8, 3088, 2048), (16, 5, 130), (1, 2048, 1024)]
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_gemv_matches_linear(M, N, K, dtype, tol):
+    from qnext.kernels.gemv import gemv
+
+    gen = generator(M * N + K)
+    wide = torch.randn(M, K + 9, generator=gen, device=DEVICE).to(dtype)
+    x = wide[:, 3:K + 3]  # rows with a stride, as a column slice hands them over
+    weight = (torch.randn(N, K, generator=gen, device=DEVICE) * K**-0.5).to(dtype)
+    got = gemv(x, weight)
+    want = F.linear(x.float(), weight.float())
+    assert got.dtype == dtype and got.shape == (M, N) and not torch.isnan(got).any()
+    assert rel_err(got.float(), want) <= tol
+
+
+def test_gemv_rejects_what_it_does_not_take():
+    from qnext.kernels.gemv import MAX_ROWS, gemv
+
+    x, w = torch.randn(2, 8, device=DEVICE), torch.randn(5, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="rows"):
+        gemv(torch.randn(MAX_ROWS + 1, 8, device=DEVICE), w)
+    with pytest.raises(ValueError, match="weight"):
+        gemv(x, w[:, :7])
+    with pytest.raises(ValueError, match="weight"):
+        gemv(x, w.double())
