@@ -58,13 +58,13 @@ def zero_centred_rms_norm(xf, w_ptr, cols, D, eps):
 
 
 @triton.jit
-def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, ZH, s_zt, eps, BR: tl.constexpr,
-                           BD: tl.constexpr):
+def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, ZH, s_zt, s_zh, eps,
+                           BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     mask = (rows[:, None] < R) & (cols[None, :] < D)
     at = rows[:, None] * D + cols[None, :]
-    z_at = ((rows // ZH) * s_zt + (rows % ZH) * D)[:, None] + cols[None, :]
+    z_at = ((rows // ZH) * s_zt + (rows % ZH) * s_zh)[:, None] + cols[None, :]
     x = tl.load(x_ptr + at, mask=mask, other=0.0)
     z = tl.load(z_ptr + z_at, mask=mask, other=0.0)
     y = gated_rms_rows(x, z, w_ptr, cols, D, eps)
@@ -99,7 +99,7 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     `rms_norm_ref`."""
     D = x.shape[-1]
     _check_rows(x, weight, residual, rows_ok=residual is None)
-    heads, s_xt, s_xh = (1, D, 0) if x.is_contiguous() else _row_layout(x)
+    heads, s_xt, s_xh = _row_layout(x, "x")
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(x) if residual is not None else x
     rows = x.numel() // D if D else 0
@@ -111,12 +111,15 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return (y, summed) if residual is not None else y
 
 
-def _row_layout(x: torch.Tensor) -> tuple[int, int, int]:
-    """(rows per token, token stride, row stride) of a [T, H, D] view with contiguous rows."""
-    if x.dim() != 3 or x.stride(2) != 1:
-        raise ValueError(f"x {tuple(x.shape)} with strides {x.stride()} must be contiguous or "
-                         "a [T, H, D] view with contiguous rows")
-    return x.shape[1], x.stride(0), x.stride(1)
+def _row_layout(t: torch.Tensor, name: str) -> tuple[int, int, int]:
+    """(rows per token, token stride, row stride) of t: (1, D, 0) when contiguous, else t must
+    be a [T, H, D] view with contiguous rows (e.g. heads sliced out of a projection)."""
+    if t.is_contiguous():
+        return 1, t.shape[-1], 0
+    if t.dim() != 3 or t.stride(2) != 1:
+        raise ValueError(f"{name} {tuple(t.shape)} with strides {t.stride()} must be contiguous "
+                         "or a [T, H, D] view with contiguous rows")
+    return t.shape[1], t.stride(0), t.stride(1)
 
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
@@ -126,26 +129,16 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
     like `gated_rms_norm_ref`."""
     D = x.shape[-1]
     _check_rows(x, weight, None)
-    heads, s_zt = _z_layout(x, z)
+    if z.shape != x.shape or z.dtype != x.dtype:
+        raise ValueError(f"z {tuple(z.shape)} {z.dtype} must match x {tuple(x.shape)} {x.dtype}")
+    heads, s_zt, s_zh = _row_layout(z, "z")
     y = torch.empty_like(x)
     rows = x.numel() // D if D else 0
     if rows:
         grid, br, bd = _blocks(rows, D)
-        _gated_rms_norm_kernel[grid](x, z, weight, y, rows, D, heads, s_zt, eps, BR=br, BD=bd)
+        _gated_rms_norm_kernel[grid](x, z, weight, y, rows, D, heads, s_zt, s_zh, eps, BR=br,
+                                     BD=bd)
     return y
-
-
-def _z_layout(x: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
-    """(rows per z token, z's token stride): (1, D) for a contiguous z."""
-    D = x.shape[-1]
-    if z.shape != x.shape or z.dtype != x.dtype:
-        raise ValueError(f"z {tuple(z.shape)} {z.dtype} must match x {tuple(x.shape)} {x.dtype}")
-    if z.is_contiguous():
-        return 1, D
-    if z.dim() == 3 and z.stride(2) == 1 and z.stride(1) == D:
-        return z.shape[1], z.stride(0)
-    raise ValueError(f"z strides {z.stride()} must be contiguous or [T, H, D] with contiguous "
-                     "heads")
 
 
 def _check_rows(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None,
