@@ -64,6 +64,20 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
 
 
 @triton.jit
+def last_to_arrive(count_ptr, n):
+    """Counts this program in on the counter at count_ptr (one of n programs); true in the last
+    to arrive, which sets the counter back to 0 for the next launch. CTA barrier, one
+    acquire-release atomic at GPU scope, CTA barrier: every store the n programs made before
+    is visible to the last one's loads after (read past L1, ".cg")."""
+    tl.debug_barrier()
+    last = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == n - 1
+    if last:
+        tl.store(count_ptr, 0)
+    tl.debug_barrier()
+    return last
+
+
+@triton.jit
 def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
                   BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
     route_token(logits_ptr, w_ptr, ids_ptr, tl.program_id(0).to(tl.int64), s_t, E, K,

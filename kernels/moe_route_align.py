@@ -8,11 +8,8 @@ arrival counter; the last program to arrive lays every assignment out by expert
 (`align_small`) and resets the counter for the next launch. The outputs are those of the two
 launches.
 
-Ordering: a program's threads store its ids, a CTA barrier, then one acquire-release atomic
-at GPU scope; the last program's atomic acquires every earlier release, and its threads read
-the ids after a CTA barrier, bypassing L1 (`_chunk_ids` loads with ".cg"). With one token
-there is nothing to wait for and no atomic.
-
+Ordering: `last_to_arrive` (kernels/moe_route.py); the layout reads the ids past L1
+(`_chunk_ids` loads with ".cg"). With one token there is nothing to wait for and no atomic.
 The counter: `launch.arrival_counters`.
 
 Reference: `moe_route_ref`, then `moe_align`'s layout (grouping `torch.nonzero(ids == e)`).
@@ -29,11 +26,13 @@ from qnext.kernels.moe_route import (
     SMALL_N,
     align_outputs,
     align_small,
+    last_to_arrive,
     route_meta,
     route_outputs,
     route_token,
     small_align_meta,
 )
+
 
 @triton.jit(do_not_specialize=["T", "N"])
 def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad_ptr, count_ptr,
@@ -43,13 +42,11 @@ def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad
                         NB: tl.constexpr, RB: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
-    tl.debug_barrier()  # all of this program's ids stored before it counts itself in / reads
     last = T == 1
-    if T > 1:
-        last = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == T - 1
-        if last:
-            tl.store(count_ptr, 0)  # every program has arrived: ready for the next launch
-        tl.debug_barrier()
+    if last:
+        tl.debug_barrier()  # its own ids stored before the layout reads them
+    else:
+        last = last_to_arrive(count_ptr, T)
     if last:
         align_small(ids_ptr, sorted_ptr, expert_ptr, npad_ptr, N, EA, ROWS, NUM_BLOCKS, BM, C,
                     NB, RB)

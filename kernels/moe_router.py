@@ -6,8 +6,8 @@ summed in float32, rounded to x.dtype as the GEMM's output would be), stored to 
 logits scratch row; then the program counts itself in on token t's arrival counter
 (`launch.arrival_counters`), and the last of the token's programs routes it (`route_token`:
 softmax, top-k, renormalisation, the fused shared expert's gate) and sets the counter back.
-Ordering as in kernels/moe_route_align.py: CTA barrier, acquire-release atomic at GPU scope,
-CTA barrier; the logits are read back past L1 (`route_token` loads with ".cg").
+Ordering: `last_to_arrive` (kernels/moe_route.py); the logits are read back past L1
+(`route_token` loads with ".cg").
 
 At decode the router's bf16 GEMM (cuBLAS: ≈ 3.3 µs a layer at batch 1 on 4 x H200 for 2 MB of
 weights) and the routing kernel (≈ 4 µs) were two launches a layer, mostly latency; here 132
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device
-from qnext.kernels.moe_route import route_meta, route_outputs, route_token
+from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
 
 BN = 4  # router rows a program
 BK = 1024  # hidden columns a step
@@ -46,12 +46,7 @@ def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     logit = tl.sum(acc, axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
     tl.store(logits_ptr + t * s_lt + rows, logit, mask=rows < R)
-    tl.debug_barrier()  # the whole tile stored before the program counts itself in
-    last = tl.atomic_add(count_ptr + t, 1, sem="acq_rel", scope="gpu") == tl.num_programs(1) - 1
-    if last:
-        tl.store(count_ptr + t, 0)  # every program of the token has arrived: reset
-    tl.debug_barrier()
-    if last:
+    if last_to_arrive(count_ptr + t, tl.num_programs(1)):
         route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
 
 

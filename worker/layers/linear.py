@@ -21,16 +21,15 @@ from qnext.worker.layers.parallel import get_tp_info, shard_range
 
 Loader = Callable[..., None]
 DENSE_GEMV = os.environ.get("QNEXT_DENSE_GEMV", "0") == "1"
-GEMV_ROWS = 16  # kernels/gemv.py's MAX_ROWS (not imported: triton stays out of CPU imports)
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weightᵀ (see the module docstring for which implementation)."""
-    if DENSE_GEMV and x.dim() == 2 and 0 < x.shape[0] <= GEMV_ROWS and x.stride(1) == 1 \
-            and use_triton(x):
-        from qnext.kernels.gemv import gemv
+    if DENSE_GEMV and use_triton(x):
+        from qnext.kernels.gemv import gemv, takes
 
-        return gemv(x, weight)
+        if takes(x) and x.stride(1) == 1:
+            return gemv(x, weight)
     return F.linear(x, weight)
 
 

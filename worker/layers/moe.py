@@ -4,8 +4,8 @@ expert scaled by sigmoid(shared_expert_gate(x))) and the dense SwiGLU MLP.
 TP splits every expert along its intermediate dim (w13 column-, w2 row-parallel); the router is
 replicated; routed and shared partial sums are added locally and reduced once (or left to the
 caller: `reduce_results=False`, as in the decoder layer, whose next norm reduces). On CUDA the
-routing and the routed experts run the Triton kernels (`kernels/moe.py`: decode batches route
-and align in one launch), elsewhere the torch references (`layers/backend.py`).
+router, the routing and the routed experts run the Triton kernels (`kernels/moe.py`'s
+`fused_moe_from_hidden`), elsewhere the torch references (`layers/backend.py`).
 When the shared expert is as wide as a routed one (Qwen3-Next: 512), it is fused: expert E of
 the stacked weights, picked by every token as an extra (k+1)-th choice with weight
 sigmoid(shared_expert_gate(x)), whose weight row is row E of the router and whose slot the
