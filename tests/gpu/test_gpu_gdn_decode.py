@@ -79,7 +79,8 @@ def test_output_norm_inside_the_kernel_equals_the_norm_after_it(B, hk, hv, dk, d
                                                                 state_dtype):
     """norm=(z, w, eps): the GDN output norm applied in the kernel's epilogue gives what
     `gated_rms_norm` gives on the unfused output (z a head view of a wider projection, as
-    the layer passes it), and the same state update."""
+    the layer passes it), and the same state update up to rounding (the fused variant's
+    one program per head reduces k·S in another order: bits differ on the GPU)."""
     from qnext.kernels.gdn_decode import gdn_decode
     from qnext.kernels.norm import gated_rms_norm
 
@@ -93,7 +94,7 @@ def test_output_norm_inside_the_kernel_equals_the_norm_after_it(B, hk, hv, dk, d
                           weight.to(dtype), 1e-6)
     got = gdn_decode(**x, ssm_states=states, state_indices=slots,
                      norm=(z, weight.to(dtype), 1e-6))
-    assert torch.equal(states, plain_states)
+    assert rel_err(states, plain_states) <= 1e-6
     assert got.dtype == dtype and rel_err(got, want) <= (1e-5 if dtype == torch.float32
                                                          else 1e-2)
     with pytest.raises(ValueError, match="norm z"):

@@ -158,8 +158,10 @@ def test_launchers_reject_bad_shapes():
                                           (11, 512, 10, True)])
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
-    """`moe_route_align` (decode batches) gives the weights, ids and layout of `moe_route`
-    followed by `moe_align`, and `fused_moe_routed` the mixture of `fused_moe_ref`."""
+    """`moe_route_align` (decode batches) gives the ids and layout of `moe_route` followed by
+    `moe_align`, its weights up to rounding (the two kernels compile the shared softmax
+    differently: the last bit differs for some rows on an H200), and `fused_moe_routed` the
+    mixture of `fused_moe_ref`."""
     from qnext.kernels.moe import fused_moe_routed
     from qnext.kernels.moe_route import moe_align, moe_route
     from qnext.kernels.moe_route_align import moe_route_align
@@ -172,7 +174,8 @@ def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
     want = moe_align(want_ids, E + shared, 16)
     _poison()
     got_w, got_ids, got = moe_route_align(logits, k, renormalize, shared, 16)
-    assert torch.equal(got_ids, want_ids) and torch.equal(got_w, want_w)
+    assert torch.equal(got_ids, want_ids)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-6, atol=0)
     used = int(want[2].item())
     assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1])
     assert torch.equal(got[0][:used], want[0][:used])
