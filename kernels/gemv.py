@@ -8,9 +8,9 @@ of W and reads them in BK-wide slices (16 KB a step at one row of x), multiplyin
 of x in float32 on CUDA cores, so an N-row weight makes N / 4 programs — 772 for the GDN
 input projection at TP4 — all resident at once.
 
-Opt-in for now (`QNEXT_DENSE_GEMV=1`, layers/linear.py's `dense`) until scripts/bench_gemv.py
-has timed it against cuBLAS on the model's shapes. Reference: `F.linear` (float32
-accumulation; rounded once to x.dtype).
+layers/linear.py's `dense` uses it for one row by default (`QNEXT_DENSE_GEMV` rows): on an H200
+it beat cuBLAS at one row and lost from four on (scripts/bench_gemv.py, docs/perf/kernels.md).
+Reference: `F.linear` (float32 accumulation; rounded once to x.dtype).
 """
 
 from __future__ import annotations

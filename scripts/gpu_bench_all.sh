@@ -7,8 +7,8 @@
 # the sum of the limits used. Steps named tp4_* need a 4-GPU kind and run only when
 # named; a step whose name ends in _oneshot runs with QNEXT_LAMPORT_ALLREDUCE=0 (torch's
 # one-shot all-reduce instead of the default barrier-free one), one ending in _grouped with
-# QNEXT_MOE_GEMV=0 (the grouped MoE GEMMs at decode too), one ending in _densegemv with
-# QNEXT_DENSE_GEMV=1 (the Triton GEMV for the dense projections). "setup" installs the wheels.
+# QNEXT_MOE_GEMV=0 (the grouped MoE GEMMs at decode too), one ending in _cublas with
+# QNEXT_DENSE_GEMV=0 (cuBLAS for one-row dense projections too). "setup" installs the wheels.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -47,7 +47,7 @@ steps=(
   "tp4_b1|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32 --trace $out/b1"
   "tp4_b1_oneshot|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b1_grouped|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
-  "tp4_b1_densegemv|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
+  "tp4_b1_cublas|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b8|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --batch 8 --trace $out/b8"
   "tp4_full|400|$site|scripts/bench_full_size.py --tp 4"
   "tp4_serve|500|$served|scripts/bench_serve.py --tp 4 --out $out/serve"
@@ -60,7 +60,7 @@ for step in "${steps[@]}"; do
   else [[ "$wanted" == *" $name "* ]] || continue; fi
   lamport=1; [[ "$name" != *_oneshot ]] || lamport=0
   gemv=1; [[ "$name" != *_grouped ]] || gemv=0
-  dense=0; [[ "$name" != *_densegemv ]] || dense=1
+  dense=1; [[ "$name" != *_cublas ]] || dense=0
   start=$(date +%s)
   # shellcheck disable=SC2086  # cmd is a word list on purpose
   run=(python3); [[ "$cmd" != *.sh* ]] || run=(bash)

@@ -14,13 +14,13 @@ Legend: T = new tokens, Hq / Hkv = local query / KV heads, D = head dim.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qnext.kernels import paged_attention_ref
 from qnext.worker.forward import ForwardBatch
 from qnext.worker.layers.backend import use_triton
-from qnext.worker.layers.linear import RowParallelLinear, copy_checked, kv_head_range, set_loader
+from qnext.worker.layers.linear import (RowParallelLinear, copy_checked, dense, kv_head_range,
+                                        set_loader)
 from qnext.worker.layers.norm import RMSNorm
 from qnext.worker.layers.parallel import get_tp_info, shard_range
 from qnext.worker.layers.rotary import RotaryEmbedding
@@ -50,7 +50,7 @@ class QKVProj(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """([T, q|gate], [T, k], [T, v]): column views of one output."""
-        return F.linear(x, self.weight).split(self.sizes, dim=-1)
+        return dense(x, self.weight).split(self.sizes, dim=-1)
 
 
 class GatedAttention(nn.Module):

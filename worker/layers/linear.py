@@ -3,8 +3,11 @@
 Each parameter carries a `weight_loader(param, tensor, **kwargs)` that takes the full checkpoint
 tensor and copies this rank's slice; the loader in `runtime.weights` dispatches without knowing
 layer internals. Collectives are visible in `forward` (RowParallelLinear's all-reduce).
-Every projection goes through `dense`: F.linear, or with QNEXT_DENSE_GEMV=1 the Triton GEMV
-for decode-sized batches on CUDA (kernels/gemv.py; opt-in until timed against cuBLAS).
+Every projection goes through `dense`: on CUDA, an x of at most QNEXT_DENSE_GEMV rows (default
+1; 0 turns it off) goes to the Triton GEMV (kernels/gemv.py), everything else to F.linear.
+Why one row: on 4 x H200 (2026-11-28, docs/perf/serving.md) the GEMV beat cuBLAS 1.01-1.14x on
+the model's projections at one row and lost from four rows on, and the batch-1 TP4 step went
+from 2.75-2.80 to 2.67-2.69 ms.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from qnext.worker.layers.backend import use_triton
 from qnext.worker.layers.parallel import get_tp_info, shard_range
 
 Loader = Callable[..., None]
-DENSE_GEMV = os.environ.get("QNEXT_DENSE_GEMV", "0") == "1"
+DENSE_GEMV_ROWS = int(os.environ.get("QNEXT_DENSE_GEMV", "1"))
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weightᵀ (see the module docstring for which implementation)."""
-    if DENSE_GEMV and use_triton(x):
+    if x.dim() == 2 and 0 < x.shape[0] <= DENSE_GEMV_ROWS and use_triton(x):
         from qnext.kernels.gemv import gemv, takes
 
         if takes(x) and x.stride(1) == 1:
