@@ -53,7 +53,7 @@ def stream_all(server, prompts, started: threading.Barrier | None = None):
 
 def test_resize_and_strategy_switch_while_8_streams_run(tiny_checkpoint):
     path = tiny_checkpoint("tiny")
-    server = Server(path)  # no_buffer, normal loop
+    server = Server(path)  # no_buffer, overlap loop
     try:
         prompts = [[(7 * i + j) % 380 + 1 for j in range(10 + 5 * i)] for i in range(8)]
         threads, want = stream_all(server, prompts)

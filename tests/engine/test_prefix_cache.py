@@ -1,7 +1,7 @@
 """Prefix caching end to end on the tiny model (fp32): a cache hit gives the same greedy tokens
 and the same logits as the cache disabled, multi-turn chats hit on every later turn,
 extra_buffer snapshots at branching positions, and eviction under pressure stays correct —
-for no_buffer (page 1) and extra_buffer (pages 1 and 16, normal and overlap loops)."""
+for no_buffer (page 1) and extra_buffer (pages 1 and 16), in the normal and overlap loops."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from tests.engine.helpers import assert_pools_at_baseline, make_engine, random_p
 
 VOCAB = 384
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True)
-CASES = [("no_buffer", 1, False), ("extra_buffer", 1, False), ("extra_buffer", 16, False),
-         ("extra_buffer", 16, True)]
-IDS = ["no_buffer", "extra_buffer", "extra_buffer-page16", "extra_buffer-page16-overlap"]
+CASES = [("no_buffer", 1, False), ("no_buffer", 1, True), ("extra_buffer", 1, False),
+         ("extra_buffer", 16, False), ("extra_buffer", 16, True)]
+IDS = ["no_buffer", "no_buffer-overlap", "extra_buffer", "extra_buffer-page16",
+       "extra_buffer-page16-overlap"]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,8 @@ def test_extra_buffer_hits_at_the_branching_position(path, chunk):
     assert_pools_at_baseline(engine)
 
 
-@pytest.mark.parametrize("strategy,page_size,overlap", CASES[:1] + CASES[-1:],
-                         ids=IDS[:1] + IDS[-1:])
+@pytest.mark.parametrize("strategy,page_size,overlap", CASES[:2] + CASES[-1:],
+                         ids=IDS[:2] + IDS[-1:])
 def test_eviction_under_pressure_keeps_results_correct(path, strategy, page_size, overlap):
     shared = random_prompts(2, 130, 131, VOCAB, seed=21)
     tails = random_prompts(10, 5, 40, VOCAB, seed=22)
@@ -115,17 +116,12 @@ def _request(i: int, prompt: list[int]) -> Request:
     return Request(f"p{i}", tuple(prompt), GREEDY)
 
 
-def test_no_buffer_runs_the_normal_loop_and_says_so(path):
-    from structlog.testing import capture_logs
+def test_every_strategy_keeps_the_overlap_loop(path):
+    """Unlike SGLang's no_buffer, which turns overlap scheduling off (engine.overlap_for)."""
+    from qnext.worker.engine.loop import OverlapLoop
 
-    from qnext.worker.engine.loop import NormalLoop, OverlapLoop
-
-    with capture_logs() as logs:
-        engine = make_engine(path, radix="no_buffer", overlap=True)
-    assert isinstance(engine.loop, NormalLoop)
-    assert any(e["event"] == "overlap_schedule_disabled" for e in logs)
-    assert isinstance(make_engine(path, radix="extra_buffer", overlap=True).loop, OverlapLoop)
-    assert isinstance(make_engine(path, radix="off", overlap=True).loop, OverlapLoop)
+    for radix in ("no_buffer", "extra_buffer", "off"):
+        assert isinstance(make_engine(path, radix=radix, overlap=True).loop, OverlapLoop)
 
 
 def test_stats_report_the_cache(path):

@@ -155,14 +155,14 @@ def test_mtp_head_drafts_give_the_tokens_of_plain_decoding(tiny_checkpoint, step
 
 
 @pytest.mark.parametrize("radix,overlap,shared_len,tail,pool", [
-    ("no_buffer", False, 30, 30, 150), ("extra_buffer", False, 66, 10, 120),
-    ("extra_buffer", True, 66, 10, 130)])
+    ("no_buffer", False, 30, 30, 150), ("no_buffer", True, 30, 30, 130),
+    ("extra_buffer", False, 66, 10, 120), ("extra_buffer", True, 66, 10, 130)])
 def test_preemption_and_prefix_hits_under_speculation(tiny_checkpoint, radix, overlap,
                                                       shared_len, tail, pool):
     """A pool too small for all requests (preemptions, scratch pages for drafts) and shared
     prefixes with the prefix cache (hits; extra_buffer snapshots prompts at multiples of 64
-    tokens); stop tokens end requests inside the kept drafts. extra_buffer runs the overlap
-    loop (chains; trees run the normal loop)."""
+    tokens); stop tokens end requests inside the kept drafts. The overlap cases run chains
+    (trees run the normal loop)."""
     path = tiny_checkpoint("tiny")
     shared = random_prompts(1, shared_len, shared_len + 1, 384, seed=3)[0]
     prompts = [shared + p for p in random_prompts(6, 1, tail, 384, seed=4)]

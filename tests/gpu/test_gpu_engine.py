@@ -57,6 +57,7 @@ def test_seeded_sampling_on_gpu_independent_of_batch(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("radix,page_size,overlap", [("no_buffer", 1, False),
+                                                     ("no_buffer", 1, True),
                                                      ("extra_buffer", 16, True)])
 def test_prefix_cache_on_gpu(tiny_checkpoint, radix, page_size, overlap):
     """Multi-turn chat on CUDA: later turns hit the cache (copy-on-write, snapshots written by

@@ -61,7 +61,7 @@ class Engine:
             self.executor = PlanExecutor(ModelRunner(cfg), cfg.model.eos_token_ids)
         self.runner = self.executor.runner
         strategy = cfg.cache.radix_strategy
-        overlap = self.overlap_for(cfg, strategy, explain=True)
+        overlap = self.overlap_for(cfg, explain=True)
         self.install(cfg, self.executor.plan_memory(cfg, strategy, overlap))
         self._ids: dict[str, int] = {}
         self._requests: dict[int, str] = {}
@@ -82,10 +82,16 @@ class Engine:
         log.info("warmup", forwards=forwards, seconds=round(time.monotonic() - start, 1))
 
     @staticmethod
-    def overlap_for(cfg: Config, strategy: str, explain: bool = False) -> bool:
-        """no_buffer snapshots read the live working slot, which an in-flight step of the
-        overlap loop would be advancing: that strategy runs the normal loop; so do draft
-        trees (their steps wait for the kept paths, runtime/spec_worker.py)."""
+    def overlap_for(cfg: Config, explain: bool = False) -> bool:
+        """Draft trees run the normal loop (their steps wait for the kept paths,
+        runtime/spec_worker.py); everything else may overlap.
+
+        Unlike SGLang, whose no_buffer mode turns overlap scheduling off, no_buffer keeps the
+        overlap loop here: its chunk-boundary copies are queued in the plan after the chunk
+        they snapshot, on the same stream, and a finished sequence gives its working slot to
+        the tree only once no step in flight references it (`Scheduler._collect_finished`),
+        at `num_computed` (the tokens its launched steps fed, one more than the normal loop
+        when the extra step ran). The scheduler property tests check both loops."""
         if cfg.sched.disable_overlap_schedule:
             return False
         if cfg.spec.enabled and cfg.spec.topk > 1:
@@ -93,19 +99,13 @@ class Engine:
                 log.info("overlap_schedule_disabled", reason="speculative decoding with draft "
                          "trees (--speculative-eagle-topk > 1) runs the normal loop")
             return False
-        if strategy == "no_buffer":
-            if explain:
-                log.info("overlap_schedule_disabled", reason="--mamba-scheduler-strategy "
-                         "no_buffer snapshots the live state; use extra_buffer to keep the "
-                         "overlap loop")
-            return False
         return True
 
     def install(self, cfg: Config, plan: MemoryPlan, carry: Scheduler | None = None) -> None:
         """Allocate pools for `plan` and build the scheduler and loop for `cfg`; `carry`: a
         quiescent scheduler (nothing running or in flight) whose queue moves over."""
         self.cfg, self.strategy, self.memory = cfg, cfg.cache.radix_strategy, plan
-        overlap = self.overlap_for(cfg, self.strategy)
+        overlap = self.overlap_for(cfg)
         self.executor.install_pools(cfg, plan)
         self.scheduler = Scheduler(self._limits(overlap), PageAllocator(plan.num_pages),
                                    StateSlotAllocator(plan.num_state_slots),

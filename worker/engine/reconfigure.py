@@ -6,7 +6,7 @@ unfinished request; retire the step in flight (its tokens are returned for deliv
 every running request (they keep their outputs and recompute from their tokens, like a
 preemption — greedy outputs are unchanged); drop the prefix cache (its ids belong to the old
 pools); free the old pools, allocate the new ones, rebuild the scheduler around the same
-queue, and the loop (no_buffer runs the normal loop). Requests then continue in arrival order.
+queue, and the loop. Requests then continue in arrival order.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def new_config(cfg: Config, strategy: str | None = None, ratio: float | None = N
 
 def plan_for(engine, cfg: Config) -> MemoryPlan:
     strategy = cfg.cache.radix_strategy
-    return engine.executor.plan_memory(cfg, strategy, engine.overlap_for(cfg, strategy))
+    return engine.executor.plan_memory(cfg, strategy, engine.overlap_for(cfg))
 
 
 def apply(engine, cfg: Config) -> tuple[MemoryPlan, list[RequestOutput]]:

@@ -4,9 +4,11 @@ the tree. Pure Python, ints only; must not import torch.
 
 Strategies (`SchedulerLimits.strategy`, SGLang's `--mamba-scheduler-strategy`):
 - "off": no tree; a sequence holds a working slot and its pages, freed at the end.
-- "no_buffer": page size 1, normal loop only. At a chunk boundary the working slot is copied
-  into a new slot (a `copy_slots` entry of the next plan, before its forward) and inserted at
-  the computed length; at the end the working slot itself is donated with every computed token.
+- "no_buffer": page size 1, either loop. At a chunk boundary the working slot is copied into a
+  new slot (a `copy_slots` entry of the next plan, before its forward) and inserted at the
+  computed length; at the end the working slot itself is donated with every computed token
+  (the scheduler releases a sequence only when no step in flight references it, so under the
+  overlap loop the slot holds exactly `num_computed` tokens' state).
 - "extra_buffer": each sequence owns `num_track_slots` ping-pong slots the forward writes
   snapshots into (`SeqWork.snapshot_*`): in prefill at multiples of `chunk` = max(64, page
   size) or at the branching position a match reported, in decode every `track_interval`
