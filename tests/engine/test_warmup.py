@@ -10,7 +10,7 @@ from qnext.cli import options as o
 from qnext.worker.config import ParallelConfig
 from qnext.worker.engine import Engine
 from qnext.worker.layers.parallel import reset_tp_info
-from qnext.worker.runtime.warmup import SHAPES
+from qnext.worker.runtime.warmup import SHAPES, shapes_for
 from qnext.worker.sched.request import SamplingParams
 from tests.engine.helpers import assert_pools_at_baseline, engine_config, random_prompts
 
@@ -29,8 +29,25 @@ def test_warm_up_leaves_no_trace(tiny_checkpoint):
     assert engine.executor.warm_up() == len(SHAPES)  # no limit: the 2048-token prompt too
     assert_pools_at_baseline(engine)
     assert engine.stats()["num_requests"] == 0
-    assert engine.executor.warm_up(16) == 1  # within the chunked-prefill size: the decode batch
+    # within a 16-token budget: the two decode batches, then 8 prompts of 2 tokens
+    assert engine.executor.warm_up(16) == 3 == len(shapes_for(16))
     assert _tokens(engine, prompts) == want
+
+
+def test_warm_up_shapes_cross_the_classes_a_loaded_server_meets():
+    """Within the budget; token and sequence counts of each class (1, a multiple of 16,
+    other); cached prefixes; decodes mixed into prefill; the whole budget last."""
+    shapes = shapes_for(256)
+    assert all(sum(new for new, _ in shape) <= 256 for shape in shapes)
+    assert shapes[-1] == ((32, 0),) * 8 and shapes_for(None) == list(SHAPES)
+
+    def cls(n):
+        return 1 if n == 1 else 16 if n % 16 == 0 else 0
+
+    seen = {(cls(sum(new for new, _ in s)), cls(len(s))) for s in shapes}
+    assert {(0, 1), (0, 0), (16, 0), (16, 16), (0, 16), (16, 1)} <= seen, seen
+    assert any(prefix and new > 1 for s in shapes for new, prefix in s)  # a later chunk
+    assert any({new > 1 for new, _ in s} == {True, False} for s in shapes)  # mixed
 
 
 def test_tp2_followers_warm_up_too(tiny_checkpoint):
@@ -41,7 +58,8 @@ def test_tp2_followers_warm_up_too(tiny_checkpoint):
     reset_tp_info()  # this process was rank 0 of 1; now it leads a group of 2
     engine = Engine(replace(cfg, parallel=ParallelConfig(tp_size=2)))
     try:
-        assert engine.executor.warm_up(64) == 3  # a collective per layer on both ranks
+        # a collective per layer on both ranks, every forward
+        assert engine.executor.warm_up(64) == len(shapes_for(64))
         assert _tokens(engine, prompts) == want
     finally:
         engine.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from qnext.kernels.compile_log import log_compiles_from_now
 from qnext.worker.config import Config
 from qnext.worker.engine.loop import NormalLoop, OverlapLoop
 from qnext.worker.engine.reconfigure import apply, new_config, plan_for
@@ -74,12 +75,10 @@ class Engine:
 
     def _warm_up(self) -> None:
         """Triton's compilations of the usual shape classes, before any request waits."""
-        sched = self.cfg.sched
         start = time.monotonic()
-        limit = min(sched.chunked_prefill_size or sched.max_prefill_tokens,
-                    sched.max_prefill_tokens)
-        forwards = self.executor.warm_up(limit)
+        forwards = self.executor.warm_up(self.cfg.sched.max_prefill_tokens)
         log.info("warmup", forwards=forwards, seconds=round(time.monotonic() - start, 1))
+        log_compiles_from_now(log)  # a later compile is a shape class the warm-up missed
 
     @staticmethod
     def overlap_for(cfg: Config, explain: bool = False) -> bool:

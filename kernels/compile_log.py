@@ -1,0 +1,72 @@
+"""Which Triton kernels compile, and when: a chained hook on Triton's post-compile callback.
+
+After the start-up warm-up (worker/runtime/warmup.py) and the decode-graph capture, a
+compilation means a request waited (seconds, on every rank) for a shape class the warm-up
+missed. The engine therefore logs every later one (`log_compiles_from_now`, event
+`triton_compile_after_warmup` with the kernel and its specialisation), so a server log names
+the class to add, and the GPU test `test_gpu_warmup.py` asserts that a serving-like run after
+the warm-up compiles nothing (`CompileWatch`).
+
+Triton calls the hook after each compilation that is not in the process's in-memory cache
+(a hit in the on-disk cache counts too: still a stall, shorter). No Triton, or one without
+`triton.knobs.runtime.jit_post_compile_hook` (3.4 and later have it): every call is a no-op.
+Pure Python apart from Triton's knob; imports Triton lazily (CI has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_logging = False
+
+
+def _runtime_knobs():
+    try:
+        import triton
+    except ImportError:
+        return None
+    knobs = getattr(getattr(triton, "knobs", None), "runtime", None)
+    return knobs if hasattr(knobs, "jit_post_compile_hook") else None
+
+
+class CompileWatch:
+    """`on_compile(description)` for every Triton compilation between `start` and `stop` (or
+    inside `with`); hooks already installed keep being called."""
+
+    def __init__(self, on_compile: Callable[[str], None]) -> None:
+        self.on_compile = on_compile
+        self._knobs, self._previous, self._hook = None, None, None
+
+    def start(self) -> CompileWatch:
+        self._knobs = _runtime_knobs()
+        if self._knobs is not None:
+            self._previous = previous = self._knobs.jit_post_compile_hook
+
+            def hook(**kwargs):
+                self.on_compile(str(kwargs.get("repr", kwargs.get("fn"))))
+                return previous(**kwargs) if previous is not None else None
+
+            self._hook = self._knobs.jit_post_compile_hook = hook
+        return self
+
+    def stop(self) -> None:
+        """Restore the previous hook (only if ours is still the one installed)."""
+        if self._knobs is not None and self._knobs.jit_post_compile_hook is self._hook:
+            self._knobs.jit_post_compile_hook = self._previous
+        self._knobs = None
+
+    def __enter__(self) -> CompileWatch:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def log_compiles_from_now(log) -> None:
+    """Log every later compilation of this process as a warning (once per process: engines
+    rebuilt in one process share the hook)."""
+    global _logging
+    if not _logging:
+        CompileWatch(lambda kernel: log.warning("triton_compile_after_warmup",
+                                                kernel=kernel)).start()
+        _logging = True

@@ -1,0 +1,33 @@
+"""`CompileWatch` chains onto Triton's post-compile hook and gives it back. Triton compiles
+nothing without a GPU, so the hook is called here the way Triton calls it (keyword
+arguments); the GPU test test_gpu_warmup.py watches real compilations."""
+
+from __future__ import annotations
+
+import pytest
+
+from qnext.kernels.compile_log import CompileWatch
+
+
+def test_watch_chains_and_restores_the_previous_hook():
+    triton = pytest.importorskip("triton")
+    knobs = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if not hasattr(knobs, "jit_post_compile_hook"):
+        pytest.skip("this Triton has no jit_post_compile_hook")
+    outer, inner = [], []
+    saved = knobs.jit_post_compile_hook
+    knobs.jit_post_compile_hook = lambda **kw: outer.append(kw["repr"])
+    first = knobs.jit_post_compile_hook
+    try:
+        with CompileWatch(inner.append):
+            knobs.jit_post_compile_hook(repr="_k[num_warps=4](x: *fp32)", fn=None)
+        assert inner == outer == ["_k[num_warps=4](x: *fp32)"]
+        assert knobs.jit_post_compile_hook is first
+    finally:
+        knobs.jit_post_compile_hook = saved
+
+
+def test_watch_without_triton_is_a_no_op():
+    with CompileWatch(lambda _: None) as watch:
+        pass
+    assert watch._knobs is None
