@@ -11,6 +11,13 @@ input projection at TP4 — all resident at once.
 layers/linear.py's `dense` uses it for one row by default (`QNEXT_DENSE_GEMV` rows): on an H200
 it beat cuBLAS at one row and lost from four on (scripts/bench_gemv.py, docs/perf/kernels.md).
 Reference: `F.linear` (float32 accumulation; rounded once to x.dtype).
+
+`norm=(z, w, eps)`: x first goes through the GDN output norm, per group of len(w) lanes
+(a value head): w · x / rms(x) · silu(z), rounded where `gated_rms_norm_ref` rounds, then to
+x.dtype as that reference's output is. Every program has whole groups of x in its slice (one
+row of x: all of it), so the norm costs no launch and no round trip: the GDN layer's decode
+step runs its delta-rule kernel without the norm epilogue (which limits that kernel to one
+program a head) and its output projection here. Reference: F.linear of gated_rms_norm_ref.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import check_device
+from qnext.kernels.norm import gated_rms_rows
 
 BN = 4  # weight rows a program
 MAX_ROWS = 16  # rows of x (tokens) the kernel takes
@@ -27,21 +35,40 @@ TILE = 8192  # x rows x weight rows x reduction lanes a step: 64 products a thre
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, M, N, s_xm, s_wn, s_ym, K: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _normed_groups(x, z_ptrs, mask, g_ptr, eps, BM: tl.constexpr, BK: tl.constexpr,
+                   G: tl.constexpr):
+    """x [BM, BK] (storage dtype) through the gated norm per G lanes -> float32 of x.dtype."""
+    z = tl.load(z_ptrs, mask=mask, other=0.0)
+    rows: tl.constexpr = BM * (BK // G)
+    y = gated_rms_rows(tl.reshape(x, (rows, G)), tl.reshape(z, (rows, G)), g_ptr,
+                       tl.arange(0, G), G, eps)
+    return tl.reshape(y, (BM, BK)).to(x.dtype).to(tl.float32)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, z_ptr, g_ptr, M, N, s_xm, s_wn, s_ym, s_zm, eps,
+                 K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 G: tl.constexpr):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     offs_m = tl.arange(0, BM)
     offs_k = tl.arange(0, BK)
     n_ok, m_ok = offs_n < N, offs_m < M
     x_ptrs = x_ptr + offs_m[:, None] * s_xm + offs_k[None, :]
+    z_ptrs = z_ptr + offs_m[:, None] * s_zm + offs_k[None, :]
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
     acc = tl.zeros([BM, BN], tl.float32)
     for k0 in range(0, K, BK):
-        k_ok = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        xm = m_ok[:, None] & (offs_k < K - k0)[None, :]
+        x = tl.load(x_ptrs, mask=xm, other=0.0)
+        if G > 0:  # constexpr: the GDN output norm first
+            x = _normed_groups(x, z_ptrs, xm, g_ptr, eps, BM, BK, G)
+        else:
+            x = x.to(tl.float32)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & (offs_k < K - k0)[None, :],
+                    other=0.0).to(tl.float32)
         acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
         x_ptrs += BK
+        z_ptrs += BK
         w_ptrs += BK
     tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
@@ -52,9 +79,11 @@ def takes(x: torch.Tensor) -> bool:
     return x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor,
+         norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
     """F.linear(x, weight) for x [M <= MAX_ROWS, K] (contiguous rows) and weight [N, K]
-    (contiguous rows, x's dtype): y [M, N] in x.dtype."""
+    (contiguous rows, x's dtype): y [M, N] in x.dtype. `norm` = (z [M, K] with contiguous
+    rows, w [G], eps): x through the GDN output norm first (module docstring)."""
     if not takes(x) or x.stride(1) != 1:
         raise ValueError(f"x {tuple(x.shape)} must be [1..{MAX_ROWS}, K] with contiguous rows")
     M, K = x.shape
@@ -66,7 +95,33 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     N = weight.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     bm = triton.next_power_of_2(M)
-    bk = min(triton.next_power_of_2(K), TILE // (bm * BN))
-    _gemv_kernel[(triton.cdiv(N, BN),)](x, weight, y, M, N, x.stride(0), weight.stride(0),
-                                        y.stride(0), K=K, BM=bm, BN=BN, BK=bk, num_warps=4)
+    bk = _slice(K, bm)
+    z, g, eps = norm if norm is not None else (x, x, 0.0)
+    group = _check_norm(x, z, g, bk) if norm is not None else 0
+    _gemv_kernel[(triton.cdiv(N, BN),)](x, weight, y, z, g, M, N, x.stride(0),
+                                        weight.stride(0), y.stride(0), z.stride(0), eps, K=K,
+                                        BM=bm, BN=BN, BK=bk, G=group, num_warps=4)
     return y
+
+
+def _slice(K: int, bm: int) -> int:
+    return min(triton.next_power_of_2(K), TILE // (bm * BN))
+
+
+def takes_norm(rows: int, cols: int, group: int) -> bool:
+    """Whether `gemv` takes an x [rows, cols] with a norm over groups of `group` lanes: a
+    power of 2 that divides cols and the slice each program reads."""
+    return 0 < rows <= MAX_ROWS and group > 0 and not group & (group - 1) \
+        and cols % group == 0 and _slice(cols, triton.next_power_of_2(rows)) % group == 0
+
+
+def _check_norm(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor, bk: int) -> int:
+    group = g.numel()
+    if not takes_norm(*x.shape, group) or bk % group:
+        raise ValueError(f"norm weight of {group} lanes must be a power of 2 dividing "
+                         f"K = {x.shape[1]} and the slice {bk}")
+    if z.shape != x.shape or z.stride(1) != 1 or z.dtype != x.dtype or g.dim() != 1:
+        raise ValueError(f"norm z {tuple(z.shape)} {z.dtype} must be x's shape "
+                         f"{tuple(x.shape)} and dtype with contiguous rows, w 1-D")
+    check_device("gemv", z, g)
+    return group

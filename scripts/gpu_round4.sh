@@ -28,7 +28,7 @@ fi
 if [[ "$parts" == *" single "* ]]; then
   GPUS="0 1 2 3" JOBS=12 LIMIT="$limit" bash scripts/gpu_tests.sh attention gdn_prefill moe \
     parity engine cuda_graph spec conv_prefill gdn_decode norms rope verify conv_decode \
-    lamport transfer gemv warmup
+    lamport transfer gemv warmup gdn_layer
 fi
 wait
 if [[ "$parts" == *" tp4 "* ]]; then  # test_gpu_allreduce.py runs both paths itself

@@ -44,3 +44,35 @@ def test_gemv_rejects_what_it_does_not_take():
         gemv(x, w[:, :7])
     with pytest.raises(ValueError, match="weight"):
         gemv(x, w.double())
+
+
+@pytest.mark.parametrize("M,heads,group,N", [(1, 8, 128, 2048), (3, 5, 64, 37), (1, 4, 16, 9)])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_gemv_with_the_gdn_norm_is_linear_of_the_normed_rows(M, heads, group, N, dtype, tol):
+    """norm=(z, w, eps): F.linear of gated_rms_norm_ref's output (z a column slice of a wider
+    projection, as the GDN layer hands it over)."""
+    from qnext.kernels.gemv import gemv
+    from qnext.kernels.norm_ref import gated_rms_norm_ref
+
+    K = heads * group
+    gen = generator(M * K + N)
+    x = torch.randn(M, K, generator=gen, device=DEVICE).to(dtype)
+    z = torch.randn(M, K + 6, generator=gen, device=DEVICE).to(dtype)[:, 2:K + 2]
+    w = (torch.rand(group, generator=gen, device=DEVICE) + 0.5).to(dtype)
+    weight = (torch.randn(N, K, generator=gen, device=DEVICE) * K**-0.5).to(dtype)
+    normed = gated_rms_norm_ref(x.view(M, heads, group), z.reshape(M, heads, group), w, 1e-6)
+    want = F.linear(normed.reshape(M, K).float(), weight.float())
+    got = gemv(x, weight, norm=(z, w, 1e-6))
+    assert got.dtype == dtype and not torch.isnan(got).any()
+    assert rel_err(got.float(), want) <= tol
+
+
+def test_gemv_norm_rejects_groups_it_cannot_hold():
+    from qnext.kernels.gemv import gemv, takes_norm
+
+    x, weight = torch.randn(1, 96, device=DEVICE), torch.randn(5, 96, device=DEVICE)
+    assert takes_norm(1, 96, 32) and not takes_norm(1, 96, 48) and not takes_norm(1, 96, 64)
+    with pytest.raises(ValueError, match="power of 2"):
+        gemv(x, weight, norm=(x, torch.ones(48, device=DEVICE), 1e-6))
+    with pytest.raises(ValueError, match="norm z"):
+        gemv(x, weight, norm=(x[:, :64], torch.ones(32, device=DEVICE), 1e-6))

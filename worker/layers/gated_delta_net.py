@@ -7,7 +7,9 @@ inside the delta rule; gates are beta = sigmoid(b), g = -exp(A_log) * softplus(a
 TP splits whole key-head groups, so a rank's conv and recurrent state hold only its heads.
 On CUDA the Triton kernels run: conv (`kernels/conv_decode.py`, `kernels/conv_prefill.py`)
 and the delta rule (`kernels/gdn_decode.py`, `kernels/gdn_prefill.py`), gates and q/k norm
-fused; speculative verify in `layers/gdn_verify.py`.
+fused; at decode the output norm goes into the delta-rule kernel's epilogue, or, for rows the
+output projection's GEMV takes (one by default), into that GEMV (`kernels/gemv.py`); speculative
+verify in `layers/gdn_verify.py`.
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
@@ -29,6 +31,7 @@ from qnext.worker.layers.gdn_proj import GroupedInProj
 from qnext.worker.layers.gdn_verify import verify_conv, verify_delta_rule
 from qnext.worker.layers.linear import (
     RowParallelLinear,
+    dense_takes_norm,
     load_blocks,
     load_rows,
     set_loader,
@@ -98,14 +101,22 @@ class GatedDeltaNet(nn.Module):
         """The delta rule's output through the gated norm; decode on CUDA does both in one
         kernel (gdn_decode's `norm`)."""
         if batch.is_decode and use_triton(q):
-            from qnext.kernels.gdn_decode import gdn_decode
-
-            return gdn_decode(q, k, v, a, b, self.A_log, self.dt_bias,
-                              ssm_states=batch.state_cache.ssm(self.state_layer),
-                              state_indices=batch.state_slots,
-                              snapshot_slots=batch.snapshot_slots,
-                              norm=(z.to(v.dtype), self.norm.weight, self.norm.eps))
+            return self._decode_kernel(q, k, v, a, b, batch,
+                                       norm=(z.to(v.dtype), self.norm.weight, self.norm.eps))
         return self.norm(self._delta_rule(q, k, v, a, b, batch), z)
+
+    def _decode_kernel(self, q, k, v, a, b, batch: ForwardBatch, norm=None) -> torch.Tensor:
+        from qnext.kernels.gdn_decode import gdn_decode
+
+        return gdn_decode(q, k, v, a, b, self.A_log, self.dt_bias,
+                          ssm_states=batch.state_cache.ssm(self.state_layer),
+                          state_indices=batch.state_slots, snapshot_slots=batch.snapshot_slots,
+                          norm=norm)
+
+    def _norm_in_out_proj(self, v: torch.Tensor, batch: ForwardBatch) -> bool:
+        """Decode rows the output projection's GEMV takes with the norm inside: the delta
+        rule then runs without its norm epilogue, over more programs (kernels/gemv.py)."""
+        return batch.is_decode and dense_takes_norm(v, v.shape[0], self.hv * self.dv, self.dv)
 
     def _delta_rule(self, q, k, v, a, b, batch: ForwardBatch) -> torch.Tensor:
         ssm_states = batch.state_cache.ssm(self.state_layer)
@@ -140,6 +151,10 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(num_tokens, self.hv, self.dv)
         if batch.is_verify:  # every draft step's state kept apart, the pool untouched
             out = self.norm(verify_delta_rule(self, q, k, v, a, b, batch), z)
+        elif self._norm_in_out_proj(v, batch):
+            out = self._decode_kernel(q, k, v, a, b, batch)
+            return self.out_proj(out.reshape(num_tokens, -1), norm=(
+                z.flatten(1).to(v.dtype), self.norm.weight, self.norm.eps))
         else:
             out = self._normed_delta_rule(q, k, v, a, b, z, batch)  # [T, hv, dv]
         return self.out_proj(out.reshape(num_tokens, -1))

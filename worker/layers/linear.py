@@ -26,14 +26,30 @@ Loader = Callable[..., None]
 DENSE_GEMV_ROWS = int(os.environ.get("QNEXT_DENSE_GEMV", "1"))
 
 
-def dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weightᵀ (see the module docstring for which implementation)."""
-    if x.dim() == 2 and 0 < x.shape[0] <= DENSE_GEMV_ROWS and use_triton(x):
+def dense(x: torch.Tensor, weight: torch.Tensor,
+          norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
+    """x @ weightᵀ (see the module docstring for which implementation). `norm` (z, w, eps):
+    the GDN output norm applied to x inside the GEMV, only where `dense_takes_norm` said so."""
+    if norm is not None or (_gemv_rows(x.shape[0]) and x.dim() == 2 and use_triton(x)):
         from qnext.kernels.gemv import gemv, takes
 
-        if takes(x) and x.stride(1) == 1:
-            return gemv(x, weight)
+        if norm is not None or (takes(x) and x.stride(1) == 1):
+            return gemv(x, weight, norm)
     return F.linear(x, weight)
+
+
+def _gemv_rows(rows: int) -> bool:
+    return 0 < rows <= DENSE_GEMV_ROWS
+
+
+def dense_takes_norm(x: torch.Tensor, rows: int, cols: int, group: int) -> bool:
+    """Whether `dense` can apply a norm over `group`-lane groups of an x [rows, cols] like
+    `x` (dtype, device): the Triton GEMV's rows, on CUDA."""
+    if not (_gemv_rows(rows) and use_triton(x)):
+        return False
+    from qnext.kernels.gemv import takes_norm
+
+    return takes_norm(rows, cols, group)
 
 
 def set_loader(param: nn.Parameter, loader: Loader, num_loads: int = 1) -> nn.Parameter:
@@ -110,8 +126,9 @@ class RowParallelLinear(nn.Module):
         self.weight = set_loader(nn.Parameter(torch.empty(out_size, end - start)),
                                  lambda p, t: load_rows(p, t, dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = dense(x, self.weight)
+    def forward(self, x: torch.Tensor, norm: tuple | None = None) -> torch.Tensor:
+        """`norm`: see `dense` (the GDN output projection's decode step)."""
+        y = dense(x, self.weight, norm)
         return self.comm.all_reduce(y) if self.reduce_results else y
 
 
