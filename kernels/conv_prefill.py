@@ -2,7 +2,10 @@
 conv-state pool by slot, with the final state (and an optional snapshot) written in place.
 
 A flat grid over (blocks of BT tokens, blocks of channels); no host-side preparation: each
-program finds the sequence of its rows by a binary search over cu_seqlens. Token t at position
+program finds the sequence of its rows by a binary search over cu_seqlens. A block inside one
+sequence, K-1 or more tokens past its start (most blocks of a long prompt), takes a short path:
+the K shifted row loads and nothing else (on an H200 the general path alone reached 11-20 % of
+the copy floor at 8K-64K tokens, docs/perf/conv-prefill.md). Token t at position
 p of its sequence reads the window inputs p-K+1 .. p; those before the sequence start come
 from the initial state (its slot, or zeros). In-place hazard: the old state of a sequence is
 read only by its first K-1 tokens, so those are all computed by the program holding the
@@ -123,6 +126,41 @@ def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, sn
     offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
     mask_c = offs_c < C
     limit = tl.minimum(tl.load(cu_ptr + B).to(tl.int64), T)
+    b0 = tl.minimum(_count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
+    start0 = tl.load(cu_ptr + b0).to(tl.int64)
+    if (t0 - start0 >= K - 1) & (t0 + BT <= tl.minimum(tl.load(cu_ptr + b0 + 1), limit)):
+        _conv_interior(t0 + tl.arange(0, BT), offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K,
+                       SILU)
+    else:
+        _conv_block(t0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr,
+                    init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B, n_iter, K,
+                    BT, BS, BW, SILU, HAS_SNAP)
+
+
+@triton.jit
+def _conv_interior(t, offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K: tl.constexpr,
+                   SILU: tl.constexpr):
+    """The common block: rows t [BT] of one sequence, each at least K-1 tokens past its
+    start, and no sequence starts here: no state to read or write, no per-row search."""
+    acc = tl.zeros((t.shape[0], offs_c.shape[0]), dtype=tl.float32)
+    for j in tl.static_range(K):
+        xv = tl.load(x_ptr + (t + j - (K - 1))[:, None] * s_xt + offs_c[None, :],
+                     mask=mask_c[None, :], other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_c * K + j, mask=mask_c, other=0.0).to(tl.float32)
+        acc += w[None, :] * xv
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + t[:, None] * C + offs_c[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask_c[None, :])
+
+
+@triton.jit
+def _conv_block(t0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr,
+                snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B, n_iter,
+                K: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr, BW: tl.constexpr,
+                SILU: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """Any block: per-row sequences, initial states, and the states of sequences starting
+    here (see the module docstring)."""
     # own rows: all but a sequence's first K-1 tokens when it started in an earlier block
     t = t0 + tl.arange(0, BT)
     b, start = _seq_of(t, cu_ptr, B, n_iter)
