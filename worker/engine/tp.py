@@ -3,8 +3,9 @@
 Rank 0 (the engine's process) spawns the other ranks of its node; on more nodes
 (`--nnodes`), `run_node` on each other node spawns that node's ranks, which meet rank 0 at
 `--dist-init-addr`. Every rank builds its shard of the model
-and its pools; rank 0's scheduler plans each step and broadcasts the plan (plain ints) over a
-gloo group; every rank runs the same forward (the layers' collectives pair up) and samples the
+and its pools; rank 0's scheduler plans each step and sends the plan (plain ints) to the
+followers — through a shared-memory ring on one node (`command_ring.py`), over a gloo group
+across nodes or when a command outgrows a slot; every rank runs the same forward (the layers' collectives pair up) and samples the
 same tokens (identical logits, counter-based randomness), so the overlap loop's on-device
 token feedback works on every rank. Memory planning (a collective minimum over ranks) and pool
 (re)allocation are broadcast commands too, so reconfiguration covers every rank.
@@ -30,6 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from qnext.worker.config import Config
+from qnext.worker.engine.command_ring import RingReader, RingSpec, RingWriter
 from qnext.worker.layers.parallel import init_distributed, reset_tp_info
 from qnext.worker.runtime.model_runner import ModelRunner
 from qnext.worker.runtime.spec_worker import SpecExecutor
@@ -38,6 +40,7 @@ from qnext.worker.sched.memory import MemoryPlan
 from qnext.worker.sched.plan import StepPlan
 
 log = structlog.get_logger()
+_CTX = mp.get_context("spawn")
 FOREVER = datetime.timedelta(days=365)  # followers idle between requests without a timeout
 RANK_DIED = 1  # the worker's exit code when a follower exits unasked
 
@@ -55,11 +58,11 @@ def _init_address(cfg: Config) -> str:
     return f"tcp://{addr}" if addr else f"tcp://127.0.0.1:{_free_port()}"
 
 
-def _spawn(cfg: Config, ranks, address: str) -> list:
-    """Start follower processes for `ranks`; they exit with this process."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=follower_main, daemon=True,
-                         args=(rank, cfg.parallel.tp_size, address, cfg, os.getpid()))
+def _spawn(cfg: Config, ranks, address: str, ring: RingSpec | None = None) -> list:
+    """Start follower processes for `ranks`; they exit with this process. `ring`: node 0's
+    command ring (follower rank r reads as reader r - 1)."""
+    procs = [_CTX.Process(target=follower_main, daemon=True,
+                          args=(rank, cfg.parallel.tp_size, address, cfg, os.getpid(), ring))
              for rank in ranks]
     for proc in procs:
         proc.start()
@@ -70,12 +73,13 @@ class TPExecutor(PlanExecutor):
     """Rank 0's executor: every command is broadcast to the followers, then run here."""
 
     def __init__(self, runner: ModelRunner, group, procs: list,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, ring: RingWriter | None = None) -> None:
         super().__init__(runner, runner.cfg.model.eos_token_ids)
-        self.group, self.procs, self.stopping = group, procs, stopping
+        self.group, self.procs, self.stopping, self.ring = group, procs, stopping, ring
 
     def send(self, *command) -> None:
-        dist.broadcast_object_list([command], src=0, group=self.group)
+        if self.ring is None or not self.ring.put(command):
+            dist.broadcast_object_list([command], src=0, group=self.group)
 
     def plan_memory(self, cfg: Config, strategy: str, overlap: bool) -> MemoryPlan:
         self.send("plan", cfg, strategy, overlap)
@@ -103,6 +107,8 @@ class TPExecutor(PlanExecutor):
         dist.destroy_process_group()
         for proc in self.procs:
             proc.join(timeout=60)
+        if self.ring is not None:
+            self.ring.close()
         reset_tp_info()
 
 
@@ -117,13 +123,17 @@ def start_tp(cfg: Config) -> TPExecutor:
         raise ValueError("the engine runs on node 0; other nodes call run_node")
     address = _init_address(cfg)
     ranks = cfg.parallel.local_ranks[1:]
-    procs, stopping = _spawn(cfg, ranks, address), threading.Event()
+    # every follower on this node: the ring; with other nodes, gloo for all
+    ring = RingWriter.create(_CTX, len(ranks)) if cfg.parallel.nnodes == 1 and ranks else None
+    procs, stopping = _spawn(cfg, ranks, address, ring and ring.spec), threading.Event()
     _exit_with_followers(dict(zip(ranks, procs)), stopping)
     init_distributed(0, cfg.parallel.tp_size, address, rank_config(cfg, 0).load.device,
                      custom_all_reduce=not cfg.parallel.disable_custom_all_reduce)
     group = dist.new_group(backend="gloo", timeout=FOREVER)
+    if ring is not None:
+        ring.unlink()  # the followers opened it before joining the group
     cls = TPSpecExecutor if cfg.spec.enabled else TPExecutor
-    return cls(ModelRunner(rank_config(cfg, 0)), group, procs, stopping)
+    return cls(ModelRunner(rank_config(cfg, 0)), group, procs, stopping, ring)
 
 
 def run_node(cfg: Config) -> int:
@@ -136,12 +146,14 @@ def run_node(cfg: Config) -> int:
     return max(abs(proc.exitcode or 0) for proc in procs)
 
 
-def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) -> None:
+def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int,
+                  ring: RingSpec | None = None) -> None:
     """Ranks 1..tp-1: follow rank 0's commands until "stop"."""
     from qnext.worker.log import configure_like_parent
 
     configure_like_parent()  # stderr, at the parent's level
     _exit_with_parent(parent)
+    reader = RingReader(ring, rank - 1) if ring is not None else None  # before joining
     cfg = rank_config(cfg, rank)
     init_distributed(rank, size, address, cfg.load.device,
                      custom_all_reduce=not cfg.parallel.disable_custom_all_reduce)
@@ -152,9 +164,7 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
         executor.downloads_outputs = False
     last: Launched | None = None  # the overlap loop's `previous` is always the last launch
     while True:
-        box = [None]
-        dist.broadcast_object_list(box, src=0, group=group)
-        kind, *args = box[0]
+        kind, *args = _next_command(reader, group)
         if kind == "stop":
             executor.close()
             break
@@ -174,6 +184,15 @@ def follower_main(rank: int, size: int, address: str, cfg: Config, parent: int) 
     # and tearing them down sometimes aborts the process (SIGABRT) after a clean stop
     sys.stderr.flush()
     os._exit(0)
+
+
+def _next_command(reader: RingReader | None, group) -> tuple:
+    command = reader.get() if reader is not None else None
+    if command is None:  # no ring, or this one came over gloo
+        box = [None]
+        dist.broadcast_object_list(box, src=0, group=group)
+        command = box[0]
+    return command
 
 
 def _exit_with_parent(parent: int) -> None:
