@@ -29,8 +29,8 @@ def test_warm_up_leaves_no_trace(tiny_checkpoint):
     assert engine.executor.warm_up() == len(SHAPES)  # no limit: the 2048-token prompt too
     assert_pools_at_baseline(engine)
     assert engine.stats()["num_requests"] == 0
-    # within a 16-token budget: the two decode batches, then 8 prompts of 2 tokens
-    assert engine.executor.warm_up(16) == 3 == len(shapes_for(16))
+    # within a 16-token budget: the three decode batches, then 8 prompts of 2 tokens
+    assert engine.executor.warm_up(16) == 4 == len(shapes_for(16))
     assert _tokens(engine, prompts) == want
 
 

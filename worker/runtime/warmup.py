@@ -32,8 +32,7 @@ SHAPES = (
     ((16, 32), (15, 17), (1, 9)),  # mixed: chunks after a prefix and a decode, 32 tokens
     ((18, 0),) + ((1, 5),) * 15,  # 16 sequences, odd total: a new prompt among decodes
     ((16, 0),) * 16,  # 16 sequences, aligned total
-    ((1, 5), (1, 9)),  # eager decode batches (graphs cover them when on)
-    ((1, 5),) * 16,
+    ((1, 5),), ((1, 5), (1, 9)), ((1, 5),) * 16,  # eager decode (graphs cover it when on)
     ((2048, 0),),  # a long prompt (also the MoE prefill tiles)
 )
 FULL_STEP_PROMPTS = 8  # the whole per-step prefill budget, as this many prompts
