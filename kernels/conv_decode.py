@@ -23,21 +23,32 @@ def _conv_decode_kernel(x_ptr, w_ptr, state_ptr, slot_ptr, snap_ptr, y_ptr,
                         BC: tl.constexpr, SILU: tl.constexpr, HAS_SNAP: tl.constexpr):
     i_b = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
-    offs_j = tl.arange(0, BK)
     mask_c = offs_c < C
-    slot = tl.load(slot_ptr + i_b).to(tl.int64)
+    x = tl.load(x_ptr + i_b * s_xb + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    y = conv_token(x, offs_c, mask_c, w_ptr, state_ptr, slot_ptr + i_b, snap_ptr + i_b, s_ss,
+                   s_sc, K, BK, SILU, HAS_SNAP)
+    tl.store(y_ptr + i_b * C + offs_c, y.to(y_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
+def conv_token(x, offs_c, mask_c, w_ptr, state_ptr, slot_ptr, snap_ptr, s_ss, s_sc,
+               K: tl.constexpr, BK: tl.constexpr, SILU: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """One token's conv over channels offs_c (where mask_c): x [BC] float32 (the stored
+    pre-conv input's value), the sequence's state at slot_ptr[0] shifted in place (and copied
+    to snap_ptr[0] when HAS_SNAP and >= 0); returns y [BC] float32. Also the epilogue of the
+    GDN input projection's GEMV (kernels/gemv.py)."""
+    offs_j = tl.arange(0, BK)
+    slot = tl.load(slot_ptr).to(tl.int64)
     base = state_ptr + slot * s_ss + offs_c[:, None] * s_sc
     # window column j < K-1 is state column j; column K-1 is the new input
     old = tl.load(base + offs_j[None, :], mask=mask_c[:, None] & (offs_j[None, :] < K - 1),
                   other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + i_b * s_xb + offs_c, mask=mask_c, other=0.0).to(tl.float32)
     window = tl.where(offs_j[None, :] == K - 1, x[:, None], old)
     w = tl.load(w_ptr + offs_c[:, None] * K + offs_j[None, :],
                 mask=mask_c[:, None] & (offs_j[None, :] < K), other=0.0).to(tl.float32)
     y = tl.sum(window * w, axis=1)
     if SILU:
         y = y * tl.sigmoid(y)
-    tl.store(y_ptr + i_b * C + offs_c, y.to(y_ptr.dtype.element_ty), mask=mask_c)
     # new state column j = window column j + 1
     new = tl.where(offs_j[None, :] + 1 == K - 1, x[:, None], 0.0)
     shifted = tl.load(base + offs_j[None, :] + 1,
@@ -47,10 +58,11 @@ def _conv_decode_kernel(x_ptr, w_ptr, state_ptr, slot_ptr, snap_ptr, y_ptr,
     tl.debug_barrier()  # every read of the old state precedes the writes
     tl.store(base + offs_j[None, :], new.to(state_ptr.dtype.element_ty), mask=keep)
     if HAS_SNAP:
-        snap = tl.load(snap_ptr + i_b).to(tl.int64)
+        snap = tl.load(snap_ptr).to(tl.int64)
         if snap >= 0:
             tl.store(state_ptr + snap * s_ss + offs_c[:, None] * s_sc + offs_j[None, :],
                      new.to(state_ptr.dtype.element_ty), mask=keep)
+    return y
 
 
 def conv_decode(x: torch.Tensor, weight: torch.Tensor, *, conv_states: torch.Tensor,

@@ -12,7 +12,10 @@ layers/linear.py's `dense` uses it for one row by default (`QNEXT_DENSE_GEMV` ro
 it beat cuBLAS at one row and lost from four on (scripts/bench_gemv.py, docs/perf/kernels.md).
 Reference: `F.linear` (float32 accumulation; rounded once to x.dtype).
 
-`norm=(z, w, eps)`: x first goes through the GDN output norm, per group of len(w) lanes
+`conv=(...)` (one row): the first C output columns go through the GDN input's causal conv
+(`conv_decode.conv_token`: window = state | y, SiLU, the state shifted in place) before they
+are stored — the conv's launch saved (each program owns whole channels, so no state is
+touched twice). `norm=(z, w, eps)`: x first goes through the GDN output norm, per group of len(w) lanes
 (a value head): w · x / rms(x) · silu(z), rounded where `gated_rms_norm_ref` rounds, then to
 x.dtype as that reference's output is. Every program has whole groups of x in its slice (one
 row of x: all of it), so the norm costs no launch and no round trip: the GDN layer's decode
@@ -26,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.conv_decode import conv_token
 from qnext.kernels.launch import check_device
 from qnext.kernels.norm import gated_rms_rows
 
@@ -46,9 +50,23 @@ def _normed_groups(x, z_ptrs, mask, g_ptr, eps, BM: tl.constexpr, BK: tl.constex
 
 
 @triton.jit
+def _conv_columns(acc, offs_n, n_ok, CN, cw_ptr, cs_ptr, slot_ptr, snap_ptr, s_ss, s_sc,
+                  dtype: tl.constexpr, BN: tl.constexpr, KC: tl.constexpr,
+                  BKC: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """acc [1, BN]: columns below CN through the causal conv + SiLU of their state (one
+    token), the rest as they are; values rounded to the output dtype first, as stored."""
+    row = tl.reshape(acc, (BN,)).to(dtype).to(tl.float32)
+    is_conv = n_ok & (offs_n < CN)
+    conv = conv_token(row, offs_n, is_conv, cw_ptr, cs_ptr, slot_ptr, snap_ptr, s_ss, s_sc, KC,
+                      BKC, True, HAS_SNAP)
+    return tl.reshape(tl.where(is_conv, conv, row), (1, BN))
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, z_ptr, g_ptr, M, N, s_xm, s_wn, s_ym, s_zm, eps,
+                 cw_ptr, cs_ptr, slot_ptr, snap_ptr, CN, s_ss, s_sc,
                  K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 G: tl.constexpr):
+                 G: tl.constexpr, KC: tl.constexpr, BKC: tl.constexpr, HAS_SNAP: tl.constexpr):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     offs_m = tl.arange(0, BM)
     offs_k = tl.arange(0, BK)
@@ -70,6 +88,9 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, z_ptr, g_ptr, M, N, s_xm, s_wn, s_ym, s_zm
         x_ptrs += BK
         z_ptrs += BK
         w_ptrs += BK
+    if KC > 0:  # constexpr; one row of x
+        acc = _conv_columns(acc, offs_n, n_ok, CN, cw_ptr, cs_ptr, slot_ptr, snap_ptr, s_ss,
+                            s_sc, y_ptr.dtype.element_ty, BN, KC, BKC, HAS_SNAP)
     tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -80,10 +101,13 @@ def takes(x: torch.Tensor) -> bool:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor,
-         norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
+         norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+         conv: tuple | None = None) -> torch.Tensor:
     """F.linear(x, weight) for x [M <= MAX_ROWS, K] (contiguous rows) and weight [N, K]
     (contiguous rows, x's dtype): y [M, N] in x.dtype. `norm` = (z [M, K] with contiguous
-    rows, w [G], eps): x through the GDN output norm first (module docstring)."""
+    rows, w [G], eps): x through the GDN output norm first; `conv` = (conv weight [C <= N,
+    Kc], conv_states, state_indices, snapshot_slots or None), one row of x: y's first C
+    columns through `conv_decode`'s conv + SiLU, states updated (module docstring)."""
     if not takes(x) or x.stride(1) != 1:
         raise ValueError(f"x {tuple(x.shape)} must be [1..{MAX_ROWS}, K] with contiguous rows")
     M, K = x.shape
@@ -98,10 +122,29 @@ def gemv(x: torch.Tensor, weight: torch.Tensor,
     bk = _slice(K, bm)
     z, g, eps = norm if norm is not None else (x, x, 0.0)
     group = _check_norm(x, z, g, bk) if norm is not None else 0
-    _gemv_kernel[(triton.cdiv(N, BN),)](x, weight, y, z, g, M, N, x.stride(0),
-                                        weight.stride(0), y.stride(0), z.stride(0), eps, K=K,
-                                        BM=bm, BN=BN, BK=bk, G=group, num_warps=4)
+    cw, states, slots, snaps = conv if conv is not None else (x, x, x, None)
+    taps = _check_conv(x, N, cw, states, slots, snaps) if conv is not None else 0
+    _gemv_kernel[(triton.cdiv(N, BN),)](
+        x, weight, y, z, g, M, N, x.stride(0), weight.stride(0), y.stride(0), z.stride(0), eps,
+        cw, states, slots, slots if snaps is None else snaps, cw.shape[0] if taps else 0,
+        states.stride(0), states.stride(1) if taps else 0, K=K, BM=bm, BN=BN, BK=bk, G=group,
+        KC=taps, BKC=triton.next_power_of_2(max(taps, 1)), HAS_SNAP=snaps is not None,
+        num_warps=4)
     return y
+
+
+def _check_conv(x: torch.Tensor, N: int, cw: torch.Tensor, states: torch.Tensor,
+                slots: torch.Tensor, snaps: torch.Tensor | None) -> int:
+    C, taps = cw.shape if cw.dim() == 2 else (0, 0)
+    if x.shape[0] != 1 or not 0 < C <= N or not cw.is_contiguous() or not 2 <= taps <= 8:
+        raise ValueError(f"conv: one row of x and a contiguous weight [C <= {N}, 2..8], got "
+                         f"x {tuple(x.shape)}, weight {tuple(cw.shape)}")
+    if states.dim() != 3 or states.shape[1:] != (C, taps - 1) or states.stride(2) != 1 \
+            or slots.shape != (1,) or (snaps is not None and snaps.shape != (1,)):
+        raise ValueError(f"conv states {tuple(states.shape)} must be [S, {C}, {taps - 1}] "
+                         "(last dim contiguous), state_indices / snapshot_slots [1]")
+    check_device("gemv", cw, states, slots)
+    return taps
 
 
 def _slice(K: int, bm: int) -> int:

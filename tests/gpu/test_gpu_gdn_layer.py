@@ -1,5 +1,6 @@
 """The Gated DeltaNet layer's decode step through its kernels — conv update, delta rule, and at
-one row the output projection's GEMV with the gated norm inside (layers/gated_delta_net.py) —
+one row the input projection's GEMV with the conv inside and the output projection's GEMV with
+the gated norm inside (layers/gated_delta_net.py) —
 gives the logits and states of the same layer on the torch references, in the whole tiny
 model. On the GPU, or on CPU tensors under TRITON_INTERPRET=1: the layer is switched between
 the two by its `use_triton` (the attention and MoE layers stay on their references)."""
@@ -29,9 +30,9 @@ def test_gdn_decode_through_the_kernels_equals_the_references(tiny_checkpoint, m
     results, normed = [], []
     real_gemv = gemv_module.gemv
 
-    def gemv_spy(x, weight, norm=None):  # the real kernel; notes which calls carried the norm
-        normed.append(norm is not None)
-        return real_gemv(x, weight, norm)
+    def gemv_spy(x, weight, norm=None, conv=None):  # the real kernel; notes what it fused
+        normed.append((norm is not None, conv is not None))
+        return real_gemv(x, weight, norm, conv)
 
     for kernels in (False, True):
         seqs = [harness.new_seq() for _ in prompts]
@@ -43,10 +44,13 @@ def test_gdn_decode_through_the_kernels_equals_the_references(tiny_checkpoint, m
                                             for p, s in zip(prompts, seqs)])
         monkeypatch.undo()
         pool = harness.runner.state_pool
-        results.append((logits.double(), [pool.ssm_states[:, s.slot].clone() for s in seqs]))
+        results.append((logits.double(), [states[:, s.slot].clone() for s in seqs
+                                          for states in (pool.ssm_states, pool.conv_states)]))
     (want, want_states), (got, got_states) = results
-    # one row: every GDN layer's output projection took the norm (QNEXT_DENSE_GEMV's default)
-    assert normed.count(True) == (3 if rows == 1 else 0), normed
+    # one row: every GDN layer's input projection took the conv and its output projection the
+    # norm (QNEXT_DENSE_GEMV's default); more rows: neither
+    fused = (normed.count((False, True)), normed.count((True, False)))
+    assert fused == ((3, 3) if rows == 1 else (0, 0)), normed
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
     for a, b in zip(got_states, want_states):
         assert (a - b).abs().max().item() <= 1e-5 * b.abs().max().item()

@@ -76,3 +76,39 @@ def test_gemv_norm_rejects_groups_it_cannot_hold():
         gemv(x, weight, norm=(x, torch.ones(48, device=DEVICE), 1e-6))
     with pytest.raises(ValueError, match="norm z"):
         gemv(x, weight, norm=(x[:, :64], torch.ones(32, device=DEVICE), 1e-6))
+
+
+@pytest.mark.parametrize("N,C,taps,snap", [(40, 24, 4, False), (37, 37, 4, True),
+                                           (2048, 1000, 3, True)])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_gemv_with_the_conv_is_the_projection_then_conv_decode(N, C, taps, snap, dtype, tol):
+    """conv=(...): the first C columns of one row's projection through `conv_decode`'s
+    reference (state shifted in place, a snapshot slot written), the rest untouched."""
+    from qnext.kernels.conv_ref import causal_conv1d_update_ref
+    from qnext.kernels.gemv import gemv
+
+    gen, K = generator(N + C + taps), 96
+    x = torch.randn(1, K, generator=gen, device=DEVICE).to(dtype)
+    weight = (torch.randn(N, K, generator=gen, device=DEVICE) * K**-0.5).to(dtype)
+    cw = torch.randn(C, taps, generator=gen, device=DEVICE).to(dtype)
+    states = torch.randn(6, C, taps - 1, generator=gen, device=DEVICE).to(dtype)
+    slots = torch.tensor([4], device=DEVICE)
+    snaps = torch.tensor([1], device=DEVICE) if snap else None
+    want_states = states.clone()
+    want = F.linear(x.float(), weight.float()).to(dtype)
+    want[:, :C] = causal_conv1d_update_ref(want[:, :C].clone(), cw, conv_states=want_states,
+                                           state_indices=slots, snapshot_slots=snaps)
+    got = gemv(x, weight, conv=(cw, states, slots, snaps))
+    assert rel_err(got.float(), want.float()) <= tol
+    assert rel_err(states.float(), want_states.float()) <= tol
+    assert torch.equal(states[[0, 2, 3, 5]], want_states[[0, 2, 3, 5]])  # other slots
+
+
+def test_gemv_conv_takes_one_row():
+    from qnext.kernels.gemv import gemv
+
+    x, weight = torch.randn(2, 8, device=DEVICE), torch.randn(5, 8, device=DEVICE)
+    conv = (torch.randn(4, 4, device=DEVICE), torch.randn(2, 4, 3, device=DEVICE),
+            torch.tensor([0], device=DEVICE), None)
+    with pytest.raises(ValueError, match="one row"):
+        gemv(x, weight, conv=conv)

@@ -8,8 +8,9 @@ TP splits whole key-head groups, so a rank's conv and recurrent state hold only 
 On CUDA the Triton kernels run: conv (`kernels/conv_decode.py`, `kernels/conv_prefill.py`)
 and the delta rule (`kernels/gdn_decode.py`, `kernels/gdn_prefill.py`), gates and q/k norm
 fused; at decode the output norm goes into the delta-rule kernel's epilogue, or, for rows the
-output projection's GEMV takes (one by default), into that GEMV (`kernels/gemv.py`); speculative
-verify in `layers/gdn_verify.py`.
+output projection's GEMV takes (one by default), into that GEMV (`kernels/gemv.py`); at one
+decode row the conv also runs inside the input projection's GEMV; speculative verify in
+`layers/gdn_verify.py`.
 Legend: T = new tokens, hk / hv = local key / value heads, r = hv / hk, dk / dv = head dims.
 """
 
@@ -31,6 +32,7 @@ from qnext.worker.layers.gdn_proj import GroupedInProj
 from qnext.worker.layers.gdn_verify import verify_conv, verify_delta_rule
 from qnext.worker.layers.linear import (
     RowParallelLinear,
+    dense_takes_conv,
     dense_takes_norm,
     load_blocks,
     load_rows,
@@ -141,10 +143,19 @@ class GatedDeltaNet(nn.Module):
             has_initial_state=batch.has_initial_state, snapshot_slots=batch.snapshot_slots,
             snapshot_offsets=batch.snapshot_offsets, check_snapshots=False)
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        num_tokens = x.shape[0]
+    def _projected(self, x: torch.Tensor, batch: ForwardBatch) -> tuple[torch.Tensor, ...]:
+        """in_proj and the conv: one decode row on CUDA gets both from one GEMV."""
+        if batch.is_decode and dense_takes_conv(x):
+            conv = (self.conv1d.weight, batch.state_cache.conv(self.state_layer),
+                    batch.state_slots, batch.snapshot_slots)
+            return self.in_proj(x, conv=conv)
         mixed, z, b, a = self.in_proj(x)
         mixed = verify_conv(self, mixed, batch) if batch.is_verify else self._conv(mixed, batch)
+        return mixed, z, b, a
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        mixed, z, b, a = self._projected(x, batch)
         q, k, v = mixed.split([self.hk * self.dk, self.hk * self.dk, self.hv * self.dv], dim=-1)
         q = q.reshape(num_tokens, self.hk, self.dk)
         k = k.reshape(num_tokens, self.hk, self.dk)

@@ -50,8 +50,9 @@ class GroupedInProj(nn.Module):
         rows = torch.cat(pieces)
         copy_checked(param[start:start + rows.shape[0]], rows)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(mixed [T, q|k|v], z [T, hv, dv], b [T, hv], a [T, hv]): views of one output."""
-        y, ends = dense(x, self.weight), self.ends
+    def forward(self, x: torch.Tensor, conv: tuple | None = None) -> tuple[torch.Tensor, ...]:
+        """(mixed [T, q|k|v], z [T, hv, dv], b [T, hv], a [T, hv]): views of one output.
+        `conv`: mixed comes out through the conv already (`linear.dense`)."""
+        y, ends = dense(x, self.weight, conv=conv), self.ends
         z = y[:, ends[2]:ends[3]].unflatten(-1, (-1, self.dv))
         return y[:, :ends[2]], z, y[:, ends[3]:ends[4]], y[:, ends[4]:]

@@ -26,15 +26,18 @@ Loader = Callable[..., None]
 DENSE_GEMV_ROWS = int(os.environ.get("QNEXT_DENSE_GEMV", "1"))
 
 
-def dense(x: torch.Tensor, weight: torch.Tensor,
-          norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
-    """x @ weightᵀ (see the module docstring for which implementation). `norm` (z, w, eps):
-    the GDN output norm applied to x inside the GEMV, only where `dense_takes_norm` said so."""
-    if norm is not None or (_gemv_rows(x.shape[0]) and x.dim() == 2 and use_triton(x)):
+def dense(x: torch.Tensor, weight: torch.Tensor, norm: tuple | None = None,
+          conv: tuple | None = None) -> torch.Tensor:
+    """x @ weightᵀ (see the module docstring for which implementation). Only where
+    `dense_takes_norm` / `dense_takes_conv` said so: `norm` (z, w, eps), the GDN output norm
+    applied to x; `conv` (weight, states, slots, snapshots), the GDN input conv applied to the
+    first columns of y — both inside the GEMV (kernels/gemv.py)."""
+    fused = norm is not None or conv is not None
+    if fused or (_gemv_rows(x.shape[0]) and x.dim() == 2 and use_triton(x)):
         from qnext.kernels.gemv import gemv, takes
 
-        if norm is not None or (takes(x) and x.stride(1) == 1):
-            return gemv(x, weight, norm)
+        if fused or (takes(x) and x.stride(1) == 1):
+            return gemv(x, weight, norm, conv)
     return F.linear(x, weight)
 
 
@@ -50,6 +53,12 @@ def dense_takes_norm(x: torch.Tensor, rows: int, cols: int, group: int) -> bool:
     from qnext.kernels.gemv import takes_norm
 
     return takes_norm(rows, cols, group)
+
+
+def dense_takes_conv(x: torch.Tensor) -> bool:
+    """Whether `dense` can apply the GDN conv to its output for this x (one row, CUDA)."""
+    return x.dim() == 2 and x.shape[0] == 1 and _gemv_rows(1) and x.stride(1) == 1 \
+        and use_triton(x)
 
 
 def set_loader(param: nn.Parameter, loader: Loader, num_loads: int = 1) -> nn.Parameter:
