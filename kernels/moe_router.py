@@ -56,10 +56,12 @@ def takes(num_tokens: int) -> bool:
 
 
 def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: int,
-                 renormalize: bool, shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 renormalize: bool, shared: bool = False,
+                 num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, H] (contiguous rows); weight [R >= num_logits, H] (contiguous rows, x's dtype):
     the router's logits are x @ weight[:num_logits]ᵀ (the rest is padding); returns
-    `moe_route`'s (topk_weights float32 [T, k'], topk_ids int64 [T, k'])."""
+    `moe_route`'s (topk_weights float32 [T, k'], topk_ids int64 [T, k']). `num_warps`:
+    overrides the routing's choice (scripts/bench_moe.py times the variants)."""
     T, H = x.shape
     if x.dim() != 2 or x.stride(1) != 1 or weight.dim() != 2 or weight.shape[1] != H \
             or weight.stride(1) != 1 or weight.dtype != x.dtype \
@@ -73,6 +75,7 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     logits = torch.empty(T, num_logits, dtype=torch.float32, device=x.device)  # scratch
     weights, ids = route_outputs(logits, top_k, shared, "route_hidden")
     meta = route_meta(top_k, num_logits - shared, shared)
+    meta["num_warps"] = num_warps or meta["num_warps"]
     _router_kernel[(T, triton.cdiv(num_logits, BN))](
         x, weight, logits, weights, ids, arrival_counters(x.device, T), x.stride(0),
         weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=BN,

@@ -10,8 +10,9 @@ graph replays with L2 flushed before each — a captured decode step); the refer
 the host (torch.unique) so it runs eagerly only. Also: the shared expert as a dense torch MLP
 vs as an 11th fused expert, the routing kernel, the two decode paths (grouped GEMMs after one
 route + align launch vs per-assignment GEMVs after routing, kernels/moe_gemv.py, with the
-GEMV tile variants) and (--sweep) alternative tile configs of the grouped GEMMs. Decode batches (≤ 128 assignments) of the main
-table take the default path (the GEMVs unless QNEXT_MOE_GEMV=0).
+GEMV tile variants), the decode router kernel's warp counts, and (--sweep) alternative tile
+configs of the grouped GEMMs. Decode batches (≤ 128 assignments) of the main table take the
+default path (the GEMVs unless QNEXT_MOE_GEMV=0).
 
     python scripts/bench_moe.py [--sweep [SECONDS]]
 """
@@ -143,6 +144,31 @@ def decode_table(bw: float, weights: dict, sweep_tiles: bool) -> None:
                   f"{graph_us(gemv):.1f} | {tiles} |", flush=True)
 
 
+def router_table() -> None:
+    """The decode router kernel (router GEMV + routing by the last program, 528 padded rows,
+    top-10 + the shared expert's gate) with its warp counts: the routing tail is serial, and
+    one warp reduces without shared memory (the model's default is 4)."""
+    from qnext.kernels.moe_router import route_hidden
+
+    warps = (1, 2, 4, 8)
+    print("\n| T | " + " | ".join(f"route_hidden, {w} warps, graph µs" for w in warps) +
+          " | router GEMM + moe_route, graph µs | tokens routed differently (bf16 ties) |")
+    print("|---|" + "---|" * (len(warps) + 2))
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    weight = torch.randn(528, H, generator=gen, device="cuda", dtype=torch.bfloat16) * H**-0.5
+    for T in (1, 4, 8):
+        x = torch.randn(T, H, generator=gen, device="cuda", dtype=torch.bfloat16)
+        want = moe_route(F.linear(x, weight)[:, :E + 1], TOPK, True, True)[1]
+        times, differ = [], 0
+        for w in warps:
+            fn = lambda w=w: route_hidden(x, weight, E + 1, TOPK, True, True, w)  # noqa: E731
+            differ = max(differ, (fn()[1] != want).any(dim=1).sum().item())
+            times.append(f"{graph_us(fn):.1f}")
+        two = lambda: moe_route(F.linear(x, weight)[:, :E + 1], TOPK, True, True)  # noqa: E731
+        print(f"| {T} | " + " | ".join(times) + f" | {graph_us(two):.1f} | {differ} |",
+              flush=True)
+
+
 def route_table() -> None:
     print("\n| T | moe_route graph µs | moe_route eager µs | moe_route_ref eager µs "
           "| tokens routed differently (bf16 ties) |")
@@ -212,6 +238,7 @@ def main() -> None:
     if deadline is not None:
         sweep(weights, deadline)
     route_table()
+    router_table()
 
 
 if __name__ == "__main__":
