@@ -5,9 +5,9 @@ softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the recurrence on 
 state in place (decay, delta, write, read) and optionally a copy of the new state into a
 snapshot slot (extra_buffer prefix caching); with `norm`, the GDN output norm too (gated
 RMSNorm over each head's dv columns, `kernels/norm.py`'s `gated_rms_rows`: one program then
-holds the whole head, BV >= dv), saving the norm's launch. Its gate and q / k helpers (`softplus`, `gates`,
-`load_qk`) serve the verify and chunked-prefill kernels too. Grouped heads: value head j reads
-key head j // (Hv // Hk); q and k are never repeated in memory.
+holds the whole head, BV >= dv), saving the norm's launch. Its gate and q / k helpers
+(`softplus`, `gates`, `load_qk`) serve the verify and chunked-prefill kernels too. Grouped
+heads: value head j reads key head j // (Hv // Hk); q and k are never repeated in memory.
 
 Reference: `gdn_gating_ref` + `fused_recurrent_gated_delta_rule_ref` (kernels/gdn_ref.py).
 State layout [S, Hv, dk, dv] like the pool; arithmetic in float32 whatever the state dtype.

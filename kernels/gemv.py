@@ -13,14 +13,14 @@ it beat cuBLAS at one row and lost from four on (scripts/bench_gemv.py, docs/per
 Reference: `F.linear` (float32 accumulation; rounded once to x.dtype).
 
 `conv=(...)` (one row): the first C output columns go through the GDN input's causal conv
-(`conv_decode.conv_token`: window = state | y, SiLU, the state shifted in place) before they
-are stored — the conv's launch saved (each program owns whole channels, so no state is
-touched twice). `norm=(z, w, eps)`: x first goes through the GDN output norm, per group of len(w) lanes
+(`conv_decode.conv_token`: window = state | y, SiLU, the state shifted in place) before they are
+stored — the conv's launch saved (each program owns whole channels, so no state is touched
+twice). `norm=(z, w, eps)`: x first goes through the GDN output norm, per group of len(w) lanes
 (a value head): w · x / rms(x) · silu(z), rounded where `gated_rms_norm_ref` rounds, then to
-x.dtype as that reference's output is. Every program has whole groups of x in its slice (one
-row of x: all of it), so the norm costs no launch and no round trip: the GDN layer's decode
-step runs its delta-rule kernel without the norm epilogue (which limits that kernel to one
-program a head) and its output projection here. Reference: F.linear of gated_rms_norm_ref.
+x.dtype as that reference's output is. Every program has whole groups of x in its slice (one row
+of x: all of it), so the norm costs no launch and no round trip: the GDN layer's decode step
+runs its delta-rule kernel without the norm epilogue (which limits that kernel to one program a
+head) and its output projection here. Reference: F.linear of gated_rms_norm_ref.
 """
 
 from __future__ import annotations

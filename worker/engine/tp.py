@@ -1,14 +1,14 @@
 """Tensor parallelism in the engine: one process per rank, rank 0 drives.
 
-Rank 0 (the engine's process) spawns the other ranks of its node; on more nodes
-(`--nnodes`), `run_node` on each other node spawns that node's ranks, which meet rank 0 at
-`--dist-init-addr`. Every rank builds its shard of the model
-and its pools; rank 0's scheduler plans each step and sends the plan (plain ints) to the
-followers — through a shared-memory ring on one node (`command_ring.py`), over a gloo group
-across nodes or when a command outgrows a slot; every rank runs the same forward (the layers' collectives pair up) and samples the
-same tokens (identical logits, counter-based randomness), so the overlap loop's on-device
-token feedback works on every rank. Memory planning (a collective minimum over ranks) and pool
-(re)allocation are broadcast commands too, so reconfiguration covers every rank.
+Rank 0 (the engine's process) spawns the other ranks of its node; on more nodes (`--nnodes`),
+`run_node` on each other node spawns that node's ranks, which meet rank 0 at `--dist-init-addr`.
+Every rank builds its shard of the model and its pools; rank 0's scheduler plans each step and
+sends the plan (plain ints) to the followers — through a shared-memory ring on one node
+(`command_ring.py`), over a gloo group across nodes or when a command outgrows a slot; every
+rank runs the same forward (the layers' collectives pair up) and samples the same tokens
+(identical logits, counter-based randomness), so the overlap loop's on-device token feedback
+works on every rank. Memory planning (a collective minimum over ranks) and pool (re)allocation
+are broadcast commands too, so reconfiguration covers every rank.
 
 Followers exit when rank 0 says so or when their parent process is gone. Rank 0 watches its
 followers: one that exits unasked takes the whole worker down (exit code 1) instead of leaving
