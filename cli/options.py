@@ -87,7 +87,8 @@ SpecTopk = Annotated[Optional[int], typer.Option(help="Branching per draft step 
 SpecTokens = Annotated[Optional[int], typer.Option(
     help="Tokens verified per step, root included (topk 1: steps + 1).")]
 RandomSeed = Annotated[int, typer.Option(help="Seed for requests that bring none.")]
-ContextLength = Annotated[Optional[int], typer.Option(help="Max tokens per request (prompt incl.).")]
+ContextLength = Annotated[Optional[int],
+                         typer.Option(help="Max tokens per request (prompt incl.).")]
 CpuMemory = Annotated[int, typer.Option(help="On CPU: MiB that stand in for device memory.")]
 RadixStrategyOpt = Annotated[RadixStrategy, typer.Option(
     help="Prefix cache for the recurrent state: no_buffer (page size 1, normal loop) or "

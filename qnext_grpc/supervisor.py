@@ -1,9 +1,10 @@
 """`Supervisor`: `qnext serve`'s spawned worker daemon as a child process, restarted whenever it
 dies (exponential backoff: 1 s doubling to 30 s, reset once a worker has served for 60 s),
 given up after `max_restarts` restarts in a row. A watchdog kills (then restarts) a worker that
-(with the processes below it, its TP ranks) serves but answers no heartbeat for `watchdog_timeout` seconds: the heartbeat is an Admin
-GetStats, which the worker answers at a step boundary, so a stuck step, a stuck process
-(SIGSTOP, a TP rank waiting forever) or a dead engine all count. `serve_supervised` runs it
+(with the processes below it, its TP ranks) serves but answers no heartbeat for
+`watchdog_timeout` seconds: the heartbeat is an Admin GetStats, which the worker answers at a
+step boundary, so a stuck step, a stuck process (SIGSTOP, a TP rank waiting forever) or a dead
+engine all count. `serve_supervised` runs it
 beside the front end and stops the worker when the front end ends. Torch-free."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Chat messages -> prompt text through the checkpoint's own Jinja chat template (jinja2, sandboxed).
+"""Chat messages -> prompt text through the checkpoint's own Jinja chat template (jinja2,
+sandboxed).
 
 Validates messages first so a malformed request fails with a `TextError`, not a template crash.
 """

@@ -1,6 +1,6 @@
 """House rules that can fail: every module is on the architecture map, files stay under 400
-lines, kernels import only torch/triton, the scheduler package never imports torch, and no
-top-level `worker` / `kernels` / `cli` module exists."""
+lines of at most 100 columns, kernels import only torch/triton, the scheduler package never
+imports torch, and no top-level `worker` / `kernels` / `cli` module exists."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def test_files_stay_small():
     big = [f"{p.relative_to(ROOT)} ({n})" for p in files
            if (n := len(p.read_text().splitlines())) > 400]
     assert not big, f"split by concept: {big}"
+
+
+def test_lines_fit_100_columns():
+    files = _modules() + sorted((ROOT / "tests").rglob("*.py")) \
+        + sorted((ROOT / "scripts").rglob("*.py"))
+    long = [f"{p.relative_to(ROOT)}:{i}" for p in files
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if len(line) > 100]
+    assert not long, f"wrap at 100 columns: {long}"
 
 
 def _imports(path: Path) -> set[str]:

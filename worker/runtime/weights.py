@@ -1,7 +1,8 @@
 """Weight loading: stream tensors out of a Hugging Face safetensors checkpoint (single file or
-sharded with model.safetensors.index.json; shards read in parallel), map names through the model's declared rules and let
-each parameter's `weight_loader` copy this rank's shard. `--load-format dummy` instead fills
-every parameter with seeded random values directly on the target device.
+sharded with model.safetensors.index.json; shards read in parallel), map names through the
+model's declared rules and let each parameter's `weight_loader` copy this rank's shard.
+`--load-format dummy` instead fills every parameter with seeded random values directly on the
+target device.
 """
 
 from __future__ import annotations

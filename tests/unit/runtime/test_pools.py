@@ -29,7 +29,8 @@ def test_zero_resets_only_the_given_slots_in_every_layer():
     pool = _state_pool()
     before = pool.ssm_states.clone()
     pool.zero(torch.tensor([1, 3]))
-    assert pool.ssm_states[:, [1, 3]].abs().sum() == 0 and pool.conv_states[:, [1, 3]].abs().sum() == 0
+    assert pool.ssm_states[:, [1, 3]].abs().sum() == 0
+    assert pool.conv_states[:, [1, 3]].abs().sum() == 0
     assert torch.equal(pool.ssm_states[:, [0, 2, 4]], before[:, [0, 2, 4]])
 
 
