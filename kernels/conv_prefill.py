@@ -128,7 +128,8 @@ def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, sn
     limit = tl.minimum(tl.load(cu_ptr + B).to(tl.int64), T)
     b0 = tl.minimum(_count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
     start0 = tl.load(cu_ptr + b0).to(tl.int64)
-    if (t0 - start0 >= K - 1) & (t0 + BT <= tl.minimum(tl.load(cu_ptr + b0 + 1), limit)):
+    end0 = tl.minimum(tl.load(cu_ptr + b0 + 1).to(tl.int64), limit)
+    if (t0 - start0 >= K - 1) & (t0 + BT <= end0):
         _conv_interior(t0 + tl.arange(0, BT), offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K,
                        SILU)
     else:
