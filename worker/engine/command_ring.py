@@ -1,6 +1,6 @@
 """How rank 0 hands each command (a step's plan, a pool change, "stop") to its followers.
 
-On one node: a ring of slots in a shared-memory file plus two semaphores a follower — one
+On one node: a ring of slots in a shared-memory file plus two semaphores per follower — one
 counts the messages it has not read, one the slots it has freed. Rank 0 pickles a command
 once, waits until every follower has freed the slot (it runs ahead by up to `SLOTS` commands),
 copies it in and signals each follower; a follower waits on its semaphore (no spinning, so
@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 
 SLOTS = 4  # commands rank 0 may run ahead of its slowest follower
-CAPACITY = 1 << 20  # bytes a slot holds (a decode plan of 256 sequences is a few KB)
+CAPACITY = 1 << 20  # bytes a slot holds (a decode plan of 256 sequences: about 10 KB)
 _LEN = struct.Struct("<q")  # a slot's header: payload bytes, or OVER_GLOO
 OVER_GLOO = -1
 
