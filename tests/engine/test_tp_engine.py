@@ -1,6 +1,7 @@
 """The engine at TP=2 on CPU: two real processes (rank 0 drives, the follower runs the plans it
-broadcasts) give the greedy tokens of TP=1 — in both loops, through preemption, prefix-cache
-hits and a runtime re-split of memory (which re-plans and re-allocates on every rank)."""
+sends through the command ring) give the greedy tokens of TP=1 — no_buffer in both loops and
+extra_buffer in the overlap loop, through preemption, prefix-cache hits and a runtime re-split
+of memory (which re-plans and re-allocates on every rank)."""
 
 from __future__ import annotations
 
@@ -23,21 +24,27 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True)
 RESPLIT = [(5, dict(num_slots=30))]  # a runtime re-split after five steps, on every rank
 
 
-def _engine(path, tp: int, overlap: bool, device: str = "cpu") -> Engine:
-    cfg = engine_config(path, overlap=overlap, radix="extra_buffer" if overlap else
-                        "no_buffer", max_total_tokens=600, chunk=8)
+CASES = [("no_buffer", False), ("no_buffer", True), ("extra_buffer", True)]  # radix, overlap
+IDS = ["no_buffer-normal", "no_buffer-overlap", "extra_buffer-overlap"]
+
+
+def _engine(path, tp: int, overlap: bool, device: str = "cpu",
+            radix: str | None = None) -> Engine:
+    radix = radix or ("extra_buffer" if overlap else "no_buffer")
+    cfg = engine_config(path, overlap=overlap, radix=radix, max_total_tokens=600, chunk=8)
     cfg = replace(cfg, load=replace(cfg.load, dtype="float64", device=device),
                   parallel=ParallelConfig(tp_size=tp))
     return Engine(cfg)
 
 
-def tp2_vs_tp1(path, overlap: bool, device: str = "cpu") -> tuple[dict, dict]:
+def tp2_vs_tp1(path, overlap: bool, device: str = "cpu",
+               radix: str | None = None) -> tuple[dict, dict]:
     """Greedy outputs of TP=1, then of TP=2 (one engine at a time in this process)."""
     shared = random_prompts(1, 30, 31, 384, seed=3)[0]
     prompts = [shared + p for p in random_prompts(6, 1, 40, 384, seed=4)]
-    want = run_with_changes(_engine(path, 1, overlap, device), prompts, GREEDY, RESPLIT)
+    want = run_with_changes(_engine(path, 1, overlap, device, radix), prompts, GREEDY, RESPLIT)
     reset_tp_info()  # this process was rank 0 of 1; now it leads a group of 2
-    engine = _engine(path, 2, overlap, device)
+    engine = _engine(path, 2, overlap, device, radix)
     try:
         got = run_with_changes(engine, prompts, GREEDY, RESPLIT)
         assert engine.memory.num_state_slots == 31
@@ -48,7 +55,7 @@ def tp2_vs_tp1(path, overlap: bool, device: str = "cpu") -> tuple[dict, dict]:
     return got, want
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])
-def test_tp2_engine_equals_tp1(tiny_checkpoint, overlap):
-    got, want = tp2_vs_tp1(tiny_checkpoint("tiny-tp"), overlap)
+@pytest.mark.parametrize("radix,overlap", CASES, ids=IDS)
+def test_tp2_engine_equals_tp1(tiny_checkpoint, radix, overlap):
+    got, want = tp2_vs_tp1(tiny_checkpoint("tiny-tp"), overlap, radix=radix)
     assert got == want

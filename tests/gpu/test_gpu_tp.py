@@ -37,13 +37,16 @@ def test_nccl_tp4_equals_tp1(tiny_checkpoint, tmp_path):
         assert err < (1e-4 if step < 2 else 1e-5), f"step {step}: {err:.2e}"
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])
-def test_nccl_tp2_engine_equals_tp1(tiny_checkpoint, overlap):
-    """The engine's TP executor on two GPUs (NCCL collectives, plans over gloo), float64:
-    greedy tokens equal one GPU's, through preemption, cache hits and a runtime re-split."""
+@pytest.mark.parametrize("radix,overlap", [("no_buffer", False), ("no_buffer", True),
+                                           ("extra_buffer", True)])
+def test_nccl_tp2_engine_equals_tp1(tiny_checkpoint, radix, overlap):
+    """The engine's TP executor on two GPUs (NCCL collectives, plans through the command
+    ring), float64: greedy tokens equal one GPU's, through preemption, cache hits and a
+    runtime re-split."""
     from tests.engine.test_tp_engine import tp2_vs_tp1 as engine_tp2_vs_tp1
 
-    got, want = engine_tp2_vs_tp1(tiny_checkpoint("tiny-tp"), overlap, device="cuda")
+    got, want = engine_tp2_vs_tp1(tiny_checkpoint("tiny-tp"), overlap, device="cuda",
+                                  radix=radix)
     assert got == want
 
 
