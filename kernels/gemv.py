@@ -76,14 +76,14 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, z_ptr, g_ptr, M, N, s_xm, s_wn, s_ym, s_zm
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
     acc = tl.zeros([BM, BN], tl.float32)
     for k0 in range(0, K, BK):
-        xm = m_ok[:, None] & (offs_k < K - k0)[None, :]
+        k_ok = offs_k < K - k0
+        xm = m_ok[:, None] & k_ok[None, :]
         x = tl.load(x_ptrs, mask=xm, other=0.0)
         if G > 0:  # constexpr: the GDN output norm first
             x = _normed_groups(x, z_ptrs, xm, g_ptr, eps, BM, BK, G)
         else:
             x = x.to(tl.float32)
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & (offs_k < K - k0)[None, :],
-                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
         acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
         x_ptrs += BK
         z_ptrs += BK
@@ -121,7 +121,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor,
     bm = triton.next_power_of_2(M)
     bk = _slice(K, bm)
     z, g, eps = norm if norm is not None else (x, x, 0.0)
-    group = _check_norm(x, z, g, bk) if norm is not None else 0
+    group = _check_norm(x, z, g) if norm is not None else 0
     cw, states, slots, snaps = conv if conv is not None else (x, x, x, None)
     taps = _check_conv(x, N, cw, states, slots, snaps) if conv is not None else 0
     _gemv_kernel[(triton.cdiv(N, BN),)](
@@ -158,11 +158,12 @@ def takes_norm(rows: int, cols: int, group: int) -> bool:
         and cols % group == 0 and _slice(cols, triton.next_power_of_2(rows)) % group == 0
 
 
-def _check_norm(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor, bk: int) -> int:
+def _check_norm(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor) -> int:
     group = g.numel()
-    if not takes_norm(*x.shape, group) or bk % group:
+    if not takes_norm(*x.shape, group):  # the slice: the kernel's `bk`, from `_slice`
         raise ValueError(f"norm weight of {group} lanes must be a power of 2 dividing "
-                         f"K = {x.shape[1]} and the slice {bk}")
+                         f"K = {x.shape[1]} and the slice "
+                         f"{_slice(x.shape[1], triton.next_power_of_2(x.shape[0]))}")
     if z.shape != x.shape or z.stride(1) != 1 or z.dtype != x.dtype or g.dim() != 1:
         raise ValueError(f"norm z {tuple(z.shape)} {z.dtype} must be x's shape "
                          f"{tuple(x.shape)} and dtype with contiguous rows, w 1-D")

@@ -11,7 +11,8 @@ Accumulation in float32; the intermediate and the per-assignment rows are stored
 Decode batches (up to `moe_gemv.MAX_ASSIGNMENTS` assignments) take `kernels/moe_gemv.py`
 instead: routing alone (with the router GEMV in the same launch, `kernels/moe_router.py`, when
 `fused_moe_from_hidden` is given the router), then per-assignment GEMVs with no alignment
-(`MoeConfig.gemv`). Not yet timed against the grouped GEMMs on a GPU; QNEXT_MOE_GEMV=0 turns
+(`MoeConfig.gemv`). On 4 x H200 they beat the grouped GEMMs at every decode size and took
+the TP4 batch-1 step from 3.14 to 2.75-2.80 ms (docs/perf/moe.md); QNEXT_MOE_GEMV=0 turns
 both off (bench_moe.py times them).
 
 Reference: `fused_moe_ref` (kernels/moe_ref.py).
