@@ -15,9 +15,11 @@ Pure Python apart from Triton's knob; imports Triton lazily (CI has none).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 _logging = False
+_quiet = 0  # > 0 inside `quiet()`: a warm-up or graph capture, whose compiles are expected
 
 
 def _runtime_knobs():
@@ -62,11 +64,23 @@ class CompileWatch:
         self.stop()
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Compiles inside are expected (warm-up, graph capture): `log_compiles_from_now` skips
+    them, also when an earlier engine of the process installed the hook."""
+    global _quiet
+    _quiet += 1
+    try:
+        yield
+    finally:
+        _quiet -= 1
+
+
 def log_compiles_from_now(log) -> None:
-    """Log every later compilation of this process as a warning (once per process: engines
-    rebuilt in one process share the hook)."""
+    """Log every later compilation of this process outside `quiet()` as a warning (once per
+    process: engines rebuilt in one process share the hook)."""
     global _logging
     if not _logging:
-        CompileWatch(lambda kernel: log.warning("triton_compile_after_warmup",
-                                                kernel=kernel)).start()
+        CompileWatch(lambda kernel: None if _quiet else log.warning(
+            "triton_compile_after_warmup", kernel=kernel)).start()
         _logging = True

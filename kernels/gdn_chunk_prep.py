@@ -10,7 +10,9 @@ it writes the workspaces of the sequential stage (kernels/gdn_chunk_scan.py):
   A[t, i] = beta_t D[t, i] Kn_t . Kn_i (i < t), inverted by 16 x 16 blocks (the diagonal
   blocks by a nilpotent product series and one Newton step, block products below).
 Qn, Kn: the L2-normalised q, k. Dots take operands in the dtype of W (16-bit, or float32 as
-3 x tf32). Reference: `_chunk_step` in kernels/gdn_ref.py (the WY / UT form).
+3 x tf32). With STORE_X the kernel stores X instead of W and U, which kernels/gdn_chunk_wu.py
+then forms with 64-row dots. Reference: `_chunk_step` in kernels/gdn_ref.py (the WY / UT
+form).
 """
 
 from __future__ import annotations
@@ -18,25 +20,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from qnext.kernels.chunk_map import chunk_bounds
 from qnext.kernels.gdn_decode import softplus
 
 CHUNK = 64
-
-
-@triton.jit
-def chunk_bounds(cu_ptr, i_c, B, BB: tl.constexpr, C: tl.constexpr):
-    """Token range [start, end) of flat chunk i_c: chunks are [s, s + C) inside each sequence,
-    numbered sequence after sequence. Returns end <= start past the last chunk."""
-    offs = tl.arange(0, BB)
-    lo = tl.load(cu_ptr + offs, mask=offs < B, other=0).to(tl.int32)
-    hi = tl.load(cu_ptr + offs + 1, mask=offs < B, other=0).to(tl.int32)
-    n = (hi - lo + C - 1) // C
-    done = tl.cumsum(n, 0)  # chunks up to and including each sequence
-    b = tl.sum((done <= i_c).to(tl.int32), 0)
-    sel = offs == b
-    start = tl.sum(tl.where(sel, lo, 0), 0) + (i_c - tl.sum(tl.where(sel, done - n, 0), 0)) * C
-    end = tl.minimum(start + C, tl.sum(tl.where(sel, hi, 0), 0))
-    return start, end
 
 
 @triton.jit
@@ -94,9 +81,9 @@ def _dot_nt(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
-def _mm(a, b):
-    """Exact float32 product of two small blocks."""
-    return tl.dot(a, b, input_precision="ieee")
+def _mm(a, b, PREC: tl.constexpr):
+    """Product of two small float32 blocks (PREC: tf32 for 16-bit outputs, 3 x tf32 else)."""
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -110,19 +97,22 @@ def _a_block(kk, g_t, g_i, beta_t, DIAG: tl.constexpr):
 
 
 @triton.jit
-def _unit_lower_inverse(n):
+def _unit_lower_inverse(n, PREC: tl.constexpr):
     """(I + n)^-1 of a strictly lower [16, 16] float32 block n, without a sequential loop: n is
     nilpotent (n^16 = 0), so the inverse is (I - n)(I + n^2)(I + n^4)(I + n^8); one Newton
-    step x + x (I - (I + n) x) then brings it to the accuracy of forward substitution (the
-    product alone is ~1e-4 off, relative, when the chunk's keys are strongly correlated)."""
+    step x + x (I - (I + n) x) then corrects the rounding of the products (alone ~1e-4 off,
+    relative, in float32 when the chunk's keys are strongly correlated). Products in PREC:
+    tf32 for 16-bit outputs (X is rounded to 16 bits after), 3 x tf32 for float32. Forward
+    substitution in registers (14 dependent row steps) was slower on the H200
+    (docs/perf/gdn-prefill.md)."""
     r = tl.arange(0, 16)
     eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)
-    p = _mm(n, n)
-    x = _mm(eye - n, eye + p)
-    p = _mm(p, p)
-    x = _mm(x, eye + p)
-    x = _mm(x, eye + _mm(p, p))
-    return x + _mm(x, eye - _mm(eye + n, x))
+    p = _mm(n, n, PREC)
+    x = _mm(eye - n, eye + p, PREC)
+    p = _mm(p, p, PREC)
+    x = _mm(x, eye + p, PREC)
+    x = _mm(x, eye + _mm(p, p, PREC), PREC)
+    return x + _mm(x, eye - _mm(eye + n, x, PREC), PREC)
 
 
 @triton.jit
@@ -132,22 +122,24 @@ def _inverse(k0, k1, k2, k3, G, beta, dt: tl.constexpr, PREC: tl.constexpr):
     and the gates [64]."""
     g0, g1, g2, g3 = _part(G, 0), _part(G, 1), _part(G, 2), _part(G, 3)
     b1, b2, b3 = _part(beta, 1), _part(beta, 2), _part(beta, 3)
-    x00 = _unit_lower_inverse(_a_block(_dot_nt(k0, k0, PREC), g0, g0, _part(beta, 0), True))
-    x11 = _unit_lower_inverse(_a_block(_dot_nt(k1, k1, PREC), g1, g1, b1, True))
-    x22 = _unit_lower_inverse(_a_block(_dot_nt(k2, k2, PREC), g2, g2, b2, True))
-    x33 = _unit_lower_inverse(_a_block(_dot_nt(k3, k3, PREC), g3, g3, b3, True))
+    b0 = _part(beta, 0)
+    x00 = _unit_lower_inverse(_a_block(_dot_nt(k0, k0, PREC), g0, g0, b0, True), PREC)
+    x11 = _unit_lower_inverse(_a_block(_dot_nt(k1, k1, PREC), g1, g1, b1, True), PREC)
+    x22 = _unit_lower_inverse(_a_block(_dot_nt(k2, k2, PREC), g2, g2, b2, True), PREC)
+    x33 = _unit_lower_inverse(_a_block(_dot_nt(k3, k3, PREC), g3, g3, b3, True), PREC)
     a10 = _a_block(_dot_nt(k1, k0, PREC), g1, g0, b1, False)
     a21 = _a_block(_dot_nt(k2, k1, PREC), g2, g1, b2, False)
     a32 = _a_block(_dot_nt(k3, k2, PREC), g3, g2, b3, False)
-    x10 = -_mm(x11, _mm(a10, x00))
-    x21 = -_mm(x22, _mm(a21, x11))
-    x32 = -_mm(x33, _mm(a32, x22))
+    x10 = -_mm(x11, _mm(a10, x00, PREC), PREC)
+    x21 = -_mm(x22, _mm(a21, x11, PREC), PREC)
+    x32 = -_mm(x33, _mm(a32, x22, PREC), PREC)
     a20 = _a_block(_dot_nt(k2, k0, PREC), g2, g0, b2, False)
-    x20 = -_mm(x22, _mm(a20, x00) + _mm(a21, x10))
+    x20 = -_mm(x22, _mm(a20, x00, PREC) + _mm(a21, x10, PREC), PREC)
     a31 = _a_block(_dot_nt(k3, k1, PREC), g3, g1, b3, False)
-    x31 = -_mm(x33, _mm(a31, x11) + _mm(a32, x21))
+    x31 = -_mm(x33, _mm(a31, x11, PREC) + _mm(a32, x21, PREC), PREC)
     a30 = _a_block(_dot_nt(k3, k0, PREC), g3, g0, b3, False)
-    x30 = -_mm(x33, _mm(a30, x00) + _mm(a31, x10) + _mm(a32, x20))
+    x30 = -_mm(x33, _mm(a30, x00, PREC) + _mm(a31, x10, PREC) + _mm(a32, x20, PREC),
+                PREC)
     return (x00.to(dt), x10.to(dt), x11.to(dt), x20.to(dt), x21.to(dt), x22.to(dt), x30.to(dt),
             x31.to(dt), x32.to(dt), x33.to(dt))
 
@@ -170,6 +162,30 @@ def _apply(xs, m0, m1, m2, m3, ptr, start, end, NC: tl.constexpr, BC: tl.constex
 
 
 @triton.jit
+def _store_lower(xs, ptr, start, end):
+    """The blocks `xs` of X (as from _inverse) into rows [start, end) of a row-major [*, 64]
+    matrix; the blocks above the diagonal are left unwritten."""
+    x00, x10, x11, x20, x21, x22, x30, x31, x32, x33 = xs
+    _store_block(ptr, x00, start, 0, end)
+    _store_block(ptr, x10, start + 16, 0, end)
+    _store_block(ptr, x11, start + 16, 16, end)
+    _store_block(ptr, x20, start + 32, 0, end)
+    _store_block(ptr, x21, start + 32, 16, end)
+    _store_block(ptr, x22, start + 32, 32, end)
+    _store_block(ptr, x30, start + 48, 0, end)
+    _store_block(ptr, x31, start + 48, 16, end)
+    _store_block(ptr, x32, start + 48, 32, end)
+    _store_block(ptr, x33, start + 48, 48, end)
+
+
+@triton.jit
+def _store_block(ptr, x, row0, col0, end):
+    """A [16, 16] block at (row0, col0) of a row-major [*, 64] matrix, rows < end."""
+    rows, cols = row0 + tl.arange(0, 16), col0 + tl.arange(0, 16)
+    tl.store(ptr + rows.to(tl.int64)[:, None] * 64 + cols[None, :], x, mask=(rows < end)[:, None])
+
+
+@triton.jit
 def _store(ptr, rows, nrows, width, NC: tl.constexpr, x, BC: tl.constexpr):
     """x [R, BC] into rows `rows` (< nrows) and the first NC columns of a row-major
     [*, width] matrix."""
@@ -181,15 +197,17 @@ def _store(ptr, rows, nrows, width, NC: tl.constexpr, x, BC: tl.constexpr):
              x.to(ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "T"])
 def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, cu_ptr,
-                      w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr,
+                      w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, x_ptr,
                       B, T, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_a, s_b, scale, eps,
                       HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, BB: tl.constexpr,
-                      L2NORM: tl.constexpr, PREC: tl.constexpr):
-    """Grid (chunks upper bound, Hv); see the module docstring for what it writes."""
-    start, end = chunk_bounds(cu_ptr, tl.program_id(0), B, BB, 64)
+                      BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr,
+                      PREC: tl.constexpr, STORE_X: tl.constexpr):
+    """Grid (chunks upper bound, Hv); see the module docstring for what it writes. STORE_X:
+    store X to x_ptr [Hv, T, 64] (lower blocks only) for kernels/gdn_chunk_wu.py and leave
+    W, U to it."""
+    start, end = chunk_bounds(cu_ptr, tl.program_id(0), B, 64)
     if end <= start:
         return
     i_hv = tl.program_id(1)
@@ -217,6 +235,9 @@ def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr,
     k2 = _unit_k(k_h, start + 32, end, s_kt, DK, eps, BK, L2NORM)
     k3 = _unit_k(k_h, start + 48, end, s_kt, DK, eps, BK, L2NORM)
     xs = _inverse(k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt), G, beta, dt, PREC)
+    if STORE_X:
+        _store_lower(xs, x_ptr + base * 64, start, end)
+        return
     _apply(xs, _kb(k0, G, beta, 0, dt), _kb(k1, G, beta, 1, dt), _kb(k2, G, beta, 2, dt),
            _kb(k3, G, beta, 3, dt), w_ptr + base * DK, start, end, DK, BK, PREC)
     v_h = v_ptr + i_hv * s_vh

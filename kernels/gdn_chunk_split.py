@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from qnext.kernels.gdn_chunk_prep import chunk_bounds
+from qnext.kernels.chunk_map import chunk_bounds, chunks_before
 from qnext.kernels.gdn_chunk_scan import _snapshot, _tile, initial_state
 
 
@@ -49,22 +49,19 @@ def _walk_chunk(s, c, start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h, h_ptr, s
     return s * tl.exp(g_last) + tl.dot(tl.trans(k.to(dt)), v_k, input_precision=PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "B"])
 def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_ptr, slot_ptr,
                        init_ptr, snap_ptr, snap_at_ptr, T, B, s_kt, s_kh, s_ss, s_sh, s_sk,
                        HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
                        DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       BB: tl.constexpr, PREC: tl.constexpr, HAS_SNAP: tl.constexpr):
+                       PREC: tl.constexpr, HAS_SNAP: tl.constexpr):
     """Grid (cdiv(dv, BV), Hv, B): the walk over one sequence's chunks (see the docstring)."""
     i_v, i_hv, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(cu_ptr + i_b).to(tl.int32)
     end = tl.load(cu_ptr + i_b + 1).to(tl.int32)
     if end <= start:
         return
-    seqs = tl.arange(0, BB)
-    lens = tl.load(cu_ptr + seqs + 1, mask=seqs < B, other=0).to(tl.int32) \
-        - tl.load(cu_ptr + seqs, mask=seqs < B, other=0).to(tl.int32)
-    first = tl.sum(tl.where(seqs < i_b, (lens + 63) // 64, 0), 0)  # chunks before this one
+    first = chunks_before(cu_ptr, i_b, 64)
     offs_k = tl.arange(0, BK)
     offs_v = i_v * BV + tl.arange(0, BV)
     s, slot_ptrs, s_tile, s_mask, snap, snap_at = initial_state(
@@ -86,14 +83,14 @@ def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_
     tl.store(slot_ptrs, s.to(state_ptr.dtype.element_ty), mask=s_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "B"])
 def chunk_output_kernel(q_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, h_ptr, o_ptr, cu_ptr, T, B,
                         s_qt, s_qh, s_ot, s_oh, HV: tl.constexpr, HK: tl.constexpr,
                         DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, BB: tl.constexpr, PREC: tl.constexpr):
+                        BV: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunks, Hv, cdiv(dv, BV)): one chunk's outputs from the state entering it."""
     i_c, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start, end = chunk_bounds(cu_ptr, i_c, B, BB, 64)
+    start, end = chunk_bounds(cu_ptr, i_c, B, 64)
     if end <= start:
         return
     dt = h_ptr.dtype.element_ty

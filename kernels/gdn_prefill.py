@@ -8,7 +8,10 @@ Two kernels, chunks of 64 tokens ([s, s + 64) inside each sequence, the last one
   2. kernels/gdn_chunk_scan.py, parallel over (value block, value head, sequence), sequential
      over the chunks of the sequence: the state recurrence in float32 registers, the outputs
      of each chunk, the final state (in place in its slot) and the optional snapshot.
-With `split=True` stage 2 is instead two kernels (kernels/gdn_chunk_split.py): a walk that
+With `wu_kernel=True` W and U come from a third kernel (kernels/gdn_chunk_wu.py, 64-row dots;
+the prep kernel then stores X = (I + A)^-1 instead): measured on the H200 it was 1.5-4 %
+slower end to end than forming them in the prep kernel (docs/perf/gdn-prefill.md), so it is
+opt-in. With `split=True` stage 2 is instead two kernels (kernels/gdn_chunk_split.py): a walk that
 keeps only the state recurrence and stores the state entering each chunk, then the outputs of
 every chunk in parallel, for long sequences whose walk would otherwise do all the work on
 few programs (a workspace of one dk x dv state per chunk and value head).
@@ -36,6 +39,7 @@ import triton
 from qnext.kernels.gdn_chunk_prep import CHUNK, chunk_prep_kernel
 from qnext.kernels.gdn_chunk_scan import chunk_scan_kernel
 from qnext.kernels.gdn_chunk_split import chunk_output_kernel, chunk_state_kernel
+from qnext.kernels.gdn_chunk_wu import chunk_wu_kernel
 from qnext.kernels.launch import check_device, interpreting
 from qnext.kernels.varlen import snapshot_pointers, snapshot_targets
 
@@ -49,7 +53,8 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
                 snapshot_offsets: torch.Tensor | None = None, scale: float | None = None,
                 use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool | None = None,
                 block_v: int | None = None, num_warps: tuple[int, int] = (4, 4),
-                check_snapshots: bool = True, split: bool = False) -> torch.Tensor:
+                check_snapshots: bool = True, split: bool = False,
+                wu_kernel: bool = False) -> torch.Tensor:
     """Prefill of B sequences packed in T tokens.
 
     q, k [T, Hk, dk] (rows may be strided, last dim contiguous); v [T, Hv, dv]; q, k, v of one
@@ -65,7 +70,8 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     fast_dots: dots in the 16-bit input dtype (default: whenever q is 16-bit); False: every
     dot in float32 (3 x tf32). block_v (value columns per program of the sequential kernel;
     default 64 with 16-bit dots, else 32) and num_warps (of the two kernels) are tuning knobs;
-    split: the two-kernel sequential stage (see the module docstring).
+    split: the two-kernel sequential stage; wu_kernel: W and U in a kernel of their own (see
+    the module docstring).
     Returns o [T, Hv, dv] in v.dtype.
     """
     T, HK, DK = q.shape
@@ -84,7 +90,8 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
         return out
     work = prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, B,
                        DK**-0.5 if scale is None else scale, use_qk_l2norm, eps,
-                       q.dtype if fast_dots else torch.float32, num_warps[0])
+                       q.dtype if fast_dots else torch.float32, num_warps[0], wu_kernel,
+                       8 if v.shape[2] >= 128 else 4)
     stage = split_chunks if split else scan_chunks
     stage(work, q, k, out, ssm_states, cu_seqlens, state_indices, has_initial_state,
           snapshot_slots, snapshot_offsets, block_v, num_warps[1])
@@ -107,9 +114,10 @@ class ChunkWork:
 
 def prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, num_seqs: int, scale: float,
                 use_qk_l2norm: bool, eps: float, dot_dtype: torch.dtype,
-                num_warps: int = 4) -> ChunkWork:
+                num_warps: int = 4, wu_kernel: bool = False, wu_warps: int = 4) -> ChunkWork:
     """Stage 1 (inputs as gdn_prefill's, already checked): gates, norms, W, U, P per chunk;
-    dot_dtype: q.dtype or float32."""
+    dot_dtype: q.dtype or float32. wu_kernel: W and U by kernels/gdn_chunk_wu.py (64-row
+    dots, X through a workspace) instead of inside the prep kernel."""
     (T, HK, DK), (HV, DV) = q.shape, v.shape[1:]
     dev, dt = q.device, dot_dtype
     work = ChunkWork(torch.empty(HV, T, DK, device=dev, dtype=dt),
@@ -119,12 +127,18 @@ def prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, num_seqs: int, scale:
                      torch.empty(HK, T, device=dev, dtype=torch.float32),
                      torch.empty(HK, T, device=dev, dtype=torch.float32))
     n_prog = T // CHUNK + num_seqs  # >= the number of chunks
+    x = torch.empty(HV, T, CHUNK, device=dev, dtype=dt) if wu_kernel else work.p
     chunk_prep_kernel[(n_prog, HV)](
         q, k, v, a, b, A_log, dt_bias, cu_seqlens, work.w, work.u, work.p, work.g, work.rq,
-        work.rk, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        work.rk, x, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), a.stride(0), b.stride(0), scale, eps,
-        HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=_pow2(DV),
-        BB=_pow2(num_seqs), L2NORM=use_qk_l2norm, PREC=_precision(dt), num_warps=num_warps)
+        HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=_pow2(DV), L2NORM=use_qk_l2norm,
+        PREC=_precision(dt), STORE_X=wu_kernel, num_warps=num_warps)
+    if wu_kernel:
+        chunk_wu_kernel[(n_prog, HV)](
+            k, v, b, x, work.g, work.rk, cu_seqlens, work.w, work.u, num_seqs, T, k.stride(0),
+            k.stride(1), v.stride(0), v.stride(1), b.stride(0), HV=HV, HK=HK, DK=DK, DV=DV,
+            BK=_pow2(DK), BV=_pow2(DV), PREC=_precision(dt), num_warps=wu_warps)
     return work
 
 
@@ -154,7 +168,7 @@ def split_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indic
     chunks = T // CHUNK + B  # >= the number of chunks
     h = torch.empty(chunks, HV, DK, DV, device=q.device, dtype=work.w.dtype)
     snaps, snap_at = snapshot_pointers(snapshot_slots, snapshot_offsets, state_indices)
-    meta = dict(HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v, BB=_pow2(B),
+    meta = dict(HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v,
                 PREC=_precision(work.w.dtype), num_warps=num_warps)
     chunk_state_kernel[(triton.cdiv(DV, block_v), HV, B)](
         k, work.w, work.u, work.g, work.rk, h, ssm_states, cu_seqlens, state_indices,

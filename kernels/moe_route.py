@@ -130,7 +130,7 @@ def _chunk_ids(ids_ptr, c, N, E, CHUNK: tl.constexpr):
     return tl.where((e >= 0) & (e < E), e, E).to(tl.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _count_kernel(ids_ptr, counts_ptr, N, E, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     c = tl.program_id(0)
     e = _chunk_ids(ids_ptr, c, N, E, CHUNK)
@@ -181,7 +181,7 @@ def _mark_blocks(sorted_ptr, expert_ptr, npad_ptr, scratch, bp, start, end, tota
         tl.store(npad_ptr, used)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "NUM_CHUNKS", "NUM_BLOCKS"])
 def _align_kernel(ids_ptr, counts_ptr, scratch_ptr, sorted_ptr, expert_ptr, npad_ptr, N, E,
                   NUM_CHUNKS, NUM_BLOCKS, BM: tl.constexpr, CHUNK: tl.constexpr,
                   BLOCK_E: tl.constexpr, BB: tl.constexpr, SINGLE: tl.constexpr):
@@ -298,7 +298,8 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
                                   num_experts, rows, num_blocks,
                                   **small_align_meta(n, num_blocks, block_m))
         return sorted_ids, block_expert, num_padded
-    chunk = min(chunk, max(16, triton.next_power_of_2(n)))
+    # NOTE: one chunk size for every n (not the power of 2 above n): each size was a Triton
+    # compilation of its own, met first by a request after the warm-up
     num_chunks, block_e, bb = triton.cdiv(n, chunk), triton.next_power_of_2(num_experts), 32
     grid = num_chunks + triton.cdiv(num_blocks, bb)
     counts = torch.empty(num_chunks, block_e, dtype=torch.int32, device=dev)

@@ -10,7 +10,8 @@ Its output is checked against the torch reference (4K-token cases) and against q
 cases) before timing. The Hv = 8 anchor runs last, in a subprocess: FLA 0.6.0 hit an illegal
 memory access at 8 value heads on H100 before, which would poison this process's CUDA context.
 
-    python scripts/bench_gdn_prefill.py            # the table (qnext fused and split stage 2)
+    python scripts/bench_gdn_prefill.py            # the table (qnext's variants, FLA)
+    python scripts/bench_gdn_prefill.py --no-anchor  # the same without FLA
     python scripts/bench_gdn_prefill.py --sweep    # launcher knobs and a per-kernel breakdown
     (either with --fp32-dots: qnext with float32 dots instead of bf16, see kernels/gdn_prefill.py)
 """
@@ -31,6 +32,9 @@ from bench_common import rel_diff
 D, HBM_BYTES_S, BF16_FLOPS_S = 128, 3.35e12, 989e12  # H100 SXM peaks
 ANCHOR_TIMEOUT_S = 240
 FAST_DOTS = "--fp32-dots" not in sys.argv  # bf16 dots (the default) or float32 dots
+# qnext's launcher variants: W, U in their own kernel (wu_kernel), the split sequential stage
+VARIANTS = {"default": {}, "wu": dict(wu_kernel=True), "split": dict(split=True),
+            "wu+split": dict(wu_kernel=True, split=True)}
 CASES = [(32, [4096]), (32, [1024] * 4), (32, [16384]), (32, [4096] * 4), (32, [65536]),
          (32, [4096] * 16), (8, [4096]), (8, [16384]), (8, [4096] * 4), (8, [65536]),
          (8, [4096] * 16)]
@@ -115,15 +119,42 @@ def _floor_us(hv: int, lengths: list[int]) -> float:
 def _table() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}, qnext fast_dots={FAST_DOTS}")
-    ours, split = {}, {}
+    ours = {}
     for hv, lengths in CASES:
         x, kw = _case(hv, lengths)
-        ours[hv, len(lengths), sum(lengths)] = us = _time(_ours(x, kw))
-        split[hv, len(lengths), sum(lengths)] = us_split = _time(_ours(x, kw, split=True))
-        print(f"qnext {len(lengths)} x {lengths[0]} tokens, Hv = {hv}: {us:.0f} µs (split "
-              f"stage {us_split:.0f} µs)", flush=True)
+        key = hv, len(lengths), sum(lengths)
+        ours[key] = {name: _time(_ours(x, kw, **knobs)) for name, knobs in VARIANTS.items()}
+        print(f"qnext {len(lengths)} x {lengths[0]} tokens, Hv = {hv}: "
+              + ", ".join(f"{name} {us:.0f} µs" for name, us in ours[key].items()), flush=True)
         del x, kw
     torch.cuda.empty_cache()
+    fla = {} if "--no-anchor" in sys.argv else _anchors()
+    names = " | ".join(f"qnext {name} µs" for name in VARIANTS)
+    print(f"| tokens | seqs | Hv | floor µs | {names} | FLA µs (gates precomputed) | FLA µs "
+          "(fused gates) | best FLA / best qnext | rel. diff vs FLA | vs ref (FLA, qnext) |")
+    print("|---" * (10 + len(VARIANTS)) + "|")
+    for hv, lengths in CASES:
+        T, B = sum(lengths), len(lengths)
+        times = ours[hv, B, T]
+        res = fla.get((hv, B, T))
+        cells = ["failed"] * 2 + ["—"] * 3
+        if res:
+            ref = f"{res['ref'][0]:.1e}, {res['ref'][1]:.1e}" if res["ref"] else "—"
+            cells = [f"{res['us'][0]:.0f}", f"{res['us'][1]:.0f}",
+                     f"{min(res['us']) / min(times.values()):.2f}", f"{max(res['diff']):.1e}",
+                     ref]
+        print(f"| {T} | {B} | {hv} | {_floor_us(hv, lengths):.0f} | "
+              + " | ".join(f"{us:.0f}" for us in times.values()) + " | "
+              + " | ".join(cells) + " |")
+    print("qnext kernels at 16K tokens, 1 and 4 sequences, Hv = 32:")
+    for lengths in ([16384], [4096] * 4):
+        for name, knobs in VARIANTS.items():
+            print(f"  {name}:")
+            _per_kernel(*_case(32, lengths), **knobs)
+
+
+def _anchors() -> dict:
+    """FLA's rows, each Hv in a subprocess of its own."""
     fla = {}
     for hv in (32, 8):
         cmd = [sys.executable, __file__, "--anchor", str(hv)] + sys.argv[1:]
@@ -139,27 +170,7 @@ def _table() -> None:
             print(f"FLA {key}: {res}", flush=True)
         if rc:
             print(f"anchor at Hv = {hv} failed: {err.strip().splitlines()[-1:]}", flush=True)
-    print("| tokens | seqs | Hv | floor µs | qnext µs | qnext split µs | FLA µs (gates "
-          "precomputed) | FLA µs (fused gates) | best FLA / qnext | qnext M tok/s | rel. diff "
-          "vs FLA | vs ref (FLA, qnext) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for hv, lengths in CASES:
-        T, B = sum(lengths), len(lengths)
-        us = ours[hv, B, T]
-        res = fla.get((hv, B, T))
-        cells = ["failed"] * 2 + ["—"] * 3
-        if res:
-            ref = f"{res['ref'][0]:.1e}, {res['ref'][1]:.1e}" if res["ref"] else "—"
-            cells = [f"{res['us'][0]:.0f}", f"{res['us'][1]:.0f}",
-                     f"{min(res['us']) / us:.2f}", f"{max(res['diff']):.1e}", ref]
-        print(f"| {T} | {B} | {hv} | {_floor_us(hv, lengths):.0f} | {us:.0f} | "
-              f"{split[hv, B, T]:.0f} | {cells[0]} | "
-              f"{cells[1]} | {cells[2]} | {T / us:.1f} | {cells[3]} | {cells[4]} |")
-    print("qnext kernels at 16K tokens, 1 and 4 sequences, Hv = 32:")
-    for lengths in ([16384], [4096] * 4):
-        for split in (False, True):
-            print(f"  split={split}:")
-            _per_kernel(*_case(32, lengths), split=split)
+    return fla
 
 
 def _anchor_rows(hv: int) -> None:

@@ -107,6 +107,25 @@ def test_prefill_kernel_matches_reference(lengths, hk, hv, dk, dv, dtype, state_
     """fast_dots None: 16-bit dots for 16-bit inputs; False: float32 dots for every input."""
     if fast_dots is False and dtype == torch.float32:
         pytest.skip("float32 inputs take float32 dots either way")
+    _check_against_reference(lengths, hk, hv, dk, dv, dtype, state_dtype, tol, snapshot,
+                             fast_dots=fast_dots)
+
+
+@pytest.mark.parametrize("dtype,state_dtype,tol", DTYPES)
+@pytest.mark.parametrize("knobs", [dict(), dict(wu_kernel=True), dict(split=True),
+                                   dict(wu_kernel=True, split=True)])
+def test_many_sequences_and_every_stage_variant(dtype, state_dtype, tol, knobs):
+    """21 sequences, empty ones among them: the kernels find their chunks by walking
+    cu_seqlens 16 sequences at a time (kernels/chunk_map.py), so past 16 the second block
+    counts; W, U by their own kernel (wu_kernel) and the split sequential stage."""
+    lengths = [0, 5] + [(37 * i) % 131 for i in range(1, 19)] + [0]
+    _check_against_reference(lengths, 2, 4, 32, 32, dtype, state_dtype, tol, True, **knobs)
+
+
+def _check_against_reference(lengths, hk, hv, dk, dv, dtype, state_dtype, tol, snapshot,
+                             **knobs):
+    """gdn_prefill(**knobs) against the torch reference: outputs, the written slots, and
+    every other slot untouched."""
     from qnext.kernels.gdn_prefill import gdn_prefill
 
     if dtype == torch.bfloat16 and not ON_GPU:  # the interpreter's bf16 dots are wrong:
@@ -126,7 +145,7 @@ def test_prefill_kernel_matches_reference(lengths, hk, hv, dk, dv, dtype, state_
     _poison_allocator(4 * x["v"].numel())
     got = gdn_prefill(**x, cu_seqlens=cu_seqlens, ssm_states=states, state_indices=slots,
                       has_initial_state=has_init, snapshot_slots=snaps,
-                      snapshot_offsets=offsets, fast_dots=fast_dots)
+                      snapshot_offsets=offsets, **knobs)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert not torch.isnan(got).any()
     assert rel_err(got, want) <= tol
@@ -164,7 +183,8 @@ def test_split_stage_matches_the_fused_scan(lengths, hk, hv, dk, dv, dtype, stat
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_correlated_keys_match_reference(dtype, tol):
+@pytest.mark.parametrize("wu_kernel", [False, True])
+def test_correlated_keys_match_reference(dtype, tol, wu_kernel):
     """Keys sharing one direction (k . k near 1) and slow gates: I + A far from I, so the chunk
     inverse needs every term of its series (random keys leave A near 0). float32 is held to
     1e-5: forward substitution and the series with its Newton step give 2e-6 on the CPU
@@ -188,7 +208,7 @@ def test_correlated_keys_match_reference(dtype, tol):
                                       ssm_states=ref_states, state_indices=slots,
                                       has_initial_state=has_init)
     got = gdn_prefill(**x, cu_seqlens=cu_seqlens, ssm_states=states, state_indices=slots,
-                      has_initial_state=has_init)
+                      has_initial_state=has_init, wu_kernel=wu_kernel)
     assert rel_err(got, want) <= tol, rel_err(got, want)
     assert rel_err(states[slots], ref_states[slots]) <= tol
 

@@ -13,6 +13,7 @@ import structlog
 import torch
 from torch import nn
 
+from qnext.kernels import compile_log
 from qnext.worker.config import Config
 from qnext.worker.layers.backend import kernels_cover
 from qnext.worker.layers.linear import kv_head_range
@@ -196,7 +197,8 @@ def _first_line(exc: BaseException | None) -> str | None:
 def capture_or_log(capture, what: str):
     """capture() (graphs), or None after a failed capture: logged, those steps run eagerly."""
     try:
-        return capture()
+        with compile_log.quiet():  # a capture's compiles are expected, not a missed class
+            return capture()
     except RuntimeError as exc:  # a host sync in some layer: serve eagerly, loudly
         log.error("cuda_graph.capture_failed", graphs=what, error=_first_line(exc),
                   cause=_first_line(exc.__cause__ or exc.__context__),

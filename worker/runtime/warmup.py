@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from qnext.kernels import compile_log
 from qnext.worker.runtime.inputs import SeqChunk, build_forward_batch
 
 # (new tokens, cached prefix) per sequence of each warm-up forward. Triton keys a compiled
@@ -58,11 +59,12 @@ def warm_up(runner, max_tokens: int | None = None) -> int:
     """Run the warm-up forwards of at most `max_tokens` tokens each (a step's prefill
     budget); returns how many ran."""
     done = 0
-    for shape in shapes_for(max_tokens):
-        batch = build_forward_batch(chunks_for(shape, runner.kv_pool.page_size),
-                                    runner.kv_pool, runner.state_pool, runner.device)
-        runner.model(batch)
-        done += 1
+    with compile_log.quiet():
+        for shape in shapes_for(max_tokens):
+            batch = build_forward_batch(chunks_for(shape, runner.kv_pool.page_size),
+                                        runner.kv_pool, runner.state_pool, runner.device)
+            runner.model(batch)
+            done += 1
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     return done

@@ -31,3 +31,29 @@ def test_watch_without_triton_is_a_no_op():
     with CompileWatch(lambda _: None) as watch:
         pass
     assert watch._knobs is None
+
+
+def test_logging_skips_compiles_inside_quiet(monkeypatch):
+    """After `log_compiles_from_now`, a compile is a warning unless inside `quiet()` (a
+    warm-up or graph capture, also another engine's in the same process)."""
+    triton = pytest.importorskip("triton")
+    knobs = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if not hasattr(knobs, "jit_post_compile_hook"):
+        pytest.skip("this Triton has no jit_post_compile_hook")
+    from qnext.kernels import compile_log
+
+    class Log:
+        def __init__(self):
+            self.events = []
+
+        def warning(self, event, **fields):
+            self.events.append((event, fields["kernel"]))
+
+    log = Log()
+    monkeypatch.setattr(compile_log, "_logging", False)
+    monkeypatch.setattr(knobs, "jit_post_compile_hook", None)
+    compile_log.log_compiles_from_now(log)
+    with compile_log.quiet():
+        knobs.jit_post_compile_hook(repr="_warm[num_warps=4]()", fn=None)
+    knobs.jit_post_compile_hook(repr="_late[num_warps=4]()", fn=None)
+    assert log.events == [("triton_compile_after_warmup", "_late[num_warps=4]()")]
