@@ -54,8 +54,11 @@ def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_
                        init_ptr, snap_ptr, snap_at_ptr, T, B, s_kt, s_kh, s_ss, s_sh, s_sk,
                        HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
                        DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       PREC: tl.constexpr, HAS_SNAP: tl.constexpr):
-    """Grid (cdiv(dv, BV), Hv, B): the walk over one sequence's chunks (see the docstring)."""
+                       PREC: tl.constexpr, HAS_SNAP: tl.constexpr,
+                       WHILE_LOOP: tl.constexpr):
+    """Grid (cdiv(dv, BV), Hv, B): the walk over one sequence's chunks (see the docstring).
+    WHILE_LOOP: for Triton's CPU interpreter (no tensor bound in `range`); on the GPU the
+    `range` loop lets Triton pipeline the next chunk's loads."""
     i_v, i_hv, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(cu_ptr + i_b).to(tl.int32)
     end = tl.load(cu_ptr + i_b + 1).to(tl.int32)
@@ -68,19 +71,35 @@ def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_
         state_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr, i_b, i_hv, offs_k, offs_v, s_ss,
         s_sh, s_sk, DK, DV, BK, BV, HAS_SNAP)
     i_hk = i_hv // (HV // HK)
-    h_tile = offs_k[:, None] * DV + offs_v[None, :]
+    h_at = (h_ptr, first, offs_k[:, None] * DV + offs_v[None, :], i_hv)
+    args = (start, end, i_hv.to(tl.int64) * T, k_ptr + i_hk * s_kh, w_ptr, u_ptr, g_ptr,
+            rk_ptr + i_hk.to(tl.int64) * T, s_kt, offs_k, offs_v)
+    snap_args = (state_ptr, snap, snap_at, end - start, s_ss, s_sh, i_hv, s_tile, s_mask)
     n_chunks = tl.cdiv(end - start, 64)
-    c = 0
-    while c < n_chunks:  # `while`: the interpreter takes no tensor bound in `range`
-        h_at = h_ptr + ((first + c).to(tl.int64) * HV + i_hv) * DK * DV + h_tile
-        s = _walk_chunk(s, c, start, end, i_hv.to(tl.int64) * T, k_ptr + i_hk * s_kh, w_ptr,
-                        u_ptr, g_ptr, rk_ptr + i_hk.to(tl.int64) * T, h_at, s_kt, offs_k,
-                        offs_v, DK, DV, BK, PREC)
-        if HAS_SNAP:
-            _snapshot(state_ptr, snap, snap_at, c, end - start, s, s_ss, s_sh, i_hv, s_tile,
-                      s_mask)
-        c += 1
+    if WHILE_LOOP:
+        c = 0
+        while c < n_chunks:
+            s = _walk_step(s, c, h_at, args, snap_args, HV, DK, DV, BK, PREC, HAS_SNAP)
+            c += 1
+    else:
+        for c in range(n_chunks):
+            s = _walk_step(s, c, h_at, args, snap_args, HV, DK, DV, BK, PREC, HAS_SNAP)
     tl.store(slot_ptrs, s.to(state_ptr.dtype.element_ty), mask=s_mask)
+
+
+@triton.jit
+def _walk_step(s, c, h_at, args, snap_args, HV: tl.constexpr, DK: tl.constexpr,
+               DV: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """Chunk c of the walk: its entering state to h, V' over U, the snapshot if due."""
+    start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h, s_kt, offs_k, offs_v = args
+    h_ptr, first, h_tile, i_hv = h_at
+    s = _walk_chunk(s, c, start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h,
+                    h_ptr + ((first + c).to(tl.int64) * HV + i_hv) * DK * DV + h_tile, s_kt,
+                    offs_k, offs_v, DK, DV, BK, PREC)
+    if HAS_SNAP:
+        state_ptr, snap, snap_at, length, s_ss, s_sh, i_hv, s_tile, s_mask = snap_args
+        _snapshot(state_ptr, snap, snap_at, c, length, s, s_ss, s_sh, i_hv, s_tile, s_mask)
+    return s
 
 
 @triton.jit(do_not_specialize=["T", "B"])

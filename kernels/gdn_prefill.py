@@ -174,7 +174,7 @@ def split_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indic
         k, work.w, work.u, work.g, work.rk, h, ssm_states, cu_seqlens, state_indices,
         has_initial_state, snaps, snap_at, T, B, k.stride(0), k.stride(1),
         ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
-        HAS_SNAP=snapshot_slots is not None, num_stages=2, **meta)
+        HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(), num_stages=2, **meta)
     chunk_output_kernel[(chunks, HV, triton.cdiv(DV, block_v))](
         q, work.u, work.p, work.g, work.rq, h, out, cu_seqlens, T, B, q.stride(0),
         q.stride(1), out.stride(0), out.stride(1), **meta)
