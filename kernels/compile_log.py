@@ -15,8 +15,7 @@ Pure Python apart from Triton's knob; imports Triton lazily (CI has none).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 _logging = False
 _quiet = 0  # > 0 inside `quiet()`: a warm-up or graph capture, whose compiles are expected
@@ -64,15 +63,16 @@ class CompileWatch:
         self.stop()
 
 
-@contextmanager
-def quiet() -> Iterator[None]:
+class quiet:  # noqa: N801 - used as `with compile_log.quiet():`
     """Compiles inside are expected (warm-up, graph capture): `log_compiles_from_now` skips
     them, also when an earlier engine of the process installed the hook."""
-    global _quiet
-    _quiet += 1
-    try:
-        yield
-    finally:
+
+    def __enter__(self) -> None:
+        global _quiet
+        _quiet += 1
+
+    def __exit__(self, *exc) -> None:
+        global _quiet
         _quiet -= 1
 
 
