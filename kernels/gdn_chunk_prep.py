@@ -10,8 +10,8 @@ it writes the workspaces of the sequential stage (kernels/gdn_chunk_scan.py):
   A[t, i] = beta_t D[t, i] Kn_t . Kn_i (i < t), inverted by 16 x 16 blocks (the diagonal
   blocks by a nilpotent product series and one Newton step, block products below).
 Qn, Kn: the L2-normalised q, k. Dots take operands in the dtype of W (16-bit, or float32 as
-3 x tf32). With STORE_X the kernel stores X instead of W and U, which kernels/gdn_chunk_wu.py
-then forms with 64-row dots. Reference: `_chunk_step` in kernels/gdn_ref.py (the WY / UT
+3 x tf32). `pipeline="lite"` replaces this kernel by kernels/gdn_chunk_kkt.py (X only) and
+kernels/gdn_chunk_wu.py (W, U). Reference: `_chunk_step` in kernels/gdn_ref.py (the WY / UT
 form).
 """
 
@@ -68,6 +68,16 @@ def _gates(a_ptr, b_ptr, s_a, s_b, a_log, dt_bias, start, end, i_hv):
 
 
 @triton.jit
+def stored_gates(a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, s_a, s_b, g_ptr, start, end, i_hv):
+    """`_gates` of one chunk and value head, the cumsum G also stored to g_ptr (row-indexed)."""
+    G, beta = _gates(a_ptr, b_ptr, s_a, s_b, tl.load(a_log_ptr + i_hv),
+                     tl.load(dt_bias_ptr + i_hv), start, end, i_hv)
+    rows = start + tl.arange(0, 64)
+    tl.store(g_ptr + rows, G, mask=rows < end)
+    return G, beta
+
+
+@triton.jit
 def _part(x, i):
     """Elements [16 i, 16 i + 16) of a [64] vector."""
     r, c = tl.arange(0, 16), tl.arange(0, 64)
@@ -117,27 +127,38 @@ def _unit_lower_inverse(n, PREC: tl.constexpr):
 
 @triton.jit
 def _inverse(k0, k1, k2, k3, G, beta, dt: tl.constexpr, PREC: tl.constexpr):
+    """X = (I + A)^-1 by blocks (see `inverse_blocks`) from the normalised k row blocks (in
+    dt) and the gates [64]."""
+    kk = (_dot_nt(k0, k0, PREC), _dot_nt(k1, k0, PREC), _dot_nt(k1, k1, PREC),
+          _dot_nt(k2, k0, PREC), _dot_nt(k2, k1, PREC), _dot_nt(k2, k2, PREC),
+          _dot_nt(k3, k0, PREC), _dot_nt(k3, k1, PREC), _dot_nt(k3, k2, PREC),
+          _dot_nt(k3, k3, PREC))
+    return inverse_blocks(kk, G, beta, dt, PREC)
+
+
+@triton.jit
+def inverse_blocks(kk, G, beta, dt: tl.constexpr, PREC: tl.constexpr):
     """The 16 x 16 blocks (x00, x10, x11, x20, x21, x22, x30, x31, x32, x33) of
-    X = (I + A)^-1 (float32 arithmetic, returned in dt) from the normalised k row blocks (in dt)
-    and the gates [64]."""
+    X = (I + A)^-1 (float32 arithmetic, returned in dt) from the same blocks of Kn Kn^T
+    (float32) and the gates [64]."""
+    kk00, kk10, kk11, kk20, kk21, kk22, kk30, kk31, kk32, kk33 = kk
     g0, g1, g2, g3 = _part(G, 0), _part(G, 1), _part(G, 2), _part(G, 3)
-    b1, b2, b3 = _part(beta, 1), _part(beta, 2), _part(beta, 3)
-    b0 = _part(beta, 0)
-    x00 = _unit_lower_inverse(_a_block(_dot_nt(k0, k0, PREC), g0, g0, b0, True), PREC)
-    x11 = _unit_lower_inverse(_a_block(_dot_nt(k1, k1, PREC), g1, g1, b1, True), PREC)
-    x22 = _unit_lower_inverse(_a_block(_dot_nt(k2, k2, PREC), g2, g2, b2, True), PREC)
-    x33 = _unit_lower_inverse(_a_block(_dot_nt(k3, k3, PREC), g3, g3, b3, True), PREC)
-    a10 = _a_block(_dot_nt(k1, k0, PREC), g1, g0, b1, False)
-    a21 = _a_block(_dot_nt(k2, k1, PREC), g2, g1, b2, False)
-    a32 = _a_block(_dot_nt(k3, k2, PREC), g3, g2, b3, False)
+    b0, b1, b2, b3 = _part(beta, 0), _part(beta, 1), _part(beta, 2), _part(beta, 3)
+    x00 = _unit_lower_inverse(_a_block(kk00, g0, g0, b0, True), PREC)
+    x11 = _unit_lower_inverse(_a_block(kk11, g1, g1, b1, True), PREC)
+    x22 = _unit_lower_inverse(_a_block(kk22, g2, g2, b2, True), PREC)
+    x33 = _unit_lower_inverse(_a_block(kk33, g3, g3, b3, True), PREC)
+    a10 = _a_block(kk10, g1, g0, b1, False)
+    a21 = _a_block(kk21, g2, g1, b2, False)
+    a32 = _a_block(kk32, g3, g2, b3, False)
     x10 = -_mm(x11, _mm(a10, x00, PREC), PREC)
     x21 = -_mm(x22, _mm(a21, x11, PREC), PREC)
     x32 = -_mm(x33, _mm(a32, x22, PREC), PREC)
-    a20 = _a_block(_dot_nt(k2, k0, PREC), g2, g0, b2, False)
+    a20 = _a_block(kk20, g2, g0, b2, False)
     x20 = -_mm(x22, _mm(a20, x00, PREC) + _mm(a21, x10, PREC), PREC)
-    a31 = _a_block(_dot_nt(k3, k1, PREC), g3, g1, b3, False)
+    a31 = _a_block(kk31, g3, g1, b3, False)
     x31 = -_mm(x33, _mm(a31, x11, PREC) + _mm(a32, x21, PREC), PREC)
-    a30 = _a_block(_dot_nt(k3, k0, PREC), g3, g0, b3, False)
+    a30 = _a_block(kk30, g3, g0, b3, False)
     x30 = -_mm(x33, _mm(a30, x00, PREC) + _mm(a31, x10, PREC) + _mm(a32, x20, PREC),
                 PREC)
     return (x00.to(dt), x10.to(dt), x11.to(dt), x20.to(dt), x21.to(dt), x22.to(dt), x30.to(dt),
@@ -162,30 +183,6 @@ def _apply(xs, m0, m1, m2, m3, ptr, start, end, NC: tl.constexpr, BC: tl.constex
 
 
 @triton.jit
-def _store_lower(xs, ptr, start, end):
-    """The blocks `xs` of X (as from _inverse) into rows [start, end) of a row-major [*, 64]
-    matrix; the blocks above the diagonal are left unwritten."""
-    x00, x10, x11, x20, x21, x22, x30, x31, x32, x33 = xs
-    _store_block(ptr, x00, start, 0, end)
-    _store_block(ptr, x10, start + 16, 0, end)
-    _store_block(ptr, x11, start + 16, 16, end)
-    _store_block(ptr, x20, start + 32, 0, end)
-    _store_block(ptr, x21, start + 32, 16, end)
-    _store_block(ptr, x22, start + 32, 32, end)
-    _store_block(ptr, x30, start + 48, 0, end)
-    _store_block(ptr, x31, start + 48, 16, end)
-    _store_block(ptr, x32, start + 48, 32, end)
-    _store_block(ptr, x33, start + 48, 48, end)
-
-
-@triton.jit
-def _store_block(ptr, x, row0, col0, end):
-    """A [16, 16] block at (row0, col0) of a row-major [*, 64] matrix, rows < end."""
-    rows, cols = row0 + tl.arange(0, 16), col0 + tl.arange(0, 16)
-    tl.store(ptr + rows.to(tl.int64)[:, None] * 64 + cols[None, :], x, mask=(rows < end)[:, None])
-
-
-@triton.jit
 def _store(ptr, rows, nrows, width, NC: tl.constexpr, x, BC: tl.constexpr):
     """x [R, BC] into rows `rows` (< nrows) and the first NC columns of a row-major
     [*, width] matrix."""
@@ -199,14 +196,12 @@ def _store(ptr, rows, nrows, width, NC: tl.constexpr, x, BC: tl.constexpr):
 
 @triton.jit(do_not_specialize=["B", "T"])
 def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, cu_ptr,
-                      w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, x_ptr,
+                      w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr,
                       B, T, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_a, s_b, scale, eps,
                       HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr,
-                      PREC: tl.constexpr, STORE_X: tl.constexpr):
-    """Grid (chunks upper bound, Hv); see the module docstring for what it writes. STORE_X:
-    store X to x_ptr [Hv, T, 64] (lower blocks only) for kernels/gdn_chunk_wu.py and leave
-    W, U to it."""
+                      PREC: tl.constexpr):
+    """Grid (chunks upper bound, Hv); see the module docstring for what it writes."""
     start, end = chunk_bounds(cu_ptr, tl.program_id(0), B, 64)
     if end <= start:
         return
@@ -215,9 +210,8 @@ def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr,
     dt = w_ptr.dtype.element_ty  # the dot operand dtype
     rows = start + tl.arange(0, 64)
     base = i_hv.to(tl.int64) * T
-    G, beta = _gates(a_ptr, b_ptr, s_a, s_b, tl.load(a_log_ptr + i_hv),
-                     tl.load(dt_bias_ptr + i_hv), start, end, i_hv)
-    tl.store(g_ptr + base + rows, G, mask=rows < end)
+    G, beta = stored_gates(a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, s_a, s_b, g_ptr + base,
+                           start, end, i_hv)
     k_h = k_ptr + i_hk * s_kh
     q = _rows(q_ptr + i_hk * s_qh, start, end, s_qt, DK, 64, BK)
     k = _rows(k_h, start, end, s_kt, DK, 64, BK)
@@ -235,9 +229,6 @@ def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr,
     k2 = _unit_k(k_h, start + 32, end, s_kt, DK, eps, BK, L2NORM)
     k3 = _unit_k(k_h, start + 48, end, s_kt, DK, eps, BK, L2NORM)
     xs = _inverse(k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt), G, beta, dt, PREC)
-    if STORE_X:
-        _store_lower(xs, x_ptr + base * 64, start, end)
-        return
     _apply(xs, _kb(k0, G, beta, 0, dt), _kb(k1, G, beta, 1, dt), _kb(k2, G, beta, 2, dt),
            _kb(k3, G, beta, 3, dt), w_ptr + base * DK, start, end, DK, BK, PREC)
     v_h = v_ptr + i_hv * s_vh

@@ -1,5 +1,5 @@
 """Triton kernels: the sequential stage of the chunked gated-delta-rule prefill split in two,
-for long sequences (`gdn_prefill(..., split=True)`).
+for long sequences (`gdn_prefill(..., pipeline="split")`, and "lite").
 
 The fused scan (kernels/gdn_chunk_scan.py) computes each chunk's outputs inside the sequential
 walk, so a long sequence walks four dots per chunk on (value blocks x heads) programs only.
@@ -103,11 +103,13 @@ def _walk_step(s, c, h_at, args, snap_args, HV: tl.constexpr, DK: tl.constexpr,
 
 
 @triton.jit(do_not_specialize=["T", "B"])
-def chunk_output_kernel(q_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, h_ptr, o_ptr, cu_ptr, T, B,
-                        s_qt, s_qh, s_ot, s_oh, HV: tl.constexpr, HK: tl.constexpr,
-                        DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, PREC: tl.constexpr):
-    """Grid (chunks, Hv, cdiv(dv, BV)): one chunk's outputs from the state entering it."""
+def chunk_output_kernel(q_ptr, k_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, h_ptr, o_ptr, cu_ptr,
+                        T, B, s_qt, s_qh, s_kt, s_kh, s_ot, s_oh, HV: tl.constexpr,
+                        HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                        P_INLINE: tl.constexpr):
+    """Grid (chunks, Hv, cdiv(dv, BV)): one chunk's outputs from the state entering it.
+    P_INLINE: form P = causal(Qn Kn^T * D) here from q and k instead of loading it."""
     i_c, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, end = chunk_bounds(cu_ptr, i_c, B, 64)
     if end <= start:
@@ -124,12 +126,27 @@ def chunk_output_kernel(q_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, h_ptr, o_ptr, cu_ptr
     h = tl.load(h_ptr + ((i_c.to(tl.int64) * HV + i_hv) * DK + offs_k[:, None]) * DV
                 + offs_v[None, :], mask=(offs_k < DK)[:, None] & v_ok[None, :], other=0.0)
     q = _tile(q_ptr + i_hk * s_qh, rows, end, s_qt, offs_k, DK, BK == DK)
-    p = _tile(p_ptr + base * 64, rows, end, 64, r, 64, True)
+    g = tl.load(g_ptr + base + rows, mask=m, other=0.0)
+    rq = tl.load(rq_ptr + i_hk.to(tl.int64) * T + rows, mask=m, other=0.0)
+    if P_INLINE:
+        k = _tile(k_ptr + i_hk * s_kh, rows, end, s_kt, offs_k, DK, BK == DK)
+        rk = tl.load(rk_ptr + i_hk.to(tl.int64) * T + rows, mask=m, other=0.0)
+        p = _attention(q, k, rq, rk, g, rows, m, dt, PREC)
+    else:
+        p = _tile(p_ptr + base * 64, rows, end, 64, r, 64, True)
     v_new = tl.load(u_ptr + (base + rows.to(tl.int64))[:, None] * DV + offs_v[None, :],
                     mask=m[:, None] & v_ok[None, :], other=0.0)
-    g = tl.load(g_ptr + base + rows, mask=m, other=0.0)
-    q_scale = tl.load(rq_ptr + i_hk.to(tl.int64) * T + rows, mask=m, other=0.0) * tl.exp(g)
-    o = tl.dot(q.to(dt), h, input_precision=PREC) * q_scale[:, None]
+    o = tl.dot(q.to(dt), h, input_precision=PREC) * (rq * tl.exp(g))[:, None]
     o = tl.dot(p, v_new.to(dt), o, input_precision=PREC)
     tl.store(o_ptr + i_hv * s_oh + rows.to(tl.int64)[:, None] * s_ot + offs_v[None, :],
              o.to(o_ptr.dtype.element_ty), mask=m[:, None] & v_ok[None, :])
+
+
+@triton.jit
+def _attention(q, k, rq, rk, g, rows, m, dt: tl.constexpr, PREC: tl.constexpr):
+    """P = causal(Qn Kn^T * D) of one chunk (as the prep kernel stores it), in dt; rows past
+    the chunk's end (m false) are zero."""
+    causal = (rows[:, None] >= rows[None, :]) & m[:, None]
+    decay = tl.exp(tl.where(causal, g[:, None] - g[None, :], float("-inf")))
+    qk = tl.dot(q.to(dt), tl.trans(k.to(dt)), input_precision=PREC)
+    return (qk * rq[:, None] * rk[None, :] * decay).to(dt)

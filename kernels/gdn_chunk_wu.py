@@ -1,12 +1,12 @@
-"""Triton kernel: W and U of the chunked gated-delta-rule prefill as two 64-row products.
+"""Triton kernel: W and U of the "lite" chunked gated-delta-rule prefill, as 64-row products.
 
-The prep kernel (kernels/gdn_chunk_prep.py) with STORE_X leaves X = (I + A)^-1 of every chunk
-and value head in a workspace [Hv, T, 64] (lower blocks; the rest is masked to zero here) with
-the gate cumsum G and the k norm factors rk. One program per (chunk, value head) then forms
+kernels/gdn_chunk_kkt.py leaves X = (I + A)^-1 of every chunk and value head in a workspace
+[Hv, T, 64] (lower blocks; the rest is masked to zero here) with the gate cumsum G and the k
+norm factors rk. One program per (chunk, value head) then forms
   W = X (beta exp(G) Kn),   U = X (beta V)
-with one [64, 64] x [64, d] dot each, where the fused prep kernel chains ten [16, 16] x [16, d]
-dots per product. Same operand dtype and roundings as the fused path (X and the right-hand
-sides rounded to the dot dtype, float32 accumulation). Reference: `_chunk_step` in
+with one [64, 64] x [64, d] dot each, where the fused prep kernel (kernels/gdn_chunk_prep.py)
+chains ten [16, 16] x [16, d] dots per product. Same operand dtype and roundings (X and the
+right-hand sides rounded to the dot dtype, float32 accumulation). Reference: `_chunk_step` in
 kernels/gdn_ref.py.
 """
 

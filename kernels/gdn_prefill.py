@@ -8,13 +8,14 @@ Two kernels, chunks of 64 tokens ([s, s + 64) inside each sequence, the last one
   2. kernels/gdn_chunk_scan.py, parallel over (value block, value head, sequence), sequential
      over the chunks of the sequence: the state recurrence in float32 registers, the outputs
      of each chunk, the final state (in place in its slot) and the optional snapshot.
-With `wu_kernel=True` W and U come from a third kernel (kernels/gdn_chunk_wu.py, 64-row dots;
-the prep kernel then stores X = (I + A)^-1 instead): measured on the H200 it was 1.5-4 %
-slower end to end than forming them in the prep kernel (docs/perf/gdn-prefill.md), so it is
-opt-in. With `split=True` stage 2 is instead two kernels (kernels/gdn_chunk_split.py): a walk that
-keeps only the state recurrence and stores the state entering each chunk, then the outputs of
-every chunk in parallel, for long sequences whose walk would otherwise do all the work on
-few programs (a workspace of one dk x dv state per chunk and value head).
+`pipeline` picks among three arrangements (docs/perf/gdn-prefill.md has their timings):
+  - "fused" (the default): the two kernels above;
+  - "split": stage 2 as two kernels (kernels/gdn_chunk_split.py), a walk that keeps only the
+    state recurrence and stores the state entering each chunk, then the outputs of every
+    chunk in parallel (a workspace of one dk x dv state per chunk and value head);
+  - "lite": flash-linear-attention's arrangement: stage 1 as X = (I + A)^-1 alone
+    (kernels/gdn_chunk_kkt.py, k streamed in column slices) and W, U as 64-row products
+    (kernels/gdn_chunk_wu.py), then the split walk, whose output kernel forms P itself.
 The chunk map is found on the device (each program of kernel 1 locates its chunk from
 cu_seqlens), so the launcher does not read cu_seqlens on the host; only the snapshot checks do.
 Grouped heads: value head j reads key head j // (Hv // Hk); q, k are never repeated in memory.
@@ -39,11 +40,13 @@ import triton
 from qnext.kernels.gdn_chunk_prep import CHUNK, chunk_prep_kernel
 from qnext.kernels.gdn_chunk_scan import chunk_scan_kernel
 from qnext.kernels.gdn_chunk_split import chunk_output_kernel, chunk_state_kernel
+from qnext.kernels.gdn_chunk_kkt import chunk_kkt_kernel
 from qnext.kernels.gdn_chunk_wu import chunk_wu_kernel
 from qnext.kernels.launch import check_device, interpreting
 from qnext.kernels.varlen import snapshot_pointers, snapshot_targets
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PIPELINES = ("fused", "split", "lite")
 
 
 def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -53,8 +56,7 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
                 snapshot_offsets: torch.Tensor | None = None, scale: float | None = None,
                 use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool | None = None,
                 block_v: int | None = None, num_warps: tuple[int, int] = (4, 4),
-                check_snapshots: bool = True, split: bool = False,
-                wu_kernel: bool = False) -> torch.Tensor:
+                check_snapshots: bool = True, pipeline: str = "fused") -> torch.Tensor:
     """Prefill of B sequences packed in T tokens.
 
     q, k [T, Hk, dk] (rows may be strided, last dim contiguous); v [T, Hv, dv]; q, k, v of one
@@ -69,9 +71,9 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     dk ** -0.5.
     fast_dots: dots in the 16-bit input dtype (default: whenever q is 16-bit); False: every
     dot in float32 (3 x tf32). block_v (value columns per program of the sequential kernel;
-    default 64 with 16-bit dots, else 32) and num_warps (of the two kernels) are tuning knobs;
-    split: the two-kernel sequential stage; wu_kernel: W and U in a kernel of their own (see
-    the module docstring).
+    default 64 with 16-bit dots, else 32) and num_warps (of the first and the sequential
+    kernels) are tuning knobs; pipeline: "fused" (the default), "split" or "lite" (see the
+    module docstring).
     Returns o [T, Hv, dv] in v.dtype.
     """
     T, HK, DK = q.shape
@@ -81,6 +83,8 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     if fast_dots and q.dtype != torch.float32 and block_v < 64:
         raise ValueError(f"16-bit dots need block_v >= 64, got {block_v} (a Triton miscompile "
                          "on Hopper, see the module docstring)")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     _check(q, k, v, a, b, A_log, dt_bias, cu_seqlens, ssm_states, state_indices,
            has_initial_state, snapshot_slots, snapshot_offsets, block_v)
     if snapshot_slots is not None and check_snapshots:  # reads them on the host
@@ -88,11 +92,11 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     out = torch.empty_like(v, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
-    work = prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, B,
-                       DK**-0.5 if scale is None else scale, use_qk_l2norm, eps,
-                       q.dtype if fast_dots else torch.float32, num_warps[0], wu_kernel,
-                       8 if v.shape[2] >= 128 else 4)
-    stage = split_chunks if split else scan_chunks
+    first = lite_chunks if pipeline == "lite" else prep_chunks
+    work = first(q, k, v, a, b, A_log, dt_bias, cu_seqlens, B,
+                 DK**-0.5 if scale is None else scale, use_qk_l2norm, eps,
+                 q.dtype if fast_dots else torch.float32, num_warps[0])
+    stage = scan_chunks if pipeline == "fused" else split_chunks
     stage(work, q, k, out, ssm_states, cu_seqlens, state_indices, has_initial_state,
           snapshot_slots, snapshot_offsets, block_v, num_warps[1])
     return out
@@ -102,11 +106,12 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
 class ChunkWork:
     """What the parallel stage leaves for the sequential one (kernels/gdn_chunk_prep.py):
     w [Hv, T, dk], u [Hv, T, dv], p [Hv, T, 64] in the dot dtype (the kernels' dots take
-    operands in the dtype of w); g [Hv, T], rq, rk [Hk, T] float32."""
+    operands in the dtype of w; p None: the output kernel forms P); g [Hv, T], rq, rk [Hk, T]
+    float32."""
 
     w: torch.Tensor
     u: torch.Tensor
-    p: torch.Tensor
+    p: torch.Tensor | None
     g: torch.Tensor
     rq: torch.Tensor
     rk: torch.Tensor
@@ -114,32 +119,47 @@ class ChunkWork:
 
 def prep_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, num_seqs: int, scale: float,
                 use_qk_l2norm: bool, eps: float, dot_dtype: torch.dtype,
-                num_warps: int = 4, wu_kernel: bool = False, wu_warps: int = 4) -> ChunkWork:
+                num_warps: int = 4) -> ChunkWork:
     """Stage 1 (inputs as gdn_prefill's, already checked): gates, norms, W, U, P per chunk;
-    dot_dtype: q.dtype or float32. wu_kernel: W and U by kernels/gdn_chunk_wu.py (64-row
-    dots, X through a workspace) instead of inside the prep kernel."""
+    dot_dtype: q.dtype or float32."""
+    work = _workspace(q, v, dot_dtype, with_p=True)
     (T, HK, DK), (HV, DV) = q.shape, v.shape[1:]
-    dev, dt = q.device, dot_dtype
-    work = ChunkWork(torch.empty(HV, T, DK, device=dev, dtype=dt),
-                     torch.empty(HV, T, DV, device=dev, dtype=dt),
-                     torch.empty(HV, T, CHUNK, device=dev, dtype=dt),
-                     torch.empty(HV, T, device=dev, dtype=torch.float32),
-                     torch.empty(HK, T, device=dev, dtype=torch.float32),
-                     torch.empty(HK, T, device=dev, dtype=torch.float32))
-    n_prog = T // CHUNK + num_seqs  # >= the number of chunks
-    x = torch.empty(HV, T, CHUNK, device=dev, dtype=dt) if wu_kernel else work.p
-    chunk_prep_kernel[(n_prog, HV)](
+    chunk_prep_kernel[(T // CHUNK + num_seqs, HV)](  # >= the number of chunks
         q, k, v, a, b, A_log, dt_bias, cu_seqlens, work.w, work.u, work.p, work.g, work.rq,
-        work.rk, x, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        work.rk, num_seqs, T, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), a.stride(0), b.stride(0), scale, eps,
         HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=_pow2(DV), L2NORM=use_qk_l2norm,
-        PREC=_precision(dt), STORE_X=wu_kernel, num_warps=num_warps)
-    if wu_kernel:
-        chunk_wu_kernel[(n_prog, HV)](
-            k, v, b, x, work.g, work.rk, cu_seqlens, work.w, work.u, num_seqs, T, k.stride(0),
-            k.stride(1), v.stride(0), v.stride(1), b.stride(0), HV=HV, HK=HK, DK=DK, DV=DV,
-            BK=_pow2(DK), BV=_pow2(DV), PREC=_precision(dt), num_warps=wu_warps)
+        PREC=_precision(dot_dtype), num_warps=num_warps)
     return work
+
+
+def lite_chunks(q, k, v, a, b, A_log, dt_bias, cu_seqlens, num_seqs: int, scale: float,
+                use_qk_l2norm: bool, eps: float, dot_dtype: torch.dtype,
+                num_warps: int = 4) -> ChunkWork:
+    """Stage 1 of the "lite" pipeline: X (kernels/gdn_chunk_kkt.py), then W and U
+    (kernels/gdn_chunk_wu.py); no P."""
+    work = _workspace(q, v, dot_dtype, with_p=False)
+    (T, HK, DK), (HV, DV) = q.shape, v.shape[1:]
+    x = torch.empty(HV, T, CHUNK, device=q.device, dtype=dot_dtype)
+    grid, prec = (T // CHUNK + num_seqs, HV), _precision(dot_dtype)
+    chunk_kkt_kernel[grid](
+        q, k, a, b, A_log, dt_bias, cu_seqlens, x, work.g, work.rq, work.rk, num_seqs, T,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), a.stride(0), b.stride(0), scale,
+        eps, HV=HV, HK=HK, DK=DK, BKS=min(64, _pow2(DK)), L2NORM=use_qk_l2norm, PREC=prec,
+        num_warps=num_warps)
+    chunk_wu_kernel[grid](
+        k, v, b, x, work.g, work.rk, cu_seqlens, work.w, work.u, num_seqs, T, k.stride(0),
+        k.stride(1), v.stride(0), v.stride(1), b.stride(0), HV=HV, HK=HK, DK=DK, DV=DV,
+        BK=_pow2(DK), BV=_pow2(DV), PREC=prec, num_warps=4)
+    return work
+
+
+def _workspace(q, v, dt: torch.dtype, with_p: bool) -> ChunkWork:
+    (T, HK, DK), (HV, DV) = q.shape, v.shape[1:]
+    empty = lambda *shape, dtype=dt: torch.empty(*shape, device=q.device, dtype=dtype)  # noqa: E731
+    return ChunkWork(empty(HV, T, DK), empty(HV, T, DV),
+                     empty(HV, T, CHUNK) if with_p else None, empty(HV, T, dtype=torch.float32),
+                     empty(HK, T, dtype=torch.float32), empty(HK, T, dtype=torch.float32))
 
 
 def scan_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indices,
@@ -176,8 +196,9 @@ def split_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indic
         ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
         HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(), num_stages=2, **meta)
     chunk_output_kernel[(chunks, HV, triton.cdiv(DV, block_v))](
-        q, work.u, work.p, work.g, work.rq, h, out, cu_seqlens, T, B, q.stride(0),
-        q.stride(1), out.stride(0), out.stride(1), **meta)
+        q, k, work.u, work.u if work.p is None else work.p, work.g, work.rq, work.rk, h, out,
+        cu_seqlens, T, B, q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0),
+        out.stride(1), P_INLINE=work.p is None, **meta)
 
 
 def _pow2(n: int) -> int:
