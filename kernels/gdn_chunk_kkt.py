@@ -21,12 +21,8 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.chunk_map import chunk_bounds
-from qnext.kernels.gdn_chunk_prep import _rows, inverse_blocks, stored_gates
-
-
-@triton.jit
-def _dot_nt(a, b, dt: tl.constexpr, PREC: tl.constexpr):
-    return tl.dot(a.to(dt), tl.trans(b.to(dt)), input_precision=PREC)
+from qnext.kernels.gdn_chunk_prep import (_dot_nt, _rows, _store, inverse_blocks,
+                                         norm_factor, stored_gates)
 
 
 @triton.jit
@@ -45,25 +41,18 @@ def _gram(k_h, start, end, s_kt, DK: tl.constexpr, BKS: tl.constexpr, dt: tl.con
         k3 = _rows(k_h + c0, start + 48, end, s_kt, DK - c0, 16, BKS).to(tl.float32)
         s0, s1 = s0 + tl.sum(k0 * k0, 1), s1 + tl.sum(k1 * k1, 1)
         s2, s3 = s2 + tl.sum(k2 * k2, 1), s3 + tl.sum(k3 * k3, 1)
-        a00 += _dot_nt(k0, k0, dt, PREC)
-        a10 += _dot_nt(k1, k0, dt, PREC)
-        a11 += _dot_nt(k1, k1, dt, PREC)
-        a20 += _dot_nt(k2, k0, dt, PREC)
-        a21 += _dot_nt(k2, k1, dt, PREC)
-        a22 += _dot_nt(k2, k2, dt, PREC)
-        a30 += _dot_nt(k3, k0, dt, PREC)
-        a31 += _dot_nt(k3, k1, dt, PREC)
-        a32 += _dot_nt(k3, k2, dt, PREC)
-        a33 += _dot_nt(k3, k3, dt, PREC)
+        k0, k1, k2, k3 = k0.to(dt), k1.to(dt), k2.to(dt), k3.to(dt)
+        a00 += _dot_nt(k0, k0, PREC)
+        a10 += _dot_nt(k1, k0, PREC)
+        a11 += _dot_nt(k1, k1, PREC)
+        a20 += _dot_nt(k2, k0, PREC)
+        a21 += _dot_nt(k2, k1, PREC)
+        a22 += _dot_nt(k2, k2, PREC)
+        a30 += _dot_nt(k3, k0, PREC)
+        a31 += _dot_nt(k3, k1, PREC)
+        a32 += _dot_nt(k3, k2, PREC)
+        a33 += _dot_nt(k3, k3, PREC)
     return (a00, a10, a11, a20, a21, a22, a30, a31, a32, a33), (s0, s1, s2, s3)
-
-
-@triton.jit
-def _factor(ss, eps, L2NORM: tl.constexpr):
-    """rsqrt(sum of squares + eps), or ones without the norm."""
-    if L2NORM:
-        return 1.0 / tl.sqrt(ss + eps)
-    return tl.full(ss.shape, 1.0, tl.float32)
 
 
 @triton.jit
@@ -74,15 +63,7 @@ def _row_factors(ptr, start, end, stride, eps, DK: tl.constexpr, BKS: tl.constex
     for c0 in tl.static_range(0, DK, BKS):
         x = _rows(ptr + c0, start, end, stride, DK - c0, 64, BKS).to(tl.float32)
         ss += tl.sum(x * x, 1)
-    return _factor(ss, eps, L2NORM)
-
-
-@triton.jit
-def _store_block(ptr, x, row0, col0, end):
-    """A [16, 16] block at (row0, col0) of a row-major [*, 64] matrix, rows < end."""
-    rows, cols = row0 + tl.arange(0, 16), col0 + tl.arange(0, 16)
-    tl.store(ptr + rows.to(tl.int64)[:, None] * 64 + cols[None, :], x,
-             mask=(rows < end)[:, None])
+    return norm_factor(ss, eps, L2NORM)
 
 
 @triton.jit
@@ -90,16 +71,27 @@ def _store_lower(xs, ptr, start, end):
     """The blocks of X (as from inverse_blocks) into rows [start, end) of a row-major
     [*, 64] matrix; the blocks above the diagonal are left unwritten."""
     x00, x10, x11, x20, x21, x22, x30, x31, x32, x33 = xs
-    _store_block(ptr, x00, start, 0, end)
-    _store_block(ptr, x10, start + 16, 0, end)
-    _store_block(ptr, x11, start + 16, 16, end)
-    _store_block(ptr, x20, start + 32, 0, end)
-    _store_block(ptr, x21, start + 32, 16, end)
-    _store_block(ptr, x22, start + 32, 32, end)
-    _store_block(ptr, x30, start + 48, 0, end)
-    _store_block(ptr, x31, start + 48, 16, end)
-    _store_block(ptr, x32, start + 48, 32, end)
-    _store_block(ptr, x33, start + 48, 48, end)
+    r = start + tl.arange(0, 16)
+    _store(ptr, r, end, 64, 16, x00, 16)
+    _store(ptr, r + 16, end, 64, 16, x10, 16)
+    _store(ptr + 16, r + 16, end, 64, 16, x11, 16)
+    _store(ptr, r + 32, end, 64, 16, x20, 16)
+    _store(ptr + 16, r + 32, end, 64, 16, x21, 16)
+    _store(ptr + 32, r + 32, end, 64, 16, x22, 16)
+    _store(ptr, r + 48, end, 64, 16, x30, 16)
+    _store(ptr + 16, r + 48, end, 64, 16, x31, 16)
+    _store(ptr + 32, r + 48, end, 64, 16, x32, 16)
+    _store(ptr + 48, r + 48, end, 64, 16, x33, 16)
+
+
+@triton.jit
+def _store_rows(ptr, start, end, f0, f1, f2, f3):
+    """Four 16-row pieces of a [64] vector at ptr .. ptr + 64 (rows start + i < end)."""
+    r = start + tl.arange(0, 16)
+    tl.store(ptr, f0, mask=r < end)
+    tl.store(ptr + 16, f1, mask=r + 16 < end)
+    tl.store(ptr + 32, f2, mask=r + 32 < end)
+    tl.store(ptr + 48, f3, mask=r + 48 < end)
 
 
 @triton.jit
@@ -129,16 +121,16 @@ def chunk_kkt_kernel(q_ptr, k_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, cu_ptr,
     base = i_hv.to(tl.int64) * T
     G, beta = stored_gates(a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, s_a, s_b, g_ptr + base,
                            start, end, i_hv)
-    k_h = k_ptr + i_hk * s_kh
-    if i_hv % (HV // HK) == 0:
-        rq = _row_factors(q_ptr + i_hk * s_qh, start, end, s_qt, eps, DK, BKS, L2NORM) * scale
-        rk = _row_factors(k_h, start, end, s_kt, eps, DK, BKS, L2NORM)
-        tl.store(rq_ptr + i_hk.to(tl.int64) * T + rows, rq, mask=rows < end)
-        tl.store(rk_ptr + i_hk.to(tl.int64) * T + rows, rk, mask=rows < end)
-    kk, ss = _gram(k_h, start, end, s_kt, DK, BKS, dt, PREC)
+    kk, ss = _gram(k_ptr + i_hk * s_kh, start, end, s_kt, DK, BKS, dt, PREC)
     s0, s1, s2, s3 = ss
-    kk = _normalised(kk, _factor(s0, eps, L2NORM), _factor(s1, eps, L2NORM),
-                     _factor(s2, eps, L2NORM), _factor(s3, eps, L2NORM))
+    f0, f1 = norm_factor(s0, eps, L2NORM), norm_factor(s1, eps, L2NORM)
+    f2, f3 = norm_factor(s2, eps, L2NORM), norm_factor(s3, eps, L2NORM)
+    if i_hv % (HV // HK) == 0:  # the key head's norm factors, once
+        rq = _row_factors(q_ptr + i_hk * s_qh, start, end, s_qt, eps, DK, BKS, L2NORM) * scale
+        tl.store(rq_ptr + i_hk.to(tl.int64) * T + rows, rq, mask=rows < end)
+        rk_at = rk_ptr + i_hk.to(tl.int64) * T + start + tl.arange(0, 16)
+        _store_rows(rk_at, start, end, f0, f1, f2, f3)
+    kk = _normalised(kk, f0, f1, f2, f3)
     xs = inverse_blocks(kk, G, beta, dt, PREC)
     _store_lower(xs, x_ptr + base * 64, start, end)
 

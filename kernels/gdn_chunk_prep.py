@@ -43,9 +43,15 @@ def _rows(ptr, row0, end, stride, NC: tl.constexpr, NR: tl.constexpr, BC: tl.con
 def _rnorm(x, eps, L2NORM: tl.constexpr):
     """Per-row factor of the L2 norm, rsqrt(sum x^2 + eps) (ones without the norm)."""
     xf = x.to(tl.float32)
+    return norm_factor(tl.sum(xf * xf, 1), eps, L2NORM)
+
+
+@triton.jit
+def norm_factor(ss, eps, L2NORM: tl.constexpr):
+    """rsqrt(ss + eps) of rows' sums of squares ss, or ones without the norm."""
     if L2NORM:
-        return 1.0 / tl.sqrt(tl.sum(xf * xf, 1) + eps)
-    return tl.full([x.shape[0]], 1.0, tl.float32)
+        return 1.0 / tl.sqrt(ss + eps)
+    return tl.full(ss.shape, 1.0, tl.float32)
 
 
 @triton.jit

@@ -16,23 +16,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.chunk_map import chunk_bounds
-
-
-@triton.jit
-def _tile(ptr, rows, end, stride, D: tl.constexpr, BD: tl.constexpr):
-    """Rows `rows` (< end) of a row-strided matrix, BD columns (zero past D), float32."""
-    cols = tl.arange(0, BD)
-    mask = (rows < end)[:, None] & (cols < D)[None, :]
-    return tl.load(ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :], mask=mask,
-                   other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _put(ptr, rows, end, D: tl.constexpr, x, BD: tl.constexpr):
-    """x [64, BD] into rows `rows` (< end) of a row-major [*, D] matrix."""
-    cols = tl.arange(0, BD)
-    tl.store(ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], x.to(ptr.dtype.element_ty),
-             mask=(rows < end)[:, None] & (cols < D)[None, :])
+from qnext.kernels.gdn_chunk_prep import _rows, _store
 
 
 @triton.jit(do_not_specialize=["B", "T"])
@@ -57,8 +41,9 @@ def chunk_wu_kernel(k_ptr, v_ptr, b_ptr, x_ptr, g_ptr, rk_ptr, cu_ptr, w_ptr, u_
                               other=0.0).to(tl.float32))
     g = tl.load(g_ptr + base + rows, mask=m, other=0.0)
     rk = tl.load(rk_ptr + i_hk.to(tl.int64) * T + rows, mask=m, other=0.0)
-    k = _tile(k_ptr + i_hk * s_kh, rows, end, s_kt, DK, BK) * (rk * beta * tl.exp(g))[:, None]
-    _put(w_ptr + base * DK, rows, end, DK, tl.dot(x, k.to(dt), input_precision=PREC), BK)
-    v = _tile(v_ptr + i_hv * s_vh, rows, end, s_vt, DV, BV) * beta[:, None]
-    _put(u_ptr + base * DV, rows, end, DV, tl.dot(x, v.to(dt), input_precision=PREC), BV)
+    k = _rows(k_ptr + i_hk * s_kh, start, end, s_kt, DK, 64, BK).to(tl.float32)
+    k = k * (rk * beta * tl.exp(g))[:, None]
+    _store(w_ptr + base * DK, rows, end, DK, DK, tl.dot(x, k.to(dt), input_precision=PREC), BK)
+    v = _rows(v_ptr + i_hv * s_vh, start, end, s_vt, DV, 64, BV).to(tl.float32) * beta[:, None]
+    _store(u_ptr + base * DV, rows, end, DV, DV, tl.dot(x, v.to(dt), input_precision=PREC), BV)
 
