@@ -24,29 +24,50 @@ from qnext.kernels.gdn_chunk_scan import _snapshot, _tile, initial_state
 
 
 @triton.jit
-def _walk_chunk(s, c, start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h, h_ptr, s_kt,
-                offs_k, offs_v, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                PREC: tl.constexpr):
-    """Stores the state entering chunk c at h_ptr and V' over U; returns the state after it."""
-    dt = w_ptr.dtype.element_ty
-    r = tl.arange(0, 64)
-    rows = start + c * 64 + r
+def _w_cols(w_h, rows, m, cols, DK: tl.constexpr):
+    """Columns `cols` of 64 rows of W [*, DK]."""
+    return tl.load(w_h + rows.to(tl.int64)[:, None] * DK + cols[None, :],
+                   mask=m[:, None] & (cols < DK)[None, :], other=0.0)
+
+
+@triton.jit
+def _k_rows_t(k_h, rows, m, s_kt, cols, DK: tl.constexpr):
+    """K^T [cols, 64 rows]: loaded transposed, so no register transpose precedes the dot."""
+    return tl.load(k_h + rows.to(tl.int64)[None, :] * s_kt + cols[:, None],
+                   mask=m[None, :] & (cols < DK)[:, None], other=0.0)
+
+
+@triton.jit
+def _walk_chunk(s1, s2, c, start, end, base, k_h, w_h, u_ptr, g_ptr, rk_h, h_at, s_kt,
+                offs_k, offs_v, DK: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
+                TWO: tl.constexpr, PREC: tl.constexpr):
+    """Chunk c: stores the state entering it at h_at and V' over U; returns the state after
+    it, as its row pieces s1 = S[:KP] and (TWO) s2 = S[KP:2 KP]."""
+    dt = w_h.dtype.element_ty
+    rows = start + c * 64 + tl.arange(0, 64)
     last = tl.minimum(start + c * 64 + 64, end) - 1
     m = rows < end
-    full_k: tl.constexpr = BK == DK
-    v_mask = m[:, None] & (offs_v < DV)[None, :]
-    tl.store(h_ptr, s.to(dt), mask=(offs_k < DK)[:, None] & (offs_v < DV)[None, :])
-    w = _tile(w_ptr + base * DK, rows, end, DK, offs_k, DK, full_k)
+    v_ok = (offs_v < DV)[None, :]
+    tl.store(h_at, s1.to(dt), mask=(offs_k < DK)[:, None] & v_ok)
+    v_new = tl.dot(_w_cols(w_h, rows, m, offs_k, DK), s1.to(dt), input_precision=PREC)
+    if TWO:
+        tl.store(h_at + KP * DV, s2.to(dt), mask=(offs_k + KP < DK)[:, None] & v_ok)
+        v_new = tl.dot(_w_cols(w_h, rows, m, offs_k + KP, DK), s2.to(dt), v_new,
+                       input_precision=PREC)
     u_at = u_ptr + (base + rows.to(tl.int64))[:, None] * DV + offs_v[None, :]
-    u = tl.load(u_at, mask=v_mask, other=0.0).to(tl.float32)
-    k = _tile(k_h, rows, end, s_kt, offs_k, DK, full_k)
+    v_new = tl.load(u_at, mask=m[:, None] & v_ok, other=0.0).to(tl.float32) - v_new
+    tl.store(u_at, v_new.to(dt), mask=m[:, None] & v_ok)
     g = tl.load(g_ptr + base + rows, mask=m, other=0.0)
     g_last = tl.load(g_ptr + base + last)
-    v_new = u - tl.dot(w, s.to(dt), input_precision=PREC)
-    tl.store(u_at, v_new.to(dt), mask=v_mask)
     k_decay = tl.load(rk_h + rows, mask=m, other=0.0) * tl.exp(g_last - g)
     v_k = (v_new * k_decay[:, None]).to(dt)
-    return s * tl.exp(g_last) + tl.dot(tl.trans(k.to(dt)), v_k, input_precision=PREC)
+    decay = tl.exp(g_last)
+    s1 = tl.dot(_k_rows_t(k_h, rows, m, s_kt, offs_k, DK).to(dt), v_k, s1 * decay,
+                input_precision=PREC)
+    if TWO:
+        s2 = tl.dot(_k_rows_t(k_h, rows, m, s_kt, offs_k + KP, DK).to(dt), v_k, s2 * decay,
+                    input_precision=PREC)
+    return s1, s2
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -57,49 +78,62 @@ def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_
                        PREC: tl.constexpr, HAS_SNAP: tl.constexpr,
                        WHILE_LOOP: tl.constexpr):
     """Grid (cdiv(dv, BV), Hv, B): the walk over one sequence's chunks (see the docstring).
-    WHILE_LOOP: for Triton's CPU interpreter (no tensor bound in `range`); on the GPU the
-    `range` loop lets Triton pipeline the next chunk's loads."""
+    A 128-row state is held as two 64-row pieces (each dot then takes 64-deep operands, and
+    32-column programs compile right; docs/perf/gdn-prefill.md). WHILE_LOOP: for Triton's CPU
+    interpreter (no tensor bound in `range`); on the GPU the `range` loop lets Triton
+    pipeline the next chunk's loads."""
     i_v, i_hv, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(cu_ptr + i_b).to(tl.int32)
     end = tl.load(cu_ptr + i_b + 1).to(tl.int32)
     if end <= start:
         return
+    TWO: tl.constexpr = BK == 128
+    KP: tl.constexpr = 64 if TWO else BK
     first = chunks_before(cu_ptr, i_b, 64)
-    offs_k = tl.arange(0, BK)
+    offs_k = tl.arange(0, KP)
     offs_v = i_v * BV + tl.arange(0, BV)
-    s, slot_ptrs, s_tile, s_mask, snap, snap_at = initial_state(
-        state_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr, i_b, i_hv, offs_k, offs_v, s_ss,
-        s_sh, s_sk, DK, DV, BK, BV, HAS_SNAP)
+    init = (state_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr, i_b, i_hv)
+    s1, slots1, tile1, mask1, snap, snap_at = initial_state(
+        *init, offs_k, offs_v, s_ss, s_sh, s_sk, DK, DV, KP, BV, HAS_SNAP)
+    s2, slots2, tile2, mask2 = s1, slots1, tile1, mask1
+    if TWO:
+        s2, slots2, tile2, mask2, snap, snap_at = initial_state(
+            *init, offs_k + KP, offs_v, s_ss, s_sh, s_sk, DK, DV, KP, BV, HAS_SNAP)
     i_hk = i_hv // (HV // HK)
-    h_at = (h_ptr, first, offs_k[:, None] * DV + offs_v[None, :], i_hv)
-    args = (start, end, i_hv.to(tl.int64) * T, k_ptr + i_hk * s_kh, w_ptr, u_ptr, g_ptr,
-            rk_ptr + i_hk.to(tl.int64) * T, s_kt, offs_k, offs_v)
-    snap_args = (state_ptr, snap, snap_at, end - start, s_ss, s_sh, i_hv, s_tile, s_mask)
+    base = i_hv.to(tl.int64) * T
+    h_hv = h_ptr + i_hv * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    args = (start, end, base, k_ptr + i_hk * s_kh, w_ptr + base * DK, u_ptr, g_ptr,
+            rk_ptr + i_hk.to(tl.int64) * T)
+    snaps = (state_ptr, snap, snap_at, end - start, s_ss, s_sh, i_hv)
     n_chunks = tl.cdiv(end - start, 64)
+    h_step = HV * DK * DV
+    kept = (tile1, mask1, tile2, mask2)  # no constexpr in a tuple: Triton 3.6 rejects it
     if WHILE_LOOP:
         c = 0
         while c < n_chunks:
-            s = _walk_step(s, c, h_at, args, snap_args, HV, DK, DV, BK, PREC, HAS_SNAP)
+            s1, s2 = _walk_chunk(s1, s2, c, *args, h_hv + (first + c).to(tl.int64) * h_step,
+                                 s_kt, offs_k, offs_v, DK, DV, KP, TWO, PREC)
+            _snapshots(snaps, c, s1, s2, *kept, TWO, HAS_SNAP)
             c += 1
     else:
         for c in range(n_chunks):
-            s = _walk_step(s, c, h_at, args, snap_args, HV, DK, DV, BK, PREC, HAS_SNAP)
-    tl.store(slot_ptrs, s.to(state_ptr.dtype.element_ty), mask=s_mask)
+            s1, s2 = _walk_chunk(s1, s2, c, *args, h_hv + (first + c).to(tl.int64) * h_step,
+                                 s_kt, offs_k, offs_v, DK, DV, KP, TWO, PREC)
+            _snapshots(snaps, c, s1, s2, *kept, TWO, HAS_SNAP)
+    tl.store(slots1, s1.to(state_ptr.dtype.element_ty), mask=mask1)
+    if TWO:
+        tl.store(slots2, s2.to(state_ptr.dtype.element_ty), mask=mask2)
 
 
 @triton.jit
-def _walk_step(s, c, h_at, args, snap_args, HV: tl.constexpr, DK: tl.constexpr,
-               DV: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, HAS_SNAP: tl.constexpr):
-    """Chunk c of the walk: its entering state to h, V' over U, the snapshot if due."""
-    start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h, s_kt, offs_k, offs_v = args
-    h_ptr, first, h_tile, i_hv = h_at
-    s = _walk_chunk(s, c, start, end, base, k_h, w_ptr, u_ptr, g_ptr, rk_h,
-                    h_ptr + ((first + c).to(tl.int64) * HV + i_hv) * DK * DV + h_tile, s_kt,
-                    offs_k, offs_v, DK, DV, BK, PREC)
+def _snapshots(snaps, c, s1, s2, tile1, mask1, tile2, mask2, TWO: tl.constexpr,
+               HAS_SNAP: tl.constexpr):
+    """The snapshot after chunk c, if due, piece by piece."""
     if HAS_SNAP:
-        state_ptr, snap, snap_at, length, s_ss, s_sh, i_hv, s_tile, s_mask = snap_args
-        _snapshot(state_ptr, snap, snap_at, c, length, s, s_ss, s_sh, i_hv, s_tile, s_mask)
-    return s
+        state_ptr, snap, snap_at, length, s_ss, s_sh, i_hv = snaps
+        _snapshot(state_ptr, snap, snap_at, c, length, s1, s_ss, s_sh, i_hv, tile1, mask1)
+        if TWO:
+            _snapshot(state_ptr, snap, snap_at, c, length, s2, s_ss, s_sh, i_hv, tile2, mask2)
 
 
 @triton.jit(do_not_specialize=["T", "B"])

@@ -1,21 +1,21 @@
 """Triton launcher: varlen prefill of the Gated DeltaNet (chunked gated delta rule) over the pool.
 
-Two kernels, chunks of 64 tokens ([s, s + 64) inside each sequence, the last one partial):
-  1. kernels/gdn_chunk_prep.py, parallel over (chunk, value head): the fused gates
-     (g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the
-     in-chunk gate cumsum and the WY / UT terms W, U (inverse of I + A by 16 x 16 blocks) and
-     the intra-chunk attention P, into workspaces;
-  2. kernels/gdn_chunk_scan.py, parallel over (value block, value head, sequence), sequential
-     over the chunks of the sequence: the state recurrence in float32 registers, the outputs
-     of each chunk, the final state (in place in its slot) and the optional snapshot.
-`pipeline` picks among three arrangements (docs/perf/gdn-prefill.md has their timings):
-  - "fused" (the default): the two kernels above;
-  - "split": stage 2 as two kernels (kernels/gdn_chunk_split.py), a walk that keeps only the
-    state recurrence and stores the state entering each chunk, then the outputs of every
-    chunk in parallel (a workspace of one dk x dv state per chunk and value head);
-  - "lite": flash-linear-attention's arrangement: stage 1 as X = (I + A)^-1 alone
-    (kernels/gdn_chunk_kkt.py, k streamed in column slices) and W, U as 64-row products
-    (kernels/gdn_chunk_wu.py), then the split walk, whose output kernel forms P itself.
+Chunks of 64 tokens ([s, s + 64) inside each sequence, the last one partial). Every
+arrangement has a parallel stage over (chunk, value head) — the fused gates
+(g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the in-chunk
+gate cumsum, X = (I + A)^-1 by 16 x 16 blocks and the WY / UT terms W, U — and a sequential
+stage over each sequence's chunks (the state recurrence in float32 registers, the final state
+in place in its slot, the optional snapshot). `pipeline` picks the kernels (timings:
+docs/perf/gdn-prefill.md):
+  - "lite" (the default; flash-linear-attention's arrangement, fastest at every measured
+    size on the H200): X alone (kernels/gdn_chunk_kkt.py, k streamed in column slices, one
+    warp), W and U as 64-row products (kernels/gdn_chunk_wu.py), then a walk that keeps only
+    the state recurrence and stores the state entering each chunk, and the outputs of every
+    chunk in parallel, P formed there (kernels/gdn_chunk_split.py);
+  - "fused": one prep kernel for W, U and the intra-chunk attention P
+    (kernels/gdn_chunk_prep.py), then one scan that computes each chunk's outputs inside the
+    walk (kernels/gdn_chunk_scan.py);
+  - "split": that prep kernel, then the walk and output kernels of "lite".
 The chunk map is found on the device (each program of kernel 1 locates its chunk from
 cu_seqlens), so the launcher does not read cu_seqlens on the host; only the snapshot checks do.
 Grouped heads: value head j reads key head j // (Hv // Hk); q, k are never repeated in memory.
@@ -27,11 +27,14 @@ as 3 x tf32 otherwise, with float32 accumulation.
 Triton 3.6 on Hopper (H200, 2026-11-27) miscompiles the scan kernel's bf16 dots when a program
 holds 32 or fewer value columns (wrong outputs or an illegal memory access, depending on the
 warps); 64 columns are right (bisection in docs/perf/gdn-prefill.md). The launcher therefore
-gives 16-bit dots 64 columns by default and refuses fewer.
+gives the fused scan 64 columns with 16-bit dots and refuses fewer. The split walk holds a
+128-row state as two 64-row pieces and was right at 32 columns (docs/perf/gdn-prefill.md): with
+"split" / "lite" it takes 32 columns when 64-column programs would leave SMs idle.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +58,8 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
                 has_initial_state: torch.Tensor, snapshot_slots: torch.Tensor | None = None,
                 snapshot_offsets: torch.Tensor | None = None, scale: float | None = None,
                 use_qk_l2norm: bool = True, eps: float = 1e-6, fast_dots: bool | None = None,
-                block_v: int | None = None, num_warps: tuple[int, int] = (4, 4),
-                check_snapshots: bool = True, pipeline: str = "fused") -> torch.Tensor:
+                block_v: int | None = None, num_warps: tuple[int, int] | None = None,
+                check_snapshots: bool = True, pipeline: str = "lite") -> torch.Tensor:
     """Prefill of B sequences packed in T tokens.
 
     q, k [T, Hk, dk] (rows may be strided, last dim contiguous); v [T, Hv, dv]; q, k, v of one
@@ -71,16 +74,16 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
     dk ** -0.5.
     fast_dots: dots in the 16-bit input dtype (default: whenever q is 16-bit); False: every
     dot in float32 (3 x tf32). block_v (value columns per program of the sequential kernel;
-    default 64 with 16-bit dots, else 32) and num_warps (of the first and the sequential
-    kernels) are tuning knobs; pipeline: "fused" (the default), "split" or "lite" (see the
-    module docstring).
+    default: `_default_block_v`) and num_warps (of the first and the sequential
+    kernels; default (1, 4) for "lite", whose X kernel runs fastest at one warp, else (4, 4)) are
+    tuning knobs; pipeline: "lite" (the default), "fused" or "split" (see the module docstring).
     Returns o [T, Hv, dv] in v.dtype.
     """
     T, HK, DK = q.shape
     B = state_indices.shape[0]
     fast_dots = q.dtype != torch.float32 if fast_dots is None else fast_dots
-    block_v = block_v or (64 if fast_dots else 32)
-    if fast_dots and q.dtype != torch.float32 and block_v < 64:
+    block_v = block_v or _default_block_v(q, v, B, fast_dots, pipeline)
+    if fast_dots and q.dtype != torch.float32 and block_v < 64 and pipeline == "fused":
         raise ValueError(f"16-bit dots need block_v >= 64, got {block_v} (a Triton miscompile "
                          "on Hopper, see the module docstring)")
     if pipeline not in PIPELINES:
@@ -89,6 +92,7 @@ def gdn_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tens
            has_initial_state, snapshot_slots, snapshot_offsets, block_v)
     if snapshot_slots is not None and check_snapshots:  # reads them on the host
         snapshot_targets(cu_seqlens, snapshot_slots, snapshot_offsets, align=CHUNK)
+    num_warps = num_warps or ((1, 4) if pipeline == "lite" else (4, 4))
     out = torch.empty_like(v, memory_format=torch.contiguous_format)
     if T == 0 or B == 0:
         return out
@@ -188,17 +192,41 @@ def split_chunks(work: ChunkWork, q, k, out, ssm_states, cu_seqlens, state_indic
     chunks = T // CHUNK + B  # >= the number of chunks
     h = torch.empty(chunks, HV, DK, DV, device=q.device, dtype=work.w.dtype)
     snaps, snap_at = snapshot_pointers(snapshot_slots, snapshot_offsets, state_indices)
-    meta = dict(HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), BV=block_v,
-                PREC=_precision(work.w.dtype), num_warps=num_warps)
+    wide = work.w.dtype != torch.float32  # 16-bit dots: 3 stages and 128 output columns fit
+    meta = dict(HV=HV, HK=HK, DK=DK, DV=DV, BK=_pow2(DK), PREC=_precision(work.w.dtype),
+                num_warps=num_warps)
     chunk_state_kernel[(triton.cdiv(DV, block_v), HV, B)](
         k, work.w, work.u, work.g, work.rk, h, ssm_states, cu_seqlens, state_indices,
         has_initial_state, snaps, snap_at, T, B, k.stride(0), k.stride(1),
-        ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
-        HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(), num_stages=2, **meta)
-    chunk_output_kernel[(chunks, HV, triton.cdiv(DV, block_v))](
+        ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2), BV=block_v,
+        HAS_SNAP=snapshot_slots is not None, WHILE_LOOP=interpreting(),
+        num_stages=3 if wide else 2, **meta)
+    out_bv = max(block_v, min(128, _pow2(DV))) if wide else block_v
+    chunk_output_kernel[(chunks, HV, triton.cdiv(DV, out_bv))](
         q, k, work.u, work.u if work.p is None else work.p, work.g, work.rq, work.rk, h, out,
         cu_seqlens, T, B, q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0),
-        out.stride(1), P_INLINE=work.p is None, **meta)
+        out.stride(1), BV=out_bv, P_INLINE=work.p is None, **meta)
+
+
+def _default_block_v(q, v, num_seqs: int, fast_dots: bool, pipeline: str) -> int:
+    """32 value columns per sequential program with float32 dots; 64 with 16-bit dots, or
+    32 for the split walk when 64 would give fewer programs than the GPU has SMs (one long
+    sequence: 32 heads x 2 blocks leave half of an H200 idle)."""
+    if not fast_dots:
+        return 32
+    if pipeline == "fused" or q.device.type != "cuda":
+        return 64
+    programs = num_seqs * v.shape[1] * triton.cdiv(v.shape[2], 64)
+    return 32 if programs < _sm_count(q.device) else 64
+
+
+@functools.cache
+def _sm_count_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    return _sm_count_of(device.index if device.index is not None else 0)
 
 
 def _pow2(n: int) -> int:

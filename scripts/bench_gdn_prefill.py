@@ -33,7 +33,7 @@ D, HBM_BYTES_S, BF16_FLOPS_S = 128, 3.35e12, 989e12  # H100 SXM peaks
 ANCHOR_TIMEOUT_S = 240
 FAST_DOTS = "--fp32-dots" not in sys.argv  # bf16 dots (the default) or float32 dots
 # qnext's launcher pipelines (kernels/gdn_prefill.py), the default first
-VARIANTS = {name: dict(pipeline=name) for name in ("fused", "split", "lite")}
+VARIANTS = {name: dict(pipeline=name) for name in ("lite", "fused", "split")}
 CASES = [(32, [4096]), (32, [1024] * 4), (32, [16384]), (32, [4096] * 4), (32, [65536]),
          (32, [4096] * 16), (8, [4096]), (8, [16384]), (8, [4096] * 4), (8, [65536]),
          (8, [4096] * 16)]
@@ -192,9 +192,8 @@ def _sweep() -> None:
                 except Exception as exc:  # noqa: BLE001 - out of resources etc.: report
                     us = type(exc).__name__
                 print(f"| {sum(lengths)} | {len(lengths)} | {block_v} | {warps} | {us} |")
-        _per_kernel(x, kw)
-        _per_kernel(x, kw, pipeline="split")
-        _per_kernel(x, kw, pipeline="lite")
+        for name in VARIANTS:
+            _per_kernel(x, kw, pipeline=name)
 
 
 def _per_kernel(x, kw, **knobs) -> None:

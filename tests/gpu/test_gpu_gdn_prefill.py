@@ -178,7 +178,7 @@ def test_other_pipelines_match_the_fused_one(lengths, hk, hv, dk, dv, dtype, sta
     snaps, offsets = _snapshots(lengths, spare)
     fused_states = states.clone()
     want = gdn_prefill(**x, **kw, ssm_states=fused_states, snapshot_slots=snaps,
-                       snapshot_offsets=offsets)
+                       snapshot_offsets=offsets, pipeline="fused")
     _poison_allocator(4 * x["v"].numel())
     got = gdn_prefill(**x, **kw, ssm_states=states, snapshot_slots=snaps,
                       snapshot_offsets=offsets, pipeline=pipeline)
@@ -242,4 +242,6 @@ def test_launcher_rejects_bad_shapes():
         gdn_prefill(**x, **kw, snapshot_slots=slots, snapshot_offsets=torch.tensor([2, 3]))
     low = {n: t.half() if n in "qkv" else t for n, t in x.items()}
     with pytest.raises(ValueError, match="block_v >= 64"):  # Triton 3.6 miscompiles it
-        gdn_prefill(**low, **kw, block_v=32)
+        gdn_prefill(**low, **kw, block_v=32, pipeline="fused")
+    with pytest.raises(ValueError, match="pipeline"):
+        gdn_prefill(**x, **kw, pipeline="chunked")
