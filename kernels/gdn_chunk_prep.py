@@ -200,11 +200,11 @@ def _store(ptr, rows, nrows, width, NC: tl.constexpr, x, BC: tl.constexpr):
              x.to(ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["B", "T"])
+@triton.jit(do_not_specialize=["B", "T", "HV", "HK"])
 def chunk_prep_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, cu_ptr,
                       w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr,
                       B, T, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_a, s_b, scale, eps,
-                      HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                      HV, HK, DK: tl.constexpr, DV: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr,
                       PREC: tl.constexpr):
     """Grid (chunks upper bound, Hv); see the module docstring for what it writes."""

@@ -63,11 +63,11 @@ def _chunk(s, c, start, end, base, q_h, k_h, w_ptr, u_ptr, p_ptr, g_ptr, rq_h, r
     return s * tl.exp(g_last) + tl.dot(tl.trans(k.to(dt)), v_k, input_precision=PREC)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "HV", "HK"])
 def chunk_scan_kernel(q_ptr, k_ptr, w_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, o_ptr,
                       state_ptr, cu_ptr, slot_ptr, init_ptr, snap_ptr, snap_at_ptr,
                       T, s_qt, s_qh, s_kt, s_kh, s_ot, s_oh, s_ss, s_sh, s_sk,
-                      HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                      HV, HK, DK: tl.constexpr, DV: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
                       HAS_SNAP: tl.constexpr, WHILE_LOOP: tl.constexpr):
     """Grid (cdiv(dv, BV), Hv, B); see the module docstring. WHILE_LOOP: loop over the chunks

@@ -70,10 +70,10 @@ def _walk_chunk(s1, s2, c, start, end, base, k_h, w_h, u_ptr, g_ptr, rk_h, h_at,
     return s1, s2
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=["T", "B", "HV", "HK"])
 def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_ptr, slot_ptr,
                        init_ptr, snap_ptr, snap_at_ptr, T, B, s_kt, s_kh, s_ss, s_sh, s_sk,
-                       HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr,
+                       HV, HK, DK: tl.constexpr,
                        DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        PREC: tl.constexpr, HAS_SNAP: tl.constexpr,
                        WHILE_LOOP: tl.constexpr):
@@ -136,12 +136,11 @@ def _snapshots(snaps, c, s1, s2, tile1, mask1, tile2, mask2, TWO: tl.constexpr,
             _snapshot(state_ptr, snap, snap_at, c, length, s2, s_ss, s_sh, i_hv, tile2, mask2)
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=["T", "B", "HV", "HK"])
 def chunk_output_kernel(q_ptr, k_ptr, u_ptr, p_ptr, g_ptr, rq_ptr, rk_ptr, h_ptr, o_ptr, cu_ptr,
-                        T, B, s_qt, s_qh, s_kt, s_kh, s_ot, s_oh, HV: tl.constexpr,
-                        HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                        BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                        P_INLINE: tl.constexpr):
+                        T, B, s_qt, s_qh, s_kt, s_kh, s_ot, s_oh, HV, HK,
+                        DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, PREC: tl.constexpr, P_INLINE: tl.constexpr):
     """Grid (chunks, Hv, cdiv(dv, BV)): one chunk's outputs from the state entering it.
     P_INLINE: form P = causal(Qn Kn^T * D) here from q and k instead of loading it."""
     i_c, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)

@@ -19,10 +19,10 @@ from qnext.kernels.chunk_map import chunk_bounds
 from qnext.kernels.gdn_chunk_prep import _rows, _store
 
 
-@triton.jit(do_not_specialize=["B", "T"])
+@triton.jit(do_not_specialize=["B", "T", "HV", "HK"])
 def chunk_wu_kernel(k_ptr, v_ptr, b_ptr, x_ptr, g_ptr, rk_ptr, cu_ptr, w_ptr, u_ptr,
                     B, T, s_kt, s_kh, s_vt, s_vh, s_b,
-                    HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                    HV, HK, DK: tl.constexpr, DV: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunks upper bound, Hv); see the module docstring."""
     start, end = chunk_bounds(cu_ptr, tl.program_id(0), B, 64)
