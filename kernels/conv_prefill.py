@@ -5,7 +5,8 @@ A flat grid over (blocks of BT tokens, blocks of channels); no host-side prepara
 program finds the sequence of its rows by a binary search over cu_seqlens. A block inside one
 sequence, K-1 or more tokens past its start (most blocks of a long prompt), takes a short path:
 the K shifted row loads and nothing else (on an H200 the general path alone reached 11-20 % of
-the copy floor at 8K-64K tokens, docs/perf/conv-prefill.md). Token t at position
+the copy floor at 8K-64K tokens, docs/perf/conv-prefill.md); from SPLIT_FROM_TOKENS tokens
+those blocks run in a launch of their own, compiled apart (fewer registers, see `_PARTS`). Token t at position
 p of its sequence reads the window inputs p-K+1 .. p; those before the sequence start come
 from the initial state (its slot, or zeros). In-place hazard: the old state of a sequence is
 read only by its first K-1 tokens, so those are all computed by the program holding the
@@ -121,7 +122,8 @@ def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, sn
                          snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, T, C, B, n_iter,
                          K: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                          BC: tl.constexpr, BW: tl.constexpr, SILU: tl.constexpr,
-                         HAS_SNAP: tl.constexpr):
+                         HAS_SNAP: tl.constexpr, PART: tl.constexpr):
+    """PART: which blocks this launch computes (`_PARTS`)."""
     t0 = tl.program_id(0).to(tl.int64) * BT
     offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
     mask_c = offs_c < C
@@ -129,13 +131,16 @@ def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, sn
     b0 = tl.minimum(_count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
     start0 = tl.load(cu_ptr + b0).to(tl.int64)
     end0 = tl.minimum(tl.load(cu_ptr + b0 + 1).to(tl.int64), limit)
-    if (t0 - start0 >= K - 1) & (t0 + BT <= end0):
-        _conv_interior(t0 + tl.arange(0, BT), offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K,
-                       SILU)
-    else:
-        _conv_block(t0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr,
-                    init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B, n_iter, K,
-                    BT, BS, BW, SILU, HAS_SNAP)
+    interior = (t0 - start0 >= K - 1) & (t0 + BT <= end0)
+    if PART != 2:
+        if interior:
+            _conv_interior(t0 + tl.arange(0, BT), offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr,
+                           C, K, SILU)
+    if PART != 1:
+        if interior == 0:
+            _conv_block(t0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr,
+                        init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B,
+                        n_iter, K, BT, BS, BW, SILU, HAS_SNAP)
 
 
 @triton.jit
@@ -217,13 +222,23 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
     init = has_initial_state.view(torch.uint8) if has_initial_state.dtype == torch.bool \
         else has_initial_state
     grid = (triton.cdiv(T, block_t), triton.cdiv(C, block_c))
-    _conv_prefill_kernel[grid](
-        x, weight, conv_states, cu_seqlens, state_indices, init, snaps, offsets, y,
-        x.stride(0), conv_states.stride(0), conv_states.stride(1), T, C, B, B.bit_length(),
-        K=K, BT=block_t, BS=triton.next_power_of_2(max(K - 2, 1)), BC=block_c,
-        BW=triton.next_power_of_2(K - 1), SILU=activation is not None, HAS_SNAP=has_snap,
-        num_warps=num_warps)
+    for part in _PARTS[T >= SPLIT_FROM_TOKENS]:
+        _conv_prefill_kernel[grid](
+            x, weight, conv_states, cu_seqlens, state_indices, init, snaps, offsets, y,
+            x.stride(0), conv_states.stride(0), conv_states.stride(1), T, C, B, B.bit_length(),
+            K=K, BT=block_t, BS=triton.next_power_of_2(max(K - 2, 1)), BC=block_c,
+            BW=triton.next_power_of_2(K - 1), SILU=activation is not None, HAS_SNAP=has_snap,
+            PART=part, num_warps=num_warps)
     return y
+
+
+# The kernel's PART: 0 every block, 1 the interior blocks only, 2 the others only. Compiled
+# apart, the interior path gets registers of its own: the one kernel holding both paths
+# took 255 registers and spilled (scripts/compile_sm90.py, sm_90), which caps the programs
+# an SM holds, while interior blocks need few. From SPLIT_FROM_TOKENS tokens a prefill takes
+# two launches (1, then 2); below, one (its blocks are mostly not interior anyway).
+_PARTS = {False: (0,), True: (1, 2)}
+SPLIT_FROM_TOKENS = 1024
 
 
 def _check(x, weight, cu_seqlens, conv_states, state_indices, has_initial_state,

@@ -26,6 +26,7 @@ CASES = [  # lengths, channels, K, block_t
     ([7, 2, 1, 9, 3, 0, 5, 1, 6], 36, 4, 8),  # many starts near block ends: spill rows
     ([3, 7, 0, 30], 70, 3, 16),
     ([2, 9, 17, 1], 40, 8, 8),
+    ([700, 3, 330], 36, 4, 32),  # >= SPLIT_FROM_TOKENS: interior blocks in a launch of their own
 ]
 if ON_GPU:
     CASES += [([8192], 8192, 4, 32), ([1000, 1, 2, 3, 500, 0, 2500], 2048, 4, 32),
