@@ -15,6 +15,11 @@ Times: `triton.testing.do_bench` medians (Python launch included). Each output i
 against its anchor (relative difference) before timing.
 
     python scripts/bench_attention.py
+    python scripts/bench_attention.py --prefill-sweep   # prefill tile settings, prefill rows
+
+The prefill sweep exists because the default D = 256 tile (128 rows, 32 keys, 8 warps)
+compiles to 255 registers with spills on sm_90, while 64 rows, 64 keys, 8 warps needs 210
+and none (scripts/compile_sm90.py); which is faster is for the GPU to say.
 """
 
 from __future__ import annotations
@@ -141,5 +146,41 @@ def main() -> None:
             torch.cuda.empty_cache()
 
 
+# (rows = tokens x padded heads, keys per block, warps, stages); the first is the default
+PREFILL_TILES = [(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2),
+                 (128, 64, 8, 2), (64, 64, 8, 3)]
+
+
+def prefill_sweep() -> None:
+    """The prefill rows under each of PREFILL_TILES (kernels/attention_prefill.py's
+    `prefill_config` replaced for the run)."""
+    from qnext.kernels import attention_prefill
+
+    default = attention_prefill.prefill_config
+    for rows, bn, warps, stages in PREFILL_TILES:
+        def config(head_dim, group, dtype, rows=rows, bn=bn, warps=warps, stages=stages):
+            return dict(BT=max(rows // attention_prefill.pow2(group), 1), BN=bn,
+                        num_warps=warps, num_stages=stages)
+        attention_prefill.prefill_config = config
+        print(f"\nrows {rows}, keys {bn}, {warps} warps, {stages} stages")
+        print("| prefill | heads | TFLOP | floor µs | qnext µs | SDPA µs | SDPA / qnext "
+              "| qnext TFLOP/s | rel. diff |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for tp in HEADS:
+            for num_seqs, new, prefix in ((1, 4096, 0), (1, 1024, 8192)):
+                try:
+                    print(_prefill_row(num_seqs, new, prefix, tp), flush=True)
+                except Exception as exc:  # noqa: BLE001 - out of shared memory etc.: report
+                    print(f"| {num_seqs} x {new} over {prefix} | {tp} | failed: "
+                          f"{type(exc).__name__} |", flush=True)
+                torch.cuda.empty_cache()
+    attention_prefill.prefill_config = default
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--prefill-sweep" in sys.argv:
+        prefill_sweep()
+    else:
+        main()

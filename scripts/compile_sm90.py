@@ -5,19 +5,24 @@ Triton's CPU interpreter (TRITON_INTERPRET=1, the path of the kernel tests on CP
 that the GPU compiler rejects: on 2026-11-28 a constexpr inside a tuple passed every interpreter
 test and failed to compile on the H200, costing a device call. This runs the real Triton
 front end, optimiser and ptxas (shipped in the triton wheel) for sm_90 and prints each
-compiled kernel's shared memory, warps and stages, so such errors surface before device
+compiled kernel's shared memory, warps, stages, registers and stack (spills), so such errors surface before device
 time is spent. How: a stand-in Triton driver that only names the target, `JITFunction.run`
 told to compile and skip the launch, and kernels/launch.py's device check told to accept CPU
 tensors (the launchers' outputs are left unwritten).
 
-    python scripts/compile_sm90.py [gdn_prefill ...]   # default: every case below
+    python scripts/compile_sm90.py [gdn_prefill conv_prefill gdn_decode attention]  # or all
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
@@ -49,9 +54,21 @@ def _compile_only(seen: dict):
         if key not in seen:
             seen[key] = True
             print(f"  {self.fn.__name__}: shared {meta.shared} B, warps {meta.num_warps}, "
-                  f"stages {meta.num_stages}", flush=True)
+                  f"stages {meta.num_stages}, {_resources(kernel.asm['cubin'])}", flush=True)
         return kernel
     JITFunction.run = compile_run
+
+
+def _resources(cubin: bytes) -> str:
+    """Registers and spill stores per thread, from cuobjdump (shipped with triton)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], text=True,
+                             capture_output=True).stdout
+    found = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
+    return f"registers {found[1]}, stack {found[2]} B" if found else "registers ?"
 
 
 def gdn_prefill_cases():
@@ -76,7 +93,57 @@ def gdn_prefill_cases():
                 gdn_prefill(**x, **kw, pipeline=pipeline, block_v=None)
 
 
-CASES = {"gdn_prefill": gdn_prefill_cases}
+def conv_prefill_cases():
+    """The varlen conv (+ SiLU) at the model's conv width, one long and many short
+    sequences, with snapshots."""
+    from qnext.kernels.conv_prefill import conv_prefill
+
+    for lengths in ([8192], [128] * 64):
+        T, B, C = sum(lengths), len(lengths), 8192
+        print(f"conv_prefill {B} sequence(s):", flush=True)
+        conv_prefill(torch.randn(T, C, dtype=torch.bfloat16), torch.randn(C, 4),
+                     cu_seqlens=torch.tensor([0] + lengths).cumsum(0).int(),
+                     conv_states=torch.zeros(2 * B + 1, C, 3), state_indices=torch.arange(B) + 1,
+                     has_initial_state=torch.ones(B, dtype=torch.bool),
+                     snapshot_slots=torch.arange(B) + B + 1, snapshot_offsets=torch.full((B,), 64))
+
+
+def gdn_decode_cases():
+    """One decode step, plain and with the fused output norm, with snapshots."""
+    from qnext.kernels.gdn_decode import gdn_decode
+
+    B, hv = 64, 32
+    x = dict(q=torch.randn(B, hv // 2, 128, dtype=torch.bfloat16),
+             k=torch.randn(B, hv // 2, 128, dtype=torch.bfloat16),
+             v=torch.randn(B, hv, 128, dtype=torch.bfloat16), a=torch.randn(B, hv),
+             b=torch.randn(B, hv), A_log=torch.zeros(hv), dt_bias=torch.zeros(hv))
+    kw = dict(ssm_states=torch.zeros(2 * B + 1, hv, 128, 128), state_indices=torch.arange(B) + 1,
+              snapshot_slots=torch.arange(B) + B + 1)
+    norm = (torch.randn(B, hv, 128, dtype=torch.bfloat16), torch.ones(128), 1e-6)
+    for fused_norm in (None, norm):
+        print(f"gdn_decode, norm fused: {fused_norm is not None}:", flush=True)
+        gdn_decode(**x, **kw, norm=fused_norm)
+
+
+def attention_cases():
+    """Paged gated attention at the model's TP1 heads (16 query, 2 KV, dim 256): a prefill
+    over a cached prefix, and decode."""
+    from qnext.kernels.attention import paged_attention
+
+    page, pages = 16, 64
+    for T, is_decode in ((512, False), (8, True)):
+        B = 1 if not is_decode else T
+        q = torch.randn(T, 16, 256, dtype=torch.bfloat16)
+        cache = torch.randn(pages * page, 2, 256, dtype=torch.bfloat16)
+        print(f"paged_attention, decode: {is_decode}:", flush=True)
+        paged_attention(q, cache, cache.clone(), cu_seqlens=torch.arange(B + 1) * (T // B),
+                        seq_lens=torch.full((B,), 600), page_table=torch.arange(pages)[None]
+                        .expand(B, pages).contiguous(), page_size=page, scale=0.0625,
+                        is_decode=is_decode, gate=torch.randn_like(q))
+
+
+CASES = {"gdn_prefill": gdn_prefill_cases, "conv_prefill": conv_prefill_cases,
+         "gdn_decode": gdn_decode_cases, "attention": attention_cases}
 
 
 def main(names: list[str]) -> None:

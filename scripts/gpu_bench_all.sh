@@ -36,6 +36,8 @@ steps=(
   "conv_prefill|240|$anchored|scripts/bench_conv_prefill.py"
   "moe|300|$site|scripts/bench_moe.py"
   "gemv|120|$site|scripts/bench_gemv.py"
+  "attention|300|$site|scripts/bench_attention.py"
+  "attention_sweep|300|$site|scripts/bench_attention.py --prefill-sweep"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
   "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
