@@ -16,6 +16,9 @@ docs/perf/gdn-prefill.md):
     (kernels/gdn_chunk_prep.py), then one scan that computes each chunk's outputs inside the
     walk (kernels/gdn_chunk_scan.py);
   - "split": that prep kernel, then the walk and output kernels of "lite".
+"lite" and "split" hold the state entering every chunk in a transient workspace: Hv * dk * dv
+values in the dot dtype per 64 tokens (16 KB a token at Hv = 32, d = 128, bf16: 134 MB for an
+8K-token prefill chunk), inside the activation headroom that `--mem-fraction-static` leaves.
 The chunk map is found on the device (each program of kernel 1 locates its chunk from
 cu_seqlens), so the launcher does not read cu_seqlens on the host; only the snapshot checks do.
 Grouped heads: value head j reads key head j // (Hv // Hk); q, k are never repeated in memory.
