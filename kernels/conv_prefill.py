@@ -6,12 +6,12 @@ program finds the sequence of its rows by a binary search over cu_seqlens. A blo
 sequence, K-1 or more tokens past its start (most blocks of a long prompt), takes a short path:
 the K shifted row loads and nothing else (on an H200 the general path alone reached 11-20 % of
 the copy floor at 8K-64K tokens, docs/perf/conv-prefill.md); from SPLIT_FROM_TOKENS tokens
-those blocks run in a launch of their own, compiled apart (fewer registers, see `_PARTS`). Token t at position
-p of its sequence reads the window inputs p-K+1 .. p; those before the sequence start come
-from the initial state (its slot, or zeros). In-place hazard: the old state of a sequence is
-read only by its first K-1 tokens, so those are all computed by the program holding the
-sequence's FIRST token (up to K-2 of them spill past its block into a small extra tile), and
-that program alone writes the sequence's final state and snapshot, after a barrier.
+those blocks run in a launch of their own, compiled apart (fewer registers, see `_PARTS`).
+Token t at position p of its sequence reads the window inputs p-K+1 .. p; those before the
+sequence start come from the initial state (its slot, or zeros). In-place hazard: the old state
+of a sequence is read only by its first K-1 tokens, so those are all computed by the program
+holding the sequence's FIRST token (up to K-2 of them spill past its block into a small extra
+tile), and that program alone writes the sequence's final state and snapshot, after a barrier.
 
 Reference: `causal_conv1d_varlen_ref` (kernels/conv_ref.py). State layout [S, C, K-1].
 Arithmetic in float32.

@@ -2,13 +2,13 @@
 kernel that launcher calls make, without running them.
 
 Triton's CPU interpreter (TRITON_INTERPRET=1, the path of the kernel tests on CPU) accepts code
-that the GPU compiler rejects: on 2026-11-28 a constexpr inside a tuple passed every interpreter
-test and failed to compile on the H200, costing a device call. This runs the real Triton
-front end, optimiser and ptxas (shipped in the triton wheel) for sm_90 and prints each
-compiled kernel's shared memory, warps, stages, registers and stack (spills), so such errors surface before device
-time is spent. How: a stand-in Triton driver that only names the target, `JITFunction.run`
-told to compile and skip the launch, and kernels/launch.py's device check told to accept CPU
-tensors (the launchers' outputs are left unwritten).
+that the GPU compiler rejects: on 2026-11-28 a constexpr inside a tuple passed every
+interpreter test and failed to compile on the H200, costing a device call. This runs the real
+Triton front end, optimiser and ptxas (shipped in the triton wheel) for sm_90 and prints each
+compiled kernel's shared memory, warps, stages, registers and stack (spills), so such errors
+surface before device time is spent. How: a stand-in Triton driver that only names the target,
+`JITFunction.run` told to compile and skip the launch, and kernels/launch.py's device check
+told to accept CPU tensors (the launchers' outputs are left unwritten).
 
     python scripts/compile_sm90.py [gdn_prefill conv_prefill gdn_decode attention]  # or all
 """
