@@ -1,6 +1,10 @@
-"""Shared fixtures: tiny Qwen3-Next checkpoints written once per session, and TP identity reset."""
+"""Shared fixtures: tiny Qwen3-Next checkpoints written once per session, and TP identity reset;
+QNEXT_TEST_SHARD=i/n keeps the i-th of n contiguous slices of the collected tests (several
+processes share one long GPU file: scripts/gpu_tests.sh `name:n`)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -39,3 +43,15 @@ def default_structlog():
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+def pytest_collection_modifyitems(config, items):
+    shard = os.environ.get("QNEXT_TEST_SHARD")
+    if not shard:
+        return
+    index, count = (int(part) for part in shard.split("/"))
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"QNEXT_TEST_SHARD={shard}: want i/n with 0 <= i < n")
+    kept = [item for k, item in enumerate(items) if k * count // len(items) == index]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
