@@ -108,8 +108,8 @@ def _normalised(kk, f0, f1, f2, f3):
 @triton.jit(do_not_specialize=["B", "T", "HV", "HK"])
 def chunk_kkt_kernel(q_ptr, k_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, cu_ptr, x_ptr, g_ptr,
                      rq_ptr, rk_ptr, B, T, s_qt, s_qh, s_kt, s_kh, s_a, s_b, scale, eps,
-                     HV, HK, DK: tl.constexpr,
-                     BKS: tl.constexpr, L2NORM: tl.constexpr, PREC: tl.constexpr):
+                     HV, HK, DK: tl.constexpr, BKS: tl.constexpr, L2NORM: tl.constexpr,
+                     PREC: tl.constexpr):
     """Grid (chunks upper bound, Hv); see the module docstring."""
     start, end = chunk_bounds(cu_ptr, tl.program_id(0), B, 64)
     if end <= start:

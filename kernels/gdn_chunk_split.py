@@ -73,9 +73,8 @@ def _walk_chunk(s1, s2, c, start, end, base, k_h, w_h, u_ptr, g_ptr, rk_h, h_at,
 @triton.jit(do_not_specialize=["T", "B", "HV", "HK"])
 def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_ptr, slot_ptr,
                        init_ptr, snap_ptr, snap_at_ptr, T, B, s_kt, s_kh, s_ss, s_sh, s_sk,
-                       HV, HK, DK: tl.constexpr,
-                       DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       PREC: tl.constexpr, HAS_SNAP: tl.constexpr,
+                       HV, HK, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, PREC: tl.constexpr, HAS_SNAP: tl.constexpr,
                        WHILE_LOOP: tl.constexpr):
     """Grid (cdiv(dv, BV), Hv, B): the walk over one sequence's chunks (see the docstring).
     A 128-row state is held as two 64-row pieces (each dot then takes 64-deep operands, and
