@@ -32,6 +32,7 @@ from qnext.kernels.attention_tile import (
     pow2,
     softmax_step,
 )
+from qnext.kernels.launch import num_sms
 
 
 @triton.jit(do_not_specialize=["s_pt", "P"])
@@ -115,15 +116,10 @@ def _reduce_kernel(part_ptr, lse_ptr, out_ptr, gate_ptr, seq_lens_ptr, n_splits,
              mask=offs_d < D)
 
 
-@functools.cache
-def _num_sms(device_index: int | None) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def default_splits(q: torch.Tensor, num_seqs: int, num_kv_heads: int, max_context: int) -> int:
     """Enough (sequence, KV head, split) programs for ~2 waves over the SMs, each split at
     least 256 keys, at most 128 splits. Host-side only: `max_context` is an upper bound."""
-    sms = _num_sms(q.device.index) if q.is_cuda else 4
+    sms = num_sms(q.device.index) if q.is_cuda else 4
     want = -(-2 * sms // max(num_seqs * num_kv_heads, 1))
     return max(1, min(want, -(-max_context // 256), 128))
 

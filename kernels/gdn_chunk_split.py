@@ -24,13 +24,6 @@ from qnext.kernels.gdn_chunk_scan import _snapshot, _tile, initial_state
 
 
 @triton.jit
-def _w_cols(w_h, rows, m, cols, DK: tl.constexpr):
-    """Columns `cols` of 64 rows of W [*, DK]."""
-    return tl.load(w_h + rows.to(tl.int64)[:, None] * DK + cols[None, :],
-                   mask=m[:, None] & (cols < DK)[None, :], other=0.0)
-
-
-@triton.jit
 def _k_rows_t(k_h, rows, m, s_kt, cols, DK: tl.constexpr):
     """K^T [cols, 64 rows]: loaded transposed, so no register transpose precedes the dot."""
     return tl.load(k_h + rows.to(tl.int64)[None, :] * s_kt + cols[:, None],
@@ -40,19 +33,21 @@ def _k_rows_t(k_h, rows, m, s_kt, cols, DK: tl.constexpr):
 @triton.jit
 def _walk_chunk(s1, s2, c, start, end, base, k_h, w_h, u_ptr, g_ptr, rk_h, h_at, s_kt,
                 offs_k, offs_v, DK: tl.constexpr, DV: tl.constexpr, KP: tl.constexpr,
-                TWO: tl.constexpr, PREC: tl.constexpr):
+                TWO: tl.constexpr, FULL_K: tl.constexpr, PREC: tl.constexpr):
     """Chunk c: stores the state entering it at h_at and V' over U; returns the state after
-    it, as its row pieces s1 = S[:KP] and (TWO) s2 = S[KP:2 KP]."""
+    it, as its row pieces s1 = S[:KP] and (TWO) s2 = S[KP:2 KP]. FULL_K: the pieces cover
+    dk exactly (W's loads need no column mask)."""
     dt = w_h.dtype.element_ty
     rows = start + c * 64 + tl.arange(0, 64)
     last = tl.minimum(start + c * 64 + 64, end) - 1
     m = rows < end
     v_ok = (offs_v < DV)[None, :]
     tl.store(h_at, s1.to(dt), mask=(offs_k < DK)[:, None] & v_ok)
-    v_new = tl.dot(_w_cols(w_h, rows, m, offs_k, DK), s1.to(dt), input_precision=PREC)
+    v_new = tl.dot(_tile(w_h, rows, end, DK, offs_k, DK, FULL_K), s1.to(dt),
+                   input_precision=PREC)
     if TWO:
         tl.store(h_at + KP * DV, s2.to(dt), mask=(offs_k + KP < DK)[:, None] & v_ok)
-        v_new = tl.dot(_w_cols(w_h, rows, m, offs_k + KP, DK), s2.to(dt), v_new,
+        v_new = tl.dot(_tile(w_h, rows, end, DK, offs_k + KP, DK, FULL_K), s2.to(dt), v_new,
                        input_precision=PREC)
     u_at = u_ptr + (base + rows.to(tl.int64))[:, None] * DV + offs_v[None, :]
     v_new = tl.load(u_at, mask=m[:, None] & v_ok, other=0.0).to(tl.float32) - v_new
@@ -111,13 +106,13 @@ def chunk_state_kernel(k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, h_ptr, state_ptr, cu_
         c = 0
         while c < n_chunks:
             s1, s2 = _walk_chunk(s1, s2, c, *args, h_hv + (first + c).to(tl.int64) * h_step,
-                                 s_kt, offs_k, offs_v, DK, DV, KP, TWO, PREC)
+                                 s_kt, offs_k, offs_v, DK, DV, KP, TWO, BK == DK, PREC)
             _snapshots(snaps, c, s1, s2, *kept, TWO, HAS_SNAP)
             c += 1
     else:
         for c in range(n_chunks):
             s1, s2 = _walk_chunk(s1, s2, c, *args, h_hv + (first + c).to(tl.int64) * h_step,
-                                 s_kt, offs_k, offs_v, DK, DV, KP, TWO, PREC)
+                                 s_kt, offs_k, offs_v, DK, DV, KP, TWO, BK == DK, PREC)
             _snapshots(snaps, c, s1, s2, *kept, TWO, HAS_SNAP)
     tl.store(slots1, s1.to(state_ptr.dtype.element_ty), mask=mask1)
     if TWO:

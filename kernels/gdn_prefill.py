@@ -37,7 +37,6 @@ gives the fused scan 64 columns with 16-bit dots and refuses fewer. The split wa
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +47,7 @@ from qnext.kernels.gdn_chunk_scan import chunk_scan_kernel
 from qnext.kernels.gdn_chunk_split import chunk_output_kernel, chunk_state_kernel
 from qnext.kernels.gdn_chunk_kkt import chunk_kkt_kernel
 from qnext.kernels.gdn_chunk_wu import chunk_wu_kernel
-from qnext.kernels.launch import check_device, interpreting
+from qnext.kernels.launch import check_device, interpreting, num_sms
 from qnext.kernels.varlen import snapshot_pointers, snapshot_targets
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -220,16 +219,7 @@ def _default_block_v(q, v, num_seqs: int, fast_dots: bool, pipeline: str) -> int
     if pipeline == "fused" or q.device.type != "cuda":
         return 64
     programs = num_seqs * v.shape[1] * triton.cdiv(v.shape[2], 64)
-    return 32 if programs < _sm_count(q.device) else 64
-
-
-@functools.cache
-def _sm_count_of(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    return _sm_count_of(device.index if device.index is not None else 0)
+    return 32 if programs < num_sms(q.device.index) else 64
 
 
 def _pow2(n: int) -> int:

@@ -1,12 +1,14 @@
-"""Launcher helpers shared by the Triton kernels: where a kernel may run, shared input checks.
+"""Launcher helpers shared by the Triton kernels: where a kernel may run, shared input checks,
+the device's SM count for grid sizing.
 
 Kernels run on CUDA tensors; under Triton's interpreter (`TRITON_INTERPRET=1`, CPU only, slow)
 they also accept CPU tensors, which lets the kernel tests run on a machine without a GPU.
-Imports only torch (and os).
+Imports only torch (and os, functools).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -15,6 +17,12 @@ import torch
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def num_sms(device_index: int | None) -> int:
+    """Streaming multiprocessors of CUDA device `device_index` (None: the current one)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def check_device(name: str, *tensors: torch.Tensor) -> None:

@@ -52,6 +52,6 @@ def pytest_collection_modifyitems(config, items):
     index, count = (int(part) for part in shard.split("/"))
     if not 0 <= index < count:
         raise pytest.UsageError(f"QNEXT_TEST_SHARD={shard}: want i/n with 0 <= i < n")
-    kept = [item for k, item in enumerate(items) if k * count // len(items) == index]
-    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = kept
+    slice_of = [k * count // len(items) for k in range(len(items))]
+    config.hook.pytest_deselected(items=[t for t, i in zip(items, slice_of) if i != index])
+    items[:] = [t for t, i in zip(items, slice_of) if i == index]
