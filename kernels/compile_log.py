@@ -30,6 +30,24 @@ def _runtime_knobs():
     return knobs if hasattr(knobs, "jit_post_compile_hook") else None
 
 
+def describe(hook_kwargs: dict) -> str:
+    """`name[warps=.., stages=..](constexprs; div16: integers taken as multiples of 16)`
+    from the post-compile hook's arguments: the specialisation a later call must match.
+    (Triton 3.6's own `repr` pairs the argument names with the wrong entries.) Falls back
+    to that `repr` when the arguments are not shaped as in Triton 3.4-3.6."""
+    fn, spec = hook_kwargs.get("fn"), hook_kwargs.get("compile")
+    try:
+        names = list(spec["signature"])
+        consts = [f"{names[path[0]]}={value}" for path, value in spec["constants"].items()]
+        div16 = [names[path[0]] for path, attrs in spec["configs"][0].items()
+                 if not spec["signature"][names[path[0]]].startswith("*")
+                 and ["tt.divisibility", 16] in [list(a) for a in attrs]]
+        head = f"{fn.name}[warps={spec['num_warps']}, stages={spec['num_stages']}]"
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return str(hook_kwargs.get("repr", fn))
+    return f"{head}({', '.join(consts)}; div16: {', '.join(div16) or '-'})"
+
+
 class CompileWatch:
     """`on_compile(description)` for every Triton compilation between `start` and `stop` (or
     inside `with`); hooks already installed keep being called."""
@@ -44,7 +62,7 @@ class CompileWatch:
             self._previous = previous = self._knobs.jit_post_compile_hook
 
             def hook(**kwargs):
-                self.on_compile(str(kwargs.get("repr", kwargs.get("fn"))))
+                self.on_compile(describe(kwargs))
                 return previous(**kwargs) if previous is not None else None
 
             self._hook = self._knobs.jit_post_compile_hook = hook

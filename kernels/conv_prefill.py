@@ -117,7 +117,7 @@ def _write_states(b, cu_ptr, limit, offs_c, mask_c, x_ptr, s_xt, state_ptr, s_ss
                  mask=keep & taken)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "B", "n_iter"])  # one compile per PART, any batch
 def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, snap_ptr,
                          snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, T, C, B, n_iter,
                          K: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,

@@ -85,7 +85,7 @@ def _block_rows(sorted_ptr, expert_ptr, pid_m, N, BM: tl.constexpr):
     return rows.to(tl.int64), assign, assign < N, expert.to(tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # any assignment count: no recompile
 def _gate_up_kernel(x_ptr, w_ptr, sorted_ptr, expert_ptr, inter_ptr, N, s_xt, s_we,
                     s_wn, H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):
@@ -118,7 +118,7 @@ def _gate_up_kernel(x_ptr, w_ptr, sorted_ptr, expert_ptr, inter_ptr, N, s_xt, s_
              mask=row_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # any assignment count: no recompile
 def _down_kernel(inter_ptr, w_ptr, sorted_ptr, expert_ptr, tw_ptr, y_ptr, N, s_we,
                  s_wn, s_tw, H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):

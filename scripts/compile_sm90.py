@@ -10,7 +10,7 @@ surface before device time is spent. How: a stand-in Triton driver that only nam
 `JITFunction.run` told to compile and skip the launch, and kernels/launch.py's device check
 told to accept CPU tensors (the launchers' outputs are left unwritten).
 
-    python scripts/compile_sm90.py [gdn_prefill conv_prefill gdn_decode attention]  # or all
+    python scripts/compile_sm90.py [gdn_prefill conv_prefill gdn_decode attention gemv]  # or all
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _compile_only(seen: dict):
     def compile_run(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         meta = kernel.metadata
-        key = (self.fn.__name__, meta.shared, meta.num_warps, meta.num_stages)
+        key = (self.fn.__name__, meta.hash)
         if key not in seen:
             seen[key] = True
             print(f"  {self.fn.__name__}: shared {meta.shared} B, warps {meta.num_warps}, "
@@ -142,8 +142,24 @@ def attention_cases():
                         is_decode=is_decode, gate=torch.randn_like(q))
 
 
+def gemv_cases():
+    """The one-row decode GEMV at TP4 shapes (hidden 2048): plain, with the GDN conv on the
+    input projection's first columns, with the GDN output norm before the output projection."""
+    from qnext.kernels.gemv import gemv
+
+    dt = torch.bfloat16
+    x = torch.randn(1, 2048, dtype=dt)
+    print("gemv, plain / conv / norm:", flush=True)
+    gemv(x, torch.randn(3088, 2048, dtype=dt))
+    gemv(x, torch.randn(3088, 2048, dtype=dt), conv=(
+        torch.randn(2048, 4, dtype=dt), torch.zeros(9, 2048, 3, dtype=dt),
+        torch.tensor([3]), torch.tensor([5])))
+    h = torch.randn(1, 1024, dtype=dt)
+    gemv(h, torch.randn(2048, 1024, dtype=dt), norm=(h.clone(), torch.ones(128, dtype=dt), 1e-6))
+
+
 CASES = {"gdn_prefill": gdn_prefill_cases, "conv_prefill": conv_prefill_cases,
-         "gdn_decode": gdn_decode_cases, "attention": attention_cases}
+         "gdn_decode": gdn_decode_cases, "attention": attention_cases, "gemv": gemv_cases}
 
 
 def main(names: list[str]) -> None:

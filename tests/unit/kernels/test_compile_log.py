@@ -57,3 +57,20 @@ def test_logging_skips_compiles_inside_quiet(monkeypatch):
         knobs.jit_post_compile_hook(repr="_warm[num_warps=4]()", fn=None)
     knobs.jit_post_compile_hook(repr="_late[num_warps=4]()", fn=None)
     assert log.events == [("triton_compile_after_warmup", "_late[num_warps=4]()")]
+
+
+def test_describe_names_the_specialisation():
+    """The hook's arguments as Triton 3.6 passes them: constexprs (declared, and integers
+    equal to 1) by name, and the integer arguments it took as multiples of 16."""
+    from qnext.kernels.compile_log import describe
+
+    class Fn:
+        name = "_k"
+
+    spec = dict(signature={"x_ptr": "*bf16", "n": "i32", "m": "i32", "M": "constexpr",
+                           "BK": "constexpr"},
+                constants={(3,): 1, (4,): 64}, num_warps=4, num_stages=3,
+                configs=[{(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}])
+    assert describe(dict(fn=Fn(), compile=spec, repr="r")) == \
+        "_k[warps=4, stages=3](M=1, BK=64; div16: m)"
+    assert describe(dict(fn=None, repr="_k[num_warps=4]()")) == "_k[num_warps=4]()"
