@@ -2,7 +2,7 @@
 conv-state pool by slot, with the final state (and an optional snapshot) written in place.
 
 A flat grid over (blocks of BT tokens, blocks of channels); no host-side preparation: each
-program finds the sequence of its rows by a binary search over cu_seqlens. A block inside one
+program finds the sequence of its first row by a search over cu_seqlens. A block inside one
 sequence, K-1 or more tokens past its start (most blocks of a long prompt), takes a short path:
 the K shifted row loads and nothing else (on an H200 the general path alone reached 11-20 % of
 the copy floor at 8K-64K tokens, docs/perf/conv-prefill.md); from SPLIT_FROM_TOKENS tokens
@@ -10,8 +10,13 @@ those blocks run in a launch of their own, compiled apart (fewer registers, see 
 Token t at position p of its sequence reads the window inputs p-K+1 .. p; those before the
 sequence start come from the initial state (its slot, or zeros). In-place hazard: the old state
 of a sequence is read only by its first K-1 tokens, so those are all computed by the program
-holding the sequence's FIRST token (up to K-2 of them spill past its block into a small extra
-tile), and that program alone writes the sequence's final state and snapshot, after a barrier.
+holding the sequence's FIRST token (in a small tile of their own, which may reach past its
+block), and that program alone writes the sequence's final state and snapshot, after a
+barrier. The other blocks take the general path (`_conv_block_walk`): one vector read of the
+sequence starts after the block's first sequence gives every row its sequence, and only those
+head tiles read states. It replaced five dependent binary searches with state taps over the
+whole tile (255 registers and spills on sm_90, now 128 and none): 1.01-1.87x faster on an H200,
+1.87x at 512 sequences of 128 tokens (docs/perf/conv-prefill.md).
 
 Reference: `causal_conv1d_varlen_ref` (kernels/conv_ref.py). State layout [S, C, K-1].
 Arithmetic in float32.
@@ -44,10 +49,20 @@ def _count_le(ptr, n, v, n_iter):
 
 
 @triton.jit
-def _seq_of(t, cu_ptr, B, n_iter):
-    """Rows t -> (sequence, its first row); rows past the batch clamp to the last sequence."""
-    b = tl.minimum(_count_le(cu_ptr + 1, B, t, n_iter), B - 1)
-    return b, tl.load(cu_ptr + b).to(tl.int64)
+def _count_le_wide(ptr, n, v, BN: tl.constexpr):
+    """`_count_le` of a scalar v, BN samples a load: the range holding the answer shrinks
+    BN-fold a dependent load, not 2-fold (2 loads, not 10, at 1024 sequences, BN 32). Only
+    where no interior block runs: there it cost long prompts ~13 % (docs/perf/conv-prefill.md)."""
+    lo = v * 0
+    hi = lo + n
+    while lo < hi:
+        step = (hi - lo + BN - 1) // BN
+        pos = lo + (tl.arange(0, BN) + 1) * step - 1  # sample k: are the first k+1 steps <= v?
+        inside = pos < hi
+        m = tl.sum((inside & (tl.load(ptr + pos, mask=inside, other=0) <= v)).to(tl.int32))
+        lo += m * step
+        hi = tl.minimum(hi, lo + step - 1)  # sample m (if inside) is > v
+    return lo
 
 
 @triton.jit
@@ -120,15 +135,19 @@ def _write_states(b, cu_ptr, limit, offs_c, mask_c, x_ptr, s_xt, state_ptr, s_ss
 @triton.jit(do_not_specialize=["T", "B", "n_iter"])  # one compile per PART, any batch
 def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, snap_ptr,
                          snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, T, C, B, n_iter,
-                         K: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+                         K: tl.constexpr, BT: tl.constexpr,
                          BC: tl.constexpr, BW: tl.constexpr, SILU: tl.constexpr,
-                         HAS_SNAP: tl.constexpr, PART: tl.constexpr):
-    """PART: which blocks this launch computes (`_PARTS`)."""
+                         HAS_SNAP: tl.constexpr, PART: tl.constexpr, BN: tl.constexpr):
+    """PART: which blocks this launch computes (`_PARTS`). BN: cu_seqlens entries a step of
+    the general path's walk (`_conv_block_walk`) and of its own search for b0."""
     t0 = tl.program_id(0).to(tl.int64) * BT
     offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
     mask_c = offs_c < C
     limit = tl.minimum(tl.load(cu_ptr + B).to(tl.int64), T)
-    b0 = tl.minimum(_count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
+    if PART == 2:  # no interior block computes here: a search of its own
+        b0 = tl.minimum(_count_le_wide(cu_ptr + 1, B, t0, BN), B - 1)
+    else:
+        b0 = tl.minimum(_count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
     start0 = tl.load(cu_ptr + b0).to(tl.int64)
     end0 = tl.minimum(tl.load(cu_ptr + b0 + 1).to(tl.int64), limit)
     interior = (t0 - start0 >= K - 1) & (t0 + BT <= end0)
@@ -138,9 +157,9 @@ def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, sn
                            C, K, SILU)
     if PART != 1:
         if interior == 0:
-            _conv_block(t0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr,
-                        init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B,
-                        n_iter, K, BT, BS, BW, SILU, HAS_SNAP)
+            _conv_block_walk(t0, b0, start0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr,
+                             cu_ptr, slot_ptr, init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt,
+                             s_ss, s_sc, C, B, K, BT, BW, BN, SILU, HAS_SNAP)
 
 
 @triton.jit
@@ -161,28 +180,69 @@ def _conv_interior(t, offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K: tl.conste
 
 
 @triton.jit
-def _conv_block(t0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr,
-                snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B, n_iter,
-                K: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr, BW: tl.constexpr,
-                SILU: tl.constexpr, HAS_SNAP: tl.constexpr):
-    """Any block: per-row sequences, initial states, and the states of sequences starting
-    here (see the module docstring)."""
-    # own rows: all but a sequence's first K-1 tokens when it started in an earlier block
+def _walk_starts(t, t0, b0, start0, cu_ptr, B, BT: tl.constexpr, BN: tl.constexpr):
+    """First rows of the sequences of rows t [BT] (block t0), and the end of the sequences
+    starting in the block, from cu_seqlens[b0+1 ..] read BN at a time: one vector load, not
+    four searches. Every start after b0 (row t0's sequence, clamped) is > t0, and a row's
+    first row is the greatest start <= it (rows past the batch: never owned, whatever they
+    get). One step unless BN starts crowd into the block (tiny or empty sequences)."""
+    first = t * 0 + start0
+    n_new = b0 * 0
+    base = b0 + 1
+    more = base > 0
+    while more:
+        idx = base + tl.arange(0, BN)
+        ok = idx <= B
+        c = tl.load(cu_ptr + idx, mask=ok, other=0).to(tl.int64)
+        le = ok[None, :] & (c[None, :] <= t[:, None])
+        first = tl.maximum(first, tl.max(tl.where(le, c[None, :], -1), axis=1))
+        in_block = ok & (c < t0 + BT)
+        n_new += tl.sum((in_block & (idx < B)).to(tl.int32))
+        more = tl.sum(in_block.to(tl.int32)) == BN
+        base += BN
+    return first, b0 + 1 + n_new
+
+
+@triton.jit
+def _conv_body(t, rows, offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K: tl.constexpr,
+               SILU: tl.constexpr):
+    """`_conv_interior` for the rows marked `rows` (each K-1 or more tokens into its
+    sequence): the values of `_conv_rows`, whose state taps add 0.0 there."""
+    acc = tl.zeros((t.shape[0], offs_c.shape[0]), dtype=tl.float32)
+    mask = rows[:, None] & mask_c[None, :]
+    for j in tl.static_range(K):
+        xv = tl.load(x_ptr + (t + j - (K - 1))[:, None] * s_xt + offs_c[None, :], mask=mask,
+                     other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_c * K + j, mask=mask_c, other=0.0).to(tl.float32)
+        acc += w[None, :] * xv
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + t[:, None] * C + offs_c[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _conv_block_walk(t0, b0, start0, offs_c, mask_c, limit, x_ptr, w_ptr, state_ptr, cu_ptr,
+                     slot_ptr, init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B,
+                     K: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr,
+                     SILU: tl.constexpr, HAS_SNAP: tl.constexpr):
+    """Any block that is not interior: per-row sequences (`_walk_starts`), then the rows that
+    read no state (`_conv_body`), then for each sequence starting here its first K-1 rows in
+    a [BW, BC] tile with the state taps (`_conv_rows`) and its final state. Empty
+    sequences starting at t0 before b0 are skipped (their writes were masked off). The
+    barrier in `_write_states` orders a head's reads of its old state before the writes."""
     t = t0 + tl.arange(0, BT)
-    b, start = _seq_of(t, cu_ptr, B, n_iter)
-    owned = (t < limit) & ((t - start >= K - 1) | (start >= t0))
-    _conv_rows(t, owned, b, start, offs_c, mask_c, x_ptr, s_xt, w_ptr, state_ptr, s_ss, s_sc,
-               slot_ptr, init_ptr, y_ptr, C, K, SILU)
-    if K > 2:  # spill: first tokens (p < K-1) past the block of sequences started in it
-        t = t0 + BT + tl.arange(0, BS)
-        b, start = _seq_of(t, cu_ptr, B, n_iter)
-        owned = (t < limit) & (t - start < K - 1) & (start < t0 + BT)
-        _conv_rows(t, owned, b, start, offs_c, mask_c, x_ptr, s_xt, w_ptr, state_ptr, s_ss,
-                   s_sc, slot_ptr, init_ptr, y_ptr, C, K, SILU)
-    tl.debug_barrier()  # the rows above read old states that the loop below overwrites
-    seq = _count_le(cu_ptr, B, t0 - 1, n_iter)
-    last = _count_le(cu_ptr, B, t0 + BT - 1, n_iter)
-    while seq < last:  # the sequences that start in this block
+    start, last = _walk_starts(t, t0, b0, start0, cu_ptr, B, BT, BN)
+    _conv_body(t, (t < limit) & (t - start >= K - 1), offs_c, mask_c, x_ptr, s_xt, w_ptr,
+               y_ptr, C, K, SILU)
+    seq = b0 + (start0 < t0)  # b0 starts in this block only at t0
+    r = tl.arange(0, BW)
+    while seq < last:  # the sequences starting in this block: their heads, their states
+        head = tl.load(cu_ptr + seq).to(tl.int64) + r
+        end = tl.minimum(tl.load(cu_ptr + seq + 1).to(tl.int64), limit)
+        _conv_rows(head, (r < K - 1) & (head < end), seq + r * 0, head - r, offs_c, mask_c,
+                   x_ptr, s_xt, w_ptr, state_ptr, s_ss, s_sc, slot_ptr, init_ptr, y_ptr, C,
+                   K, SILU)
         _write_states(seq, cu_ptr, limit, offs_c, mask_c, x_ptr, s_xt, state_ptr, s_ss, s_sc,
                       slot_ptr, init_ptr, snap_ptr, snap_off_ptr, K, BW, HAS_SNAP)
         seq += 1
@@ -226,9 +286,9 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
         _conv_prefill_kernel[grid](
             x, weight, conv_states, cu_seqlens, state_indices, init, snaps, offsets, y,
             x.stride(0), conv_states.stride(0), conv_states.stride(1), T, C, B, B.bit_length(),
-            K=K, BT=block_t, BS=triton.next_power_of_2(max(K - 2, 1)), BC=block_c,
+            K=K, BT=block_t, BC=block_c,
             BW=triton.next_power_of_2(K - 1), SILU=activation is not None, HAS_SNAP=has_snap,
-            PART=part, num_warps=num_warps)
+            PART=part, BN=WALK_STEP, num_warps=num_warps)
     return y
 
 
@@ -239,6 +299,9 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
 # two launches (1, then 2); below, one (its blocks are mostly not interior anyway).
 _PARTS = {False: (0,), True: (1, 2)}
 SPLIT_FROM_TOKENS = 1024
+# The kernel's BN: cu_seqlens entries a step of `_walk_starts` and `_count_le_wide`; one step
+# unless 32 sequences start in a block.
+WALK_STEP = 32
 
 
 def _check(x, weight, cu_seqlens, conv_states, state_indices, has_initial_state,

@@ -25,6 +25,21 @@ def num_sms(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+PDL = os.environ.get("QNEXT_PDL", "1") != "0"
+
+
+@functools.cache
+def _sm90_or_later(device_index: int | None) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def pdl(device: torch.device) -> bool:
+    """Whether kernels on `device` take programmatic dependent launch (`launch_pdl=True`: the
+    launch may start while the kernel before it drains; the kernel calls `gdc_wait` before it
+    reads what that one wrote): sm_90 or later, not under the interpreter, QNEXT_PDL != 0."""
+    return PDL and device.type == "cuda" and not interpreting() and _sm90_or_later(device.index)
+
+
 def check_device(name: str, *tensors: torch.Tensor) -> None:
     """ValueError unless every tensor is on CUDA (or on the CPU under the interpreter)."""
     ok = all(t.is_cuda for t in tensors)

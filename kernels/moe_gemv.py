@@ -15,6 +15,13 @@ outside [0, E) writes nothing, and its row stays unset (its consumers skip it by
 `ExpertRows` says). Two tokens with the same expert each read its weights (L2 may serve the
 second): the path is for decode batches (`takes`), where experts rarely repeat.
 
+Programmatic dependent launch (`launch.pdl`, sm_90+): each launch may start while the one before
+it drains. GEMM 1 waits (`gdc_wait`) before it reads the routing, then lets the down kernel
+launch; the down kernel loads its expert's first weight slice before its own wait, so on a
+decode step its weights stream while GEMM 1 finishes, and the launch gaps overlap work. Every
+program reaches its wait before it may return, so neither launch completes before the one it
+depends on (the stream order the launches after them rely on).
+
 Reference: `fused_moe_ref` (kernels/moe_ref.py); y is the `ExpertRows` layout of `fused_moe`.
 """
 
@@ -23,6 +30,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from qnext.kernels.launch import pdl
 
 # NOTE: tiles sized for bytes in flight, not for a pipeline (these loops may not be software
 # pipelined): every program holds one 16 KB (gate/up: 2 rows each of gate and up x 2048, all
@@ -38,9 +48,10 @@ MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert
 @triton.jit
 def _tile(ids_ptr, w_ptr, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
     """This program's assignment a, its expert e, its BN output rows (and which are < N), the
-    BK reduction lanes, and pointers to w[e, rows, :BK]."""
+    BK reduction lanes, and pointers to w[e, rows, :BK]. ids are read past L1 (".cg"): under
+    PDL the down kernel reads them before its wait (see `_gemv_down_kernel`)."""
     a = tl.program_id(0).to(tl.int64)
-    e = tl.load(ids_ptr + a)
+    e = tl.load(ids_ptr + a, cache_modifier=".cg")
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
     w_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
@@ -50,7 +61,10 @@ def _tile(ids_ptr, w_ptr, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
                          H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
-                         BN: tl.constexpr, BK: tl.constexpr):
+                         BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()  # the routing's ids and weights
+        gdc_launch_dependents()  # only now: the down kernel reads ids before its own wait
     a, e, offs_n, n_ok, offs_k, g_ptrs = _tile(ids_ptr, w_ptr, s_we, s_wn, I, BN, BK)
     if (e < 0) | (e >= E):
         return
@@ -75,19 +89,24 @@ def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
 @triton.jit
 def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw, E,
                       H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
-                      BN: tl.constexpr, BK: tl.constexpr):
+                      BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
     a, e, offs_n, n_ok, offs_k, w_ptrs = _tile(ids_ptr, w_ptr, s_we, s_wn, H, BN, BK)
+    live = (e >= 0) & (e < E)
+    # the weights of the first slice come before the wait: under PDL they stream while GEMM 1
+    # still runs; every later step loads the next slice before using the current one
+    w = tl.load(w_ptrs, mask=live & n_ok[:, None] & (offs_k < I)[None, :], other=0.0)
+    if PDL:
+        gdc_wait()  # GEMM 1's intermediate; no program may finish before it (stream order)
     if (e < 0) | (e >= E):
         return
     v_ptrs = inter_ptr + a * I + offs_k
     acc = tl.zeros([BN], tl.float32)
     for k0 in range(0, I, BK):
-        k_ok = offs_k < I - k0
-        v = tl.load(v_ptrs, mask=k_ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(w * v[None, :], axis=1)
+        v = tl.load(v_ptrs, mask=offs_k < I - k0, other=0.0, cache_modifier=".cg")
+        acc += tl.sum(w.to(tl.float32) * v.to(tl.float32)[None, :], axis=1)
         v_ptrs += BK
         w_ptrs += BK
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & (offs_k < I - k0 - BK)[None, :], other=0.0)
     tw = tl.load(tw_ptr + (a // TOPK) * s_tw + a % TOPK).to(tl.float32)
     tl.store(y_ptr + a * H + offs_n, (acc * tw).to(y_ptr.dtype.element_ty), mask=n_ok)
 
@@ -99,16 +118,21 @@ def takes(num_assignments: int) -> bool:
 
 def expert_rows_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      topk_weights: torch.Tensor, topk_ids: torch.Tensor, y: torch.Tensor,
-                     tiles: tuple[int, int, int, int] = (BN1, BK1, BN2, BK2)) -> None:
+                     tiles: tuple[int, int, int, int] = (BN1, BK1, BN2, BK2),
+                     use_pdl: bool | None = None) -> None:
     """Fills y [T·k, H] with one weighted row per assignment (fused_moe's `ExpertRows`), for
-    inputs `fused_moe` has checked. `tiles`: (BN1, BK1, BN2, BK2), powers of 2 (benchmarks)."""
+    inputs `fused_moe` has checked. `tiles`: (BN1, BK1, BN2, BK2), powers of 2 (benchmarks).
+    use_pdl: both launches with programmatic dependent launch (default: `launch.pdl`)."""
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
     bn1, bk1, bn2, bk2 = tiles
     I, n = I2 // 2, T * k
     bk1 = min(bk1, triton.next_power_of_2(H))  # small test models: no all-masked lanes
     inter = torch.empty(n, I, dtype=x.dtype, device=x.device)
     topk_ids = topk_ids.contiguous()
-    meta = dict(H=H, I=I, TOPK=k, num_warps=4)
+    use_pdl = pdl(x.device) if use_pdl is None else use_pdl
+    meta = dict(H=H, I=I, TOPK=k, PDL=use_pdl, num_warps=4)
+    if use_pdl:
+        meta["launch_pdl"] = True
     _gemv_gate_up_kernel[(n, triton.cdiv(I, bn1))](
         x, w13, topk_ids, inter, x.stride(0), w13.stride(0), w13.stride(1), E, BN=bn1,
         BK=bk1, **meta)

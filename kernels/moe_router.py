@@ -26,7 +26,8 @@ from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device
 from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
 
 BN = 4  # router rows a program
-BK = 1024  # hidden columns a step
+BK = 1024  # hidden columns a step (bench_moe.py's router table, one H200, 2026-11-28: (4, 1024)
+# 10.2 / 10.8 / 11.6 µs at 1 / 4 / 8 tokens, all of H in one step 11.2 / 11.1 / 12.2)
 
 
 @triton.jit
@@ -37,13 +38,16 @@ def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s
     t = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * RN + tl.arange(0, RN)
     cols = tl.arange(0, RK)
+    w_ptrs = wr_ptr + rows[:, None].to(tl.int64) * s_wr + cols[None, :]
+    row_ok = rows[:, None] < R
+    w = tl.load(w_ptrs, mask=row_ok & (cols < H)[None, :], other=0.0)
     acc = tl.zeros([RN, RK], tl.float32)
     for k0 in range(0, H, RK):
-        k_ok = cols < H - k0
-        x = tl.load(x_ptr + t * s_xt + k0 + cols, mask=k_ok, other=0.0)
-        w = tl.load(wr_ptr + rows[:, None].to(tl.int64) * s_wr + k0 + cols[None, :],
-                    mask=(rows[:, None] < R) & k_ok[None, :], other=0.0)
+        x = tl.load(x_ptr + t * s_xt + k0 + cols, mask=cols < H - k0, other=0.0,
+                    cache_modifier=".cg")
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        w_ptrs += RK  # the next step's weights load before this step's products are used
+        w = tl.load(w_ptrs, mask=row_ok & (cols < H - k0 - RK)[None, :], other=0.0)
     logit = tl.sum(acc, axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
     tl.store(logits_ptr + t * s_lt + rows, logit, mask=rows < R)
     if last_to_arrive(count_ptr + t, tl.num_programs(1)):
@@ -57,11 +61,13 @@ def takes(num_tokens: int) -> bool:
 
 def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: int,
                  renormalize: bool, shared: bool = False,
-                 num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 num_warps: int | None = None,
+                 tiles: tuple[int, int] = (BN, BK)) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, H] (contiguous rows); weight [R >= num_logits, H] (contiguous rows, x's dtype):
     the router's logits are x @ weight[:num_logits]ᵀ (the rest is padding); returns
     `moe_route`'s (topk_weights float32 [T, k'], topk_ids int64 [T, k']). `num_warps`:
-    overrides the routing's choice (scripts/bench_moe.py times the variants)."""
+    overrides the routing's choice; `tiles`: router rows a program and hidden columns a step,
+    powers of 2 (scripts/bench_moe.py times the variants)."""
     T, H = x.shape
     if x.dim() != 2 or x.stride(1) != 1 or weight.dim() != 2 or weight.shape[1] != H \
             or weight.stride(1) != 1 or weight.dtype != x.dtype \
@@ -76,8 +82,9 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     weights, ids = route_outputs(logits, top_k, shared, "route_hidden")
     meta = route_meta(top_k, num_logits - shared, shared)
     meta["num_warps"] = num_warps or meta["num_warps"]
-    _router_kernel[(T, triton.cdiv(num_logits, BN))](
+    rn, rk = tiles
+    _router_kernel[(T, triton.cdiv(num_logits, rn))](
         x, weight, logits, weights, ids, arrival_counters(x.device, T), x.stride(0),
-        weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=BN,
-        RK=min(BK, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
+        weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=rn,
+        RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
     return weights, ids

@@ -144,24 +144,30 @@ def decode_table(bw: float, weights: dict, sweep_tiles: bool) -> None:
                   f"{graph_us(gemv):.1f} | {tiles} |", flush=True)
 
 
+ROUTER_TILES = [(4, 1024), (2, 2048), (4, 2048), (8, 512), (1, 2048)]
+
+
 def router_table() -> None:
     """The decode router kernel (router GEMV + routing by the last program, 528 padded rows,
-    top-10 + the shared expert's gate) with its warp counts: the routing tail is serial, and
-    one warp reduces without shared memory (the model's default is 4)."""
+    top-10 + the shared expert's gate) with its warp counts and (4 warps) its tiles (rows a
+    program, columns a step): the routing tail is serial (the model's default: 4 warps,
+    (4, 1024))."""
     from qnext.kernels.moe_router import route_hidden
 
     warps = (1, 2, 4, 8)
     print("\n| T | " + " | ".join(f"route_hidden, {w} warps, graph µs" for w in warps) +
+          " | " + " | ".join(f"tiles {t}, graph µs" for t in ROUTER_TILES) +
           " | router GEMM + moe_route, graph µs | tokens routed differently (bf16 ties) |")
-    print("|---|" + "---|" * (len(warps) + 2))
+    print("|---|" + "---|" * (len(warps) + len(ROUTER_TILES) + 2))
     gen = torch.Generator(device="cuda").manual_seed(5)
     weight = torch.randn(528, H, generator=gen, device="cuda", dtype=torch.bfloat16) * H**-0.5
     for T in (1, 4, 8):
         x = torch.randn(T, H, generator=gen, device="cuda", dtype=torch.bfloat16)
         want = moe_route(F.linear(x, weight)[:, :E + 1], TOPK, True, True)[1]
         times, differ = [], 0
-        for w in warps:
-            fn = lambda w=w: route_hidden(x, weight, E + 1, TOPK, True, True, w)  # noqa: E731
+        variants = [dict(num_warps=w) for w in warps] + [dict(tiles=t) for t in ROUTER_TILES]
+        for v in variants:
+            fn = lambda v=v: route_hidden(x, weight, E + 1, TOPK, True, True, **v)  # noqa: E731
             differ = max(differ, (fn()[1] != want).any(dim=1).sum().item())
             times.append(f"{graph_us(fn):.1f}")
         two = lambda: moe_route(F.linear(x, weight)[:, :E + 1], TOPK, True, True)  # noqa: E731

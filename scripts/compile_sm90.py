@@ -10,7 +10,7 @@ surface before device time is spent. How: a stand-in Triton driver that only nam
 `JITFunction.run` told to compile and skip the launch, and kernels/launch.py's device check
 told to accept CPU tensors (the launchers' outputs are left unwritten).
 
-    python scripts/compile_sm90.py [gdn_prefill conv_prefill gdn_decode attention gemv]  # or all
+    python scripts/compile_sm90.py [gdn_prefill conv_prefill gdn_decode attention gemv moe]
 """
 
 from __future__ import annotations
@@ -158,8 +158,26 @@ def gemv_cases():
     gemv(h, torch.randn(2048, 1024, dtype=dt), norm=(h.clone(), torch.ones(128, dtype=dt), 1e-6))
 
 
+def moe_cases():
+    """The decode MoE at TP4 and TP1 shapes (512 experts + the shared one, top-10): the router
+    kernel and the two per-assignment GEMVs (with and without programmatic dependent launch)."""
+    from qnext.kernels.moe_gemv import expert_rows_gemv
+    from qnext.kernels.moe_router import route_hidden
+
+    dt, E, H = torch.bfloat16, 512, 2048
+    x = torch.randn(1, H, dtype=dt)
+    for I in (128, 512):
+        w13, w2 = torch.randn(E + 1, 2 * I, H, dtype=dt), torch.randn(E + 1, H, I, dtype=dt)
+        for use_pdl in (False, True):
+            print(f"moe, I {I}, pdl {use_pdl}:", flush=True)
+            route_hidden(x, torch.randn(528, H, dtype=dt), E + 1, 10, True, True)
+            expert_rows_gemv(x, w13, w2, torch.rand(1, 11), torch.randint(0, E, (1, 11)),
+                             torch.empty(11, H, dtype=dt), use_pdl=use_pdl)
+
+
 CASES = {"gdn_prefill": gdn_prefill_cases, "conv_prefill": conv_prefill_cases,
-         "gdn_decode": gdn_decode_cases, "attention": attention_cases, "gemv": gemv_cases}
+         "gdn_decode": gdn_decode_cases, "attention": attention_cases, "gemv": gemv_cases,
+         "moe": moe_cases}
 
 
 def main(names: list[str]) -> None:

@@ -8,7 +8,8 @@
 # named; a step whose name ends in _oneshot runs with QNEXT_LAMPORT_ALLREDUCE=0 (torch's
 # one-shot all-reduce instead of the default barrier-free one), one ending in _grouped with
 # QNEXT_MOE_GEMV=0 (the grouped MoE GEMMs at decode too), one ending in _cublas with
-# QNEXT_DENSE_GEMV=0 (cuBLAS for one-row dense projections too). "setup" installs the wheels.
+# QNEXT_DENSE_GEMV=0 (cuBLAS for one-row dense projections too), one ending in _nopdl with
+# QNEXT_PDL=0 (no programmatic dependent launch). "setup" installs the wheels.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -33,8 +34,10 @@ steps=(
   "tests_model|560|$site|scripts/gpu_tests.sh parity engine cuda_graph spec transfer warmup"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"
+  "gdn_decode_sweep|240|$site|scripts/bench_gdn_decode.py --sweep"
   "conv_prefill|240|$anchored|scripts/bench_conv_prefill.py"
   "moe|300|$site|scripts/bench_moe.py"
+  "moe_layers|300|$site|scripts/bench_moe_layers.py"
   "gemv|120|$site|scripts/bench_gemv.py"
   "attention|300|$site|scripts/bench_attention.py"
   "attention_sweep|300|$site|scripts/bench_attention.py --prefill-sweep"
@@ -50,6 +53,7 @@ steps=(
   "tp4_b1_oneshot|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b1_grouped|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b1_cublas|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
+  "tp4_b1_nopdl|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --steps 32"
   "tp4_b8|120|$site|scripts/profile_decode_host.py --tp 4 --layers 48 --batch 8 --trace $out/b8"
   "tp4_full|400|$site|scripts/bench_full_size.py --tp 4"
   "tp4_serve|500|$served|scripts/bench_serve.py --tp 4 --out $out/serve"
@@ -63,10 +67,11 @@ for step in "${steps[@]}"; do
   lamport=1; [[ "$name" != *_oneshot ]] || lamport=0
   gemv=1; [[ "$name" != *_grouped ]] || gemv=0
   dense=1; [[ "$name" != *_cublas ]] || dense=0
+  pdl=1; [[ "$name" != *_nopdl ]] || pdl=0
   start=$(date +%s)
   # shellcheck disable=SC2086  # cmd is a word list on purpose
   run=(python3); [[ "$cmd" != *.sh* ]] || run=(bash)
-  QNEXT_LAMPORT_ALLREDUCE=$lamport QNEXT_MOE_GEMV=$gemv QNEXT_DENSE_GEMV=$dense \
+  QNEXT_LAMPORT_ALLREDUCE=$lamport QNEXT_MOE_GEMV=$gemv QNEXT_DENSE_GEMV=$dense QNEXT_PDL=$pdl \
     PYTHONPATH="$path" \
     timeout "$limit" "${run[@]}" $cmd > "$out/$name.txt" 2>&1
   echo "$name: exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"

@@ -1,8 +1,9 @@
 """The Triton varlen conv1d prefill kernel against its torch reference: fresh random inputs,
 sequences shorter than K-1 (new state = old state + tokens), block-boundary starts, an empty
 sequence, mixed initial states, snapshots at t = 1, an inner t and L, strided rows, widths
-3 / 4 / 8, odd channel counts; fp32 and bf16; output poisoned with NaN; states bit-identical
-to the reference and untouched slots unchanged. Model shapes (8192 / 2048 channels) on GPU."""
+2 / 3 / 4 / 8, odd channel counts, many short sequences; fp32 and bf16; output poisoned with
+NaN; states bit-identical to the reference and untouched slots unchanged. Model shapes
+(8192 / 2048 channels) on GPU."""
 
 from __future__ import annotations
 
@@ -28,9 +29,19 @@ CASES = [  # lengths, channels, K, block_t
     ([2, 9, 17, 1], 40, 8, 8),
     ([700, 3, 330], 36, 4, 32),  # >= SPLIT_FROM_TOKENS: interior blocks in a launch of their own
 ]
+SHORT_CASES = [  # many short sequences: < K-1 tokens, one token, across block ends, empty
+    # ones at a block start (before its first sequence), > 32 starts in a block
+    ([5, 2, 1, 9, 3, 0, 1, 30, 2] * 6, 36, 4, 16),
+    ([1] * 64 + [0] * 5 + [3, 1] + [0] * 40 + [2, 1, 70], 20, 4, 32),
+    ([1, 6, 0, 2, 9, 1] * 5, 24, 8, 8),
+    ([1, 1, 2, 0, 4, 1, 3] * 5, 24, 2, 8),
+    ([2, 1, 0, 3, 1, 7, 1] * 6 + [960], 12, 4, 32),  # two launches, 43 sequences
+]
 if ON_GPU:
-    CASES += [([8192], 8192, 4, 32), ([1000, 1, 2, 3, 500, 0, 2500], 2048, 4, 32),
-              ([128] * 64, 8192, 4, 32)]
+    SHORT_CASES += [([128] * 64, 8192, 4, 32), ([3, 128, 1, 70, 0, 200] * 40, 2048, 4, 32)]
+CASES += SHORT_CASES
+if ON_GPU:
+    CASES += [([8192], 8192, 4, 32), ([1000, 1, 2, 3, 500, 0, 2500], 2048, 4, 32)]
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)]
 
 

@@ -256,3 +256,45 @@ def test_moe_from_hidden_matches_the_reference(T):
                                                      True))
     got = fused_moe_from_hidden(x, router, E + 1, w13, w2, k, True, True)
     assert not torch.isnan(got).any() and rel_err(got, want) <= tol
+
+
+@pytest.mark.skipif(not ON_GPU, reason="programmatic dependent launch needs a GPU")
+@pytest.mark.parametrize("T,dropped", [(1, 0.0), (11, 0.0), (6, 0.3)])
+def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped):
+    """The decode chain (router kernel, then the two GEMVs) with the GEMVs launched by
+    programmatic dependent launch gives the plain launches' rows bit for bit, eagerly and
+    replayed from a CUDA graph, three layers back to back (each launch's wait orders it after
+    the one before; dropped ids still wait before they return)."""
+    from qnext.kernels.launch import pdl
+    from qnext.kernels.moe_gemv import expert_rows_gemv
+    from qnext.kernels.moe_router import route_hidden
+
+    if not pdl(torch.device(DEVICE)):
+        pytest.skip("this GPU (or QNEXT_PDL=0) does not take programmatic dependent launch")
+    H, E, k, I = 256, 16, 4, 64
+    layers = [_moe_inputs(T, H, E + 1, k, I, torch.bfloat16, 40 + i, dropped) for i in range(3)]
+    routers = [(torch.randn(E + 1, H, generator=generator(i), device=DEVICE) * H**-0.5)
+               .to(torch.bfloat16) for i in range(3)]
+
+    def chain(use_pdl, fixed_ids):
+        out = []
+        for (x, w13, w2, _, ids), router in zip(layers, routers):
+            tw, got_ids = route_hidden(x, router, E + 1, k, True, True)
+            ids = torch.cat([ids, got_ids[:, k:]], 1) if fixed_ids else got_ids
+            y = torch.empty(ids.numel(), H, dtype=x.dtype, device=DEVICE)
+            expert_rows_gemv(x, w13, w2, tw, ids.contiguous(), y, use_pdl=use_pdl)
+            out.append(torch.where((ids.reshape(-1, 1) >= 0) & (ids.reshape(-1, 1) <= E), y, 0))
+        return out
+
+    fixed = dropped > 0  # the drawn ids (with drops) replace the routing's top-k
+    want = chain(False, fixed)
+    _poison()
+    assert all(torch.equal(g, w) for g, w in zip(chain(True, fixed), want))
+    graph = torch.cuda.CUDAGraph()
+    chain(True, fixed)
+    with torch.cuda.graph(graph):
+        got = chain(True, fixed)
+    for g in got:
+        g.fill_(float("nan"))
+    graph.replay()
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
