@@ -32,10 +32,13 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
                 BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr):
     """Token t's top-K (+ the shared expert) weights and ids, stored at row t. One bitonic
     top-BLOCK_K of the keys (`tl.topk`), not K arg-max reductions in turn (those only when
-    BLOCK_K > BLOCK_E, tiny test models): the same keys, so the same choice, ~1 µs sooner at
-    512 experts (bench_moe.py's router table, one H200, 2026-11-28)."""
+    BLOCK_K > BLOCK_E, tiny test models): the same keys, so the same choice, ≈ 1 µs sooner at
+    512 experts and 1-4 tokens (bench_moe.py's router table, one H200, 2026-11-28). It still
+    takes ≈ 1.7 of the ≈ 2.5 µs this tail costs the router kernel (docs/perf/moe.md)."""
     lanes = tl.arange(0, BLOCK_E)
     # ".cg": past L1 (the logits may come from other programs of the same launch)
+    if SHARED:  # the shared expert's gate logit (column E), loaded with the others
+        gate = tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32)
     x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"),
                 cache_modifier=".cg")
     x = x.to(tl.float32)
@@ -64,8 +67,7 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
     if RENORM:
         w = w / tl.sum(w, 0)
     if SHARED:  # slot K: the shared expert E, weight sigmoid of its gate logit (column E)
-        gate = tl.sigmoid(tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32))
-        w = tl.where(slots == K, gate, w)
+        w = tl.where(slots == K, tl.sigmoid(gate), w)
         ids = tl.where(slots == K, E, ids)
     tl.store(w_ptr + t * (K + SHARED) + slots, w, mask=slots < K + SHARED)
     tl.store(ids_ptr + t * (K + SHARED) + slots, ids, mask=slots < K + SHARED)
