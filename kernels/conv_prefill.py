@@ -28,41 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
+from qnext.kernels.chunk_map import count_le, count_le_wide, walk_starts
 from qnext.kernels.launch import check_device
 from qnext.kernels.varlen import snapshot_pointers, snapshot_targets
-
-
-@triton.jit
-def _count_le(ptr, n, v, n_iter):
-    """Elementwise over v: how many of ptr[0 .. n) (non-decreasing) are <= v."""
-    lo = v * 0
-    hi = lo + n
-    step = tl.program_id(0) * 0
-    while step < n_iter:  # n_iter = bit_length(n) halvings
-        step += 1
-        mid = (lo + hi) // 2
-        inside = mid < hi
-        le = tl.load(ptr + mid, mask=inside, other=0) <= v
-        lo = tl.where(inside & le, mid + 1, lo)
-        hi = tl.where(inside & (le == 0), mid, hi)
-    return lo
-
-
-@triton.jit
-def _count_le_wide(ptr, n, v, BN: tl.constexpr):
-    """`_count_le` of a scalar v, BN samples a load: the range holding the answer shrinks
-    BN-fold a dependent load, not 2-fold (2 loads, not 10, at 1024 sequences, BN 32). Only
-    where no interior block runs: there it cost long prompts ~13 % (docs/perf/conv-prefill.md)."""
-    lo = v * 0
-    hi = lo + n
-    while lo < hi:
-        step = (hi - lo + BN - 1) // BN
-        pos = lo + (tl.arange(0, BN) + 1) * step - 1  # sample k: are the first k+1 steps <= v?
-        inside = pos < hi
-        m = tl.sum((inside & (tl.load(ptr + pos, mask=inside, other=0) <= v)).to(tl.int32))
-        lo += m * step
-        hi = tl.minimum(hi, lo + step - 1)  # sample m (if inside) is > v
-    return lo
 
 
 @triton.jit
@@ -145,9 +113,9 @@ def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, sn
     mask_c = offs_c < C
     limit = tl.minimum(tl.load(cu_ptr + B).to(tl.int64), T)
     if PART == 2:  # no interior block computes here: a search of its own
-        b0 = tl.minimum(_count_le_wide(cu_ptr + 1, B, t0, BN), B - 1)
+        b0 = tl.minimum(count_le_wide(cu_ptr + 1, B, t0, BN), B - 1)
     else:
-        b0 = tl.minimum(_count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
+        b0 = tl.minimum(count_le(cu_ptr + 1, B, t0, n_iter), B - 1)
     start0 = tl.load(cu_ptr + b0).to(tl.int64)
     end0 = tl.minimum(tl.load(cu_ptr + b0 + 1).to(tl.int64), limit)
     interior = (t0 - start0 >= K - 1) & (t0 + BT <= end0)
@@ -180,30 +148,6 @@ def _conv_interior(t, offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K: tl.conste
 
 
 @triton.jit
-def _walk_starts(t, t0, b0, start0, cu_ptr, B, BT: tl.constexpr, BN: tl.constexpr):
-    """First rows of the sequences of rows t [BT] (block t0), and the end of the sequences
-    starting in the block, from cu_seqlens[b0+1 ..] read BN at a time: one vector load, not
-    four searches. Every start after b0 (row t0's sequence, clamped) is > t0, and a row's
-    first row is the greatest start <= it (rows past the batch: never owned, whatever they
-    get). One step unless BN starts crowd into the block (tiny or empty sequences)."""
-    first = t * 0 + start0
-    n_new = b0 * 0
-    base = b0 + 1
-    more = base > 0
-    while more:
-        idx = base + tl.arange(0, BN)
-        ok = idx <= B
-        c = tl.load(cu_ptr + idx, mask=ok, other=0).to(tl.int64)
-        le = ok[None, :] & (c[None, :] <= t[:, None])
-        first = tl.maximum(first, tl.max(tl.where(le, c[None, :], -1), axis=1))
-        in_block = ok & (c < t0 + BT)
-        n_new += tl.sum((in_block & (idx < B)).to(tl.int32))
-        more = tl.sum(in_block.to(tl.int32)) == BN
-        base += BN
-    return first, b0 + 1 + n_new
-
-
-@triton.jit
 def _conv_body(t, rows, offs_c, mask_c, x_ptr, s_xt, w_ptr, y_ptr, C, K: tl.constexpr,
                SILU: tl.constexpr):
     """`_conv_interior` for the rows marked `rows` (each K-1 or more tokens into its
@@ -226,13 +170,13 @@ def _conv_block_walk(t0, b0, start0, offs_c, mask_c, limit, x_ptr, w_ptr, state_
                      slot_ptr, init_ptr, snap_ptr, snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, C, B,
                      K: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr,
                      SILU: tl.constexpr, HAS_SNAP: tl.constexpr):
-    """Any block that is not interior: per-row sequences (`_walk_starts`), then the rows that
+    """Any block that is not interior: per-row sequences (`walk_starts`), then the rows that
     read no state (`_conv_body`), then for each sequence starting here its first K-1 rows in
     a [BW, BC] tile with the state taps (`_conv_rows`) and its final state. Empty
     sequences starting at t0 before b0 are skipped (their writes were masked off). The
     barrier in `_write_states` orders a head's reads of its old state before the writes."""
     t = t0 + tl.arange(0, BT)
-    start, last = _walk_starts(t, t0, b0, start0, cu_ptr, B, BT, BN)
+    start, last = walk_starts(t, t0, b0, start0, cu_ptr, B, BT, BN)
     _conv_body(t, (t < limit) & (t - start >= K - 1), offs_c, mask_c, x_ptr, s_xt, w_ptr,
                y_ptr, C, K, SILU)
     seq = b0 + (start0 < t0)  # b0 starts in this block only at t0
@@ -299,7 +243,7 @@ def conv_prefill(x: torch.Tensor, weight: torch.Tensor, *, cu_seqlens: torch.Ten
 # two launches (1, then 2); below, one (its blocks are mostly not interior anyway).
 _PARTS = {False: (0,), True: (1, 2)}
 SPLIT_FROM_TOKENS = 1024
-# The kernel's BN: cu_seqlens entries a step of `_walk_starts` and `_count_le_wide`; one step
+# The kernel's BN: cu_seqlens entries a step of `walk_starts` and `count_le_wide`; one step
 # unless 32 sequences start in a block.
 WALK_STEP = 32
 
