@@ -103,9 +103,9 @@ def _write_states(b, cu_ptr, limit, offs_c, mask_c, x_ptr, s_xt, state_ptr, s_ss
 @triton.jit(do_not_specialize=["T", "B", "n_iter"])  # one compile per PART, any batch
 def _conv_prefill_kernel(x_ptr, w_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, snap_ptr,
                          snap_off_ptr, y_ptr, s_xt, s_ss, s_sc, T, C, B, n_iter,
-                         K: tl.constexpr, BT: tl.constexpr,
-                         BC: tl.constexpr, BW: tl.constexpr, SILU: tl.constexpr,
-                         HAS_SNAP: tl.constexpr, PART: tl.constexpr, BN: tl.constexpr):
+                         K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BW: tl.constexpr,
+                         SILU: tl.constexpr, HAS_SNAP: tl.constexpr, PART: tl.constexpr,
+                         BN: tl.constexpr):
     """PART: which blocks this launch computes (`_PARTS`). BN: cu_seqlens entries a step of
     the general path's walk (`_conv_block_walk`) and of its own search for b0."""
     t0 = tl.program_id(0).to(tl.int64) * BT
