@@ -97,7 +97,7 @@ def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw
     w = tl.load(w_ptrs, mask=live & n_ok[:, None] & (offs_k < I)[None, :], other=0.0)
     if PDL:
         gdc_wait()  # GEMM 1's intermediate; no program may finish before it (stream order)
-    if (e < 0) | (e >= E):
+    if live == 0:
         return
     v_ptrs = inter_ptr + a * I + offs_k
     acc = tl.zeros([BN], tl.float32)
