@@ -1,6 +1,6 @@
 """Triton kernels: the fused MoE expert mixture (SwiGLU experts) as two grouped GEMMs.
 
-After `moe_align` (kernels/moe_route.py) every block of BLOCK_M sorted rows belongs to one
+After `moe_align` (kernels/moe_align.py) every block of BLOCK_M sorted rows belongs to one
 expert. GEMM 1 gathers the token rows of x, multiplies them by w13[e] (gate rows, then up rows)
 and applies SwiGLU in registers -> the intermediate [rows, I]. GEMM 2 multiplies it by w2[e]ᵀ
 and scales each row by its routing weight -> one row per assignment [T·k, H]. A last kernel
@@ -32,7 +32,8 @@ from qnext.kernels import moe_gemv, moe_router
 from qnext.kernels import moe_route_align as route_align
 from qnext.kernels.expert_rows import ExpertRows
 from qnext.kernels.launch import check_device
-from qnext.kernels.moe_route import moe_align, moe_route
+from qnext.kernels.moe_align import moe_align
+from qnext.kernels.moe_route import moe_route
 
 
 @dataclass(frozen=True)

@@ -22,26 +22,19 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.launch import arrival_counters
-from qnext.kernels.moe_route import (
-    SMALL_N,
-    align_outputs,
-    align_small,
-    last_to_arrive,
-    route_meta,
-    route_outputs,
-    route_token,
-    small_align_meta,
-)
+from qnext.kernels.moe_align import SMALL_N, align_outputs, align_small, small_align_meta
+from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
 
 
 @triton.jit(do_not_specialize=["T", "N"])
 def _route_align_kernel(logits_ptr, w_ptr, ids_ptr, sorted_ptr, expert_ptr, npad_ptr, count_ptr,
                         T, s_t, E, N, EA, ROWS, NUM_BLOCKS, K: tl.constexpr,
                         BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
-                        SHARED: tl.constexpr, BM: tl.constexpr, C: tl.constexpr,
-                        NB: tl.constexpr, RB: tl.constexpr):
+                        SHARED: tl.constexpr, BF16: tl.constexpr, BM: tl.constexpr,
+                        C: tl.constexpr, NB: tl.constexpr, RB: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
-    route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
+    route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED,
+                BF16)
     last = T == 1
     if last:
         tl.debug_barrier()  # its own ids stored before the layout reads them
@@ -69,10 +62,10 @@ def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, 
                          "assignments of the one-program layout (use moe_route, moe_align)")
     if block_m < 16 or block_m & (block_m - 1):
         raise ValueError(f"block_m={block_m} must be a power of 2, >= 16")
-    n = ids.numel()
+    n, bf16 = ids.numel(), router_logits.dtype == torch.bfloat16
     aligned = align_outputs(n, E + shared, block_m, ids.device)
     rows, num_blocks = aligned[0].shape[0], aligned[1].shape[0]
-    route, align = route_meta(top_k, E, shared), small_align_meta(n, num_blocks, block_m)
+    route, align = route_meta(top_k, E, shared, bf16), small_align_meta(n, num_blocks, block_m)
     warps = max(route.pop("num_warps"), align.pop("num_warps"))
     count = arrival_counters(ids.device, 1)
     _route_align_kernel[(T,)](router_logits, weights, ids, *aligned, count, T,

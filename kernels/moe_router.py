@@ -7,7 +7,10 @@ logits scratch row; then the program counts itself in on token t's arrival count
 (`launch.arrival_counters`), and the last of the token's programs routes it (`route_token`:
 softmax, top-k, renormalisation, the fused shared expert's gate) and sets the counter back.
 Ordering: `last_to_arrive` (kernels/moe_route.py); the logits are read back past L1
-(`route_token` loads with ".cg").
+(`route_token` loads with ".cg"). Under programmatic dependent launch (`launch.pdl`) every
+program first lets the next launch start (the experts' GEMM 1, `moe_gemv`, which waits for this
+whole grid before it reads the routing): its programs are resident when the routing ends
+(0.5 µs a layer at TP4, one token; docs/perf/moe.md).
 
 At decode the router's bf16 GEMM (cuBLAS: ≈ 3.3 µs a layer at batch 1 on 4 x H200 for 2 MB of
 weights) and the routing kernel (≈ 4 µs) were two launches a layer, mostly latency; here 132
@@ -21,8 +24,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
-from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device
+from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device, pdl
 from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
 
 BN = 4  # router rows a program
@@ -34,7 +38,9 @@ BK = 1024  # hidden columns a step (bench_moe.py's router table, one H200, 2026-
 def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s_wr, s_lt, R, E,
                    H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
                    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
-                   SHARED: tl.constexpr):
+                   SHARED: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # the experts' GEMM 1 may launch now (it waits for this grid before it reads)
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * RN + tl.arange(0, RN)
     cols = tl.arange(0, RK)
@@ -51,7 +57,8 @@ def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s
     logit = tl.sum(acc, axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
     tl.store(logits_ptr + t * s_lt + rows, logit, mask=rows < R)
     if last_to_arrive(count_ptr + t, tl.num_programs(1)):
-        route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED)
+        route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED,
+                    BF16)
 
 
 def takes(num_tokens: int) -> bool:
@@ -80,11 +87,11 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     check_device("route_hidden", x, weight)
     logits = torch.empty(T, num_logits, dtype=torch.float32, device=x.device)  # scratch
     weights, ids = route_outputs(logits, top_k, shared, "route_hidden")
-    meta = route_meta(top_k, num_logits - shared, shared)
+    meta = route_meta(top_k, num_logits - shared, shared, x.dtype == torch.bfloat16)
     meta["num_warps"] = num_warps or meta["num_warps"]
     rn, rk = tiles
     _router_kernel[(T, triton.cdiv(num_logits, rn))](
         x, weight, logits, weights, ids, arrival_counters(x.device, T), x.stride(0),
         weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=rn,
-        RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
+        RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, PDL=pdl(x.device), **meta)
     return weights, ids

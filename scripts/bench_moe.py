@@ -29,7 +29,8 @@ import triton.testing
 from qnext.kernels import fused_moe_ref, moe_route_ref
 from qnext.kernels import moe_gemv
 from qnext.kernels.moe import MoeConfig, default_config, fused_moe
-from qnext.kernels.moe_route import moe_align, moe_route
+from qnext.kernels.moe_align import moe_align
+from qnext.kernels.moe_route import moe_route
 from qnext.kernels.moe_route_align import moe_route_align
 from bench_common import copy_gbps, graph_us, rel_diff
 

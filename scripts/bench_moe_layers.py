@@ -5,8 +5,9 @@ Each layer is Qwen3-Next-80B-A3B's at one rank of TP4 (I = 128) or TP1 (I = 512)
 512 routed experts + the shared one fused as expert 512 (top-10 + 1), its own weights, router
 and input rows, so no layer finds another's weights in L2. A layer is three launches: the
 router kernel (router GEMV + routing, `moe_router.route_hidden`) and the two per-assignment
-GEMVs (`moe_gemv.expert_rows_gemv`, with or without PDL); the model folds the per-token
-combine into the next all-reduce + norm, so it is not timed here.
+GEMVs (`moe_gemv.expert_rows_gemv`, with or without PDL; the router kernel lets the first GEMV
+launch as it starts whenever the GPU takes PDL); the model folds the per-token combine into the
+next all-reduce + norm, so it is not timed here.
 
 - **Floor** (per layer) = (router rows + distinct experts touched × 3·I) · H · 2 B over the
   bandwidth of a 1 GiB device-to-device copy measured in the same run.

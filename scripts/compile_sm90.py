@@ -127,19 +127,19 @@ def gdn_decode_cases():
 
 def attention_cases():
     """Paged gated attention at the model's TP1 heads (16 query, 2 KV, dim 256): a prefill
-    over a cached prefix, and decode."""
+    over a cached prefix (whole, and in key splits), and decode."""
     from qnext.kernels.attention import paged_attention
 
     page, pages = 16, 64
-    for T, is_decode in ((512, False), (8, True)):
+    for T, is_decode, splits in ((512, False, 1), (512, False, 3), (8, True, None)):
         B = 1 if not is_decode else T
         q = torch.randn(T, 16, 256, dtype=torch.bfloat16)
         cache = torch.randn(pages * page, 2, 256, dtype=torch.bfloat16)
-        print(f"paged_attention, decode: {is_decode}:", flush=True)
+        print(f"paged_attention, decode: {is_decode}, splits {splits}:", flush=True)
         paged_attention(q, cache, cache.clone(), cu_seqlens=torch.arange(B + 1) * (T // B),
                         seq_lens=torch.full((B,), 600), page_table=torch.arange(pages)[None]
                         .expand(B, pages).contiguous(), page_size=page, scale=0.0625,
-                        is_decode=is_decode, gate=torch.randn_like(q))
+                        is_decode=is_decode, gate=torch.randn_like(q), num_splits=splits)
 
 
 def gemv_cases():
@@ -160,9 +160,10 @@ def gemv_cases():
 
 def moe_cases():
     """The decode MoE at TP4 and TP1 shapes (512 experts + the shared one, top-10): the router
-    kernel and the two per-assignment GEMVs (with and without programmatic dependent launch)."""
+    kernel and the two per-assignment GEMVs (with and without programmatic dependent launch,
+    which the stand-in device is told it takes)."""
+    from qnext.kernels import moe_router
     from qnext.kernels.moe_gemv import expert_rows_gemv
-    from qnext.kernels.moe_router import route_hidden
 
     dt, E, H = torch.bfloat16, 512, 2048
     x = torch.randn(1, H, dtype=dt)
@@ -170,7 +171,8 @@ def moe_cases():
         w13, w2 = torch.randn(E + 1, 2 * I, H, dtype=dt), torch.randn(E + 1, H, I, dtype=dt)
         for use_pdl in (False, True):
             print(f"moe, I {I}, pdl {use_pdl}:", flush=True)
-            route_hidden(x, torch.randn(528, H, dtype=dt), E + 1, 10, True, True)
+            moe_router.pdl = lambda device, on=use_pdl: on
+            moe_router.route_hidden(x, torch.randn(528, H, dtype=dt), E + 1, 10, True, True)
             expert_rows_gemv(x, w13, w2, torch.rand(1, 11), torch.randint(0, E, (1, 11)),
                              torch.empty(11, H, dtype=dt), use_pdl=use_pdl)
 

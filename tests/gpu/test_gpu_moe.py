@@ -41,7 +41,7 @@ def _ids(gen, T, k, E, dropped=0.0):
 @pytest.mark.parametrize("T,E,k", [(1, 7, 3), (5, 16, 4), (33, 8, 2), (300, 64, 10)]
                          + ([(64, 512, 10), (2048, 512, 10)] if ON_GPU else []))
 @pytest.mark.parametrize("renormalize", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if ON_GPU else []))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shared", [False, True])
 def test_route_matches_reference(T, E, k, renormalize, dtype, shared):
     """shared: one more logit column, the fused shared expert's gate (picked last by all)."""
@@ -59,12 +59,32 @@ def test_route_matches_reference(T, E, k, renormalize, dtype, shared):
     assert rel_err(got_w, want_w) <= 1e-5
 
 
+ROW8 = [0.5, -0.0, 2.0, 0.0, 2.0, -1.0, 2.0, 0.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("row,k,shared,want", [
+    (ROW8 + [-5.0] * 504, 6, False, [2, 4, 6, 0, 7, 1]),  # 512 experts
+    (ROW8, 5, False, [2, 4, 6, 0, 7]),
+    ([-0.0, 2.0, 0.0, 2.0, 0.3], 4, True, [1, 3, 0, 2, 4])])  # k' > E: the arg-max loop
+def test_route_ties_go_in_index_order(dtype, row, k, shared, want):
+    """Equal logits (-0.0 equal to 0.0) are picked lowest index first; the weights are the
+    reference's, in its descending order (bf16 logits: the half-width keys)."""
+    from qnext.kernels.moe_route import moe_route
+
+    logits = torch.tensor([row], device=DEVICE).to(dtype)
+    got_w, got_ids = moe_route(logits, k, True, shared)
+    assert got_ids.tolist() == [want]
+    want_w, _ = moe_route_ref(logits, k, True, shared)
+    assert rel_err(got_w, want_w) <= 1e-6
+
+
 @pytest.mark.parametrize("T,E,k,block_m,chunk", [
     (1, 7, 3, 16, 1024), (5, 16, 4, 16, 16), (70, 8, 2, 64, 16), (300, 64, 10, 16, 256),
     (300, 5, 3, 32, 1024), (1, 513, 11, 16, 1024), (8, 12, 8, 16, 1024), (32, 2, 2, 16, 1024),
     (11, 513, 11, 16, 1024)])
 def test_align_layout(T, E, k, block_m, chunk):
-    from qnext.kernels.moe_route import moe_align
+    from qnext.kernels.moe_align import moe_align
 
     ids = _ids(generator(T * k), T, k, E, dropped=0.2)
     _poison()
@@ -135,7 +155,8 @@ def test_all_ids_dropped_gives_zeros():
 
 def test_launchers_reject_bad_shapes():
     from qnext.kernels.moe import fused_moe
-    from qnext.kernels.moe_route import moe_align, moe_route
+    from qnext.kernels.moe_align import moe_align
+    from qnext.kernels.moe_route import moe_route
 
     x, w13, w2, weights, ids = _moe_inputs(3, 32, 4, 2, 16, torch.float32, 1)
     with pytest.raises(ValueError, match="w2"):
@@ -163,7 +184,8 @@ def test_route_align_in_one_launch_equals_the_two(T, E, k, shared, renormalize):
     differently: the last bit differs for some rows on an H200), and `fused_moe_routed` the
     mixture of `fused_moe_ref`."""
     from qnext.kernels.moe import fused_moe_routed
-    from qnext.kernels.moe_route import moe_align, moe_route
+    from qnext.kernels.moe_align import moe_align
+    from qnext.kernels.moe_route import moe_route
     from qnext.kernels.moe_route_align import moe_route_align
 
     order = torch.rand(T, E + shared, generator=generator(T + E), device=DEVICE).argsort(dim=1)
@@ -264,7 +286,8 @@ def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped):
     """The decode chain (router kernel, then the two GEMVs) with the GEMVs launched by
     programmatic dependent launch gives the plain launches' rows bit for bit, eagerly and
     replayed from a CUDA graph, three layers back to back (each launch's wait orders it after
-    the one before; dropped ids still wait before they return)."""
+    the one before; dropped ids still wait before they return). With PDL the router kernel
+    lets GEMM 1 launch as it starts."""
     from qnext.kernels.launch import pdl
     from qnext.kernels.moe_gemv import expert_rows_gemv
     from qnext.kernels.moe_router import route_hidden
