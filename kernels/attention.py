@@ -2,7 +2,7 @@
 
 It picks the decode kernel (`attention_decode.py`, split-K over the context) when every
 sequence has exactly one new token, the varlen prefill kernel (`attention_prefill.py`,
-causal with a cached prefix) otherwise; the prefill kernel is correct for any batch, decode
+causal with a cached prefix, split over the keys when its grid is small) otherwise; the prefill kernel is correct for any batch, decode
 rows included.
 
 Reference: `paged_attention_ref` (kernels/attention_ref.py), same contract. Float32
@@ -49,7 +49,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
       takes the prefill kernel, always correct. None: False unless T == B, in which case
       cu_seqlens is read on the host (a sync).
     - max_seqlen: an upper bound of seq_lens, sizes the decode splits; default
-      page_table.shape[1] * page_size. num_splits overrides the split count of decode.
+      page_table.shape[1] * page_size. num_splits overrides the split count of decode, and
+      of the prefill kernel's key splits (`attention_prefill.prefill_splits`: only when its
+      tiles leave SMs idle).
     """
     _check(q, k_cache, v_cache, cu_seqlens, seq_lens, page_table, page_size)
     _check_like_q("gate", gate, q)
@@ -65,7 +67,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         is_decode = T == B and bool((cu_seqlens.diff() == 1).all())
     if not is_decode:
         prefill(q, k_cache, v_cache, out, cu_seqlens, seq_lens, page_table, page_size, scale,
-                gate)
+                gate, num_splits)
         return out
     if num_splits is None:
         bound = page_table.shape[1] * page_size if max_seqlen is None else max_seqlen

@@ -5,8 +5,8 @@ of the KV head (padded to >= 16 for the tensor cores), so each K/V block gathere
 page table is read once for the whole GQA group. A sequence's context is cut into `splits`
 equal, block-aligned ranges (flash-decoding); with one split the program writes the output,
 otherwise it writes a normalised partial output and its log-sum-exp (base 2) — splits past the
-context write nothing — and `_reduce_kernel` merges the splits of each (sequence, query head)
-that hold keys (CUDA graphs fix the split count for the longest context; a short one leaves
+context write nothing — and `attention_tile.merge_splits` merges the splits of each (sequence,
+query head) that hold keys (CUDA graphs fix the split count for the longest context; a short one leaves
 most splits empty).
 
 Reference: `paged_attention_ref` (kernels/attention_ref.py) with one query per sequence;
@@ -29,8 +29,10 @@ from qnext.kernels.attention_tile import (
     gate_strides,
     kv_rows,
     load_rows,
+    merge_splits,
     pow2,
     softmax_step,
+    split_keys,
 )
 from qnext.kernels.launch import num_sms
 
@@ -84,38 +86,6 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, gate_ptr, seq_lens_ptr
                  mask=offs_g < G)
 
 
-@triton.jit
-def split_keys(ctx, n_splits, BN: tl.constexpr):
-    """Keys a split of a ctx-long context: equal, block-aligned ranges, at least one block
-    (the last ones may be empty: cdiv(ctx, split_keys) splits hold keys)."""
-    return tl.maximum(tl.cdiv(tl.cdiv(ctx, n_splits), BN), 1) * BN
-
-
-@triton.jit(do_not_specialize=["n_splits"])
-def _reduce_kernel(part_ptr, lse_ptr, out_ptr, gate_ptr, seq_lens_ptr, n_splits, s_ot, s_oh,
-                   s_gt, s_gh, D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr,
-                   BN: tl.constexpr, GATED: tl.constexpr):
-    """out[b, h] = sum_s w_s * part[b, h, s] / sum_s w_s, w_s = 2^(lse_s - max lse), over the
-    splits that hold keys (empty ones wrote nothing)."""
-    i_b = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1).to(tl.int64)
-    row = i_b * tl.num_programs(1) + i_h
-    ctx = tl.load(seq_lens_ptr + i_b).to(tl.int32)
-    used = tl.maximum(tl.cdiv(ctx, split_keys(ctx, n_splits, BN)), 1)
-    offs_s = tl.arange(0, SP)
-    offs_d = tl.arange(0, DP)
-    lse = tl.load(lse_ptr + row * n_splits + offs_s, mask=offs_s < used, other=float("-inf"))
-    m = tl.max(lse, 0)
-    w = tl.where(lse > float("-inf"), tl.math.exp2(lse - m), 0.0)
-    mask = (offs_s[:, None] < used) & (offs_d[None, :] < D)
-    part = tl.load(part_ptr + (row * n_splits + offs_s[:, None]) * DP + offs_d[None, :],
-                   mask=mask, other=0.0)
-    o = tl.sum(part * w[:, None], 0) / tl.maximum(tl.sum(w, 0), 1e-30)
-    o = apply_gate(o, gate_ptr, i_b * s_gt + i_h * s_gh + offs_d, offs_d < D, GATED)
-    tl.store(out_ptr + i_b * s_ot + i_h * s_oh + offs_d, o.to(out_ptr.dtype.element_ty),
-             mask=offs_d < D)
-
-
 def default_splits(q: torch.Tensor, num_seqs: int, num_kv_heads: int, max_context: int) -> int:
     """Enough (sequence, KV head, split) programs for ~2 waves over the SMs, each split at
     least 256 keys, at most 128 splits. Host-side only: `max_context` is an upper bound."""
@@ -154,6 +124,4 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: t
         q, k_cache, v_cache, part, lse, gating[0], seq_lens, page_table, *strides,
         part.stride(0), part.stride(1), part.stride(2), *gating[1:], page_table.stride(0),
         page_size, qk_scale, PARTIAL=True, GATED=False, **common)
-    _reduce_kernel[(B, HQ)](part, lse, out, gating[0], seq_lens, splits, out.stride(0),
-                            out.stride(1), *gating[1:], D=D, DP=DP, SP=pow2(splits),
-                            BN=common["BN"], GATED=gate is not None)
+    merge_splits(part, lse, out, gate, seq_lens, common["BN"])

@@ -10,6 +10,11 @@ Programs need no host-side tile count: sequence b owns the tile slots
 [cu[b] // BT + b, cu[b + 1] // BT + b + 1), which always hold ceil(new_b / BT) tiles, so the
 grid is T // BT + B programs per KV head and each finds its sequence by binary search.
 
+Small grids (few new tokens, or TP4's one KV head a rank, over long cached prefixes) leave
+SMs idle while each program walks every key: then each program's keys [0, hi) are cut into
+`splits` block-aligned ranges (a third grid axis), each split writes its normalised output and
+log-sum-exp, and `attention_tile.merge_splits` combines them (and applies the gate).
+
 Reference: `paged_attention_ref` (kernels/attention_ref.py); float32 accumulation.
 Legend: T = new tokens, B = sequences, G = query heads per KV head (GP: padded to a power of 2),
 D = head dim (DP: padded), P = page size.
@@ -30,9 +35,15 @@ from qnext.kernels.attention_tile import (
     gate_strides,
     kv_rows,
     load_rows,
+    merge_splits,
     pow2,
     softmax_step,
+    split_keys,
 )
+from qnext.kernels.launch import num_sms
+
+MIN_SPLIT_KEYS = 2048  # keys of the longest sequence a split: below, the partial outputs'
+# traffic outweighs the gain (fresh 1K prompts at TP4 were 1.6x slower in 2 splits, H200)
 
 
 @triton.jit
@@ -50,12 +61,14 @@ def _find_seq(cu_ptr, pid, B, n_iter, BT: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["B", "n_iter", "s_pt", "P"])
-def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, gate_ptr, cu_ptr, seq_lens_ptr, pt_ptr, B,
-                    n_iter, s_qt, s_qh, s_kn, s_kh, s_ot, s_oh, s_gt, s_gh, s_pt, P, qk_scale,
-                    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                    BT: tl.constexpr, BN: tl.constexpr, GATED: tl.constexpr):
+def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, gate_ptr, cu_ptr, seq_lens_ptr, pt_ptr,
+                    B, n_iter, s_qt, s_qh, s_kn, s_kh, s_ot, s_oh, s_os, s_gt, s_gh, s_pt, P,
+                    qk_scale, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                    DP: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, GATED: tl.constexpr,
+                    PARTIAL: tl.constexpr):
     pid = tl.num_programs(0) - 1 - tl.program_id(0)  # the last, longest tiles first
     i_kv = tl.program_id(1).to(tl.int64)
+    i_s = tl.program_id(2)
     b = _find_seq(cu_ptr, pid, B, n_iter, BT)
     q0 = tl.load(cu_ptr + b).to(tl.int32)
     n_new = tl.load(cu_ptr + b + 1).to(tl.int32) - q0
@@ -81,28 +94,40 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, gate_ptr, cu_ptr, seq_lens_ptr
     m_i = tl.full([BT * GP], NO_MAX, dtype=tl.float32)
     l_i = tl.zeros([BT * GP], dtype=tl.float32)
 
+    hi = prefix + tl.minimum(m0 + BT, n_new)  # one past the tile's last query position
+    lo = hi * 0
+    if PARTIAL:  # this split's block-aligned share of the keys [0, hi)
+        lo = i_s * split_keys(hi, tl.num_programs(2), BN)
+        hi = tl.minimum(lo + split_keys(hi, tl.num_programs(2), BN), hi)
     full_end = (prefix + m0) // BN * BN  # keys below every query of the tile
-    for n in range(0, full_end, BN):
+    visible = tl.minimum(full_end, hi)
+    for n in range(lo, visible, BN):
         pos = n + offs_n
-        rows = kv_rows(pt_row, pos, pos < full_end, P)
+        rows = kv_rows(pt_row, pos, pos < visible, P)
         k = load_rows(k_head, rows, s_kn, offs_d, D, DP)
         v = load_rows(v_head, rows, s_kn, offs_d, D, DP)
         acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, None, qk_scale, False)
-    hi = prefix + tl.minimum(m0 + BT, n_new)  # one past the tile's last query position
-    for n in range(full_end, hi, BN):
+    for n in range(tl.maximum(full_end, lo), hi, BN):
         pos = n + offs_n
         rows = kv_rows(pt_row, pos, pos < hi, P)
         k = load_rows(k_head, rows, s_kn, offs_d, D, DP)
         v = load_rows(v_head, rows, s_kn, offs_d, D, DP)
-        causal = pos[None, :] <= q_pos[:, None]
+        causal = (pos[None, :] <= q_pos[:, None]) & (pos < hi)[None, :]
         acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, causal, qk_scale, True)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     t = (q0 + tok).to(tl.int64)[:, None]
-    o = apply_gate(o, gate_ptr, t * s_gt + head[:, None] * s_gh + offs_d[None, :], io_mask,
-                   GATED)
-    out_off = t * s_ot + head[:, None] * s_oh + offs_d[None, :]
-    tl.store(out_ptr + out_off, o.to(out_ptr.dtype.element_ty), mask=io_mask)
+    if PARTIAL:  # normalised, with its log-sum-exp (-inf: no key seen); merged later
+        out_off = t * s_ot + head[:, None] * s_oh + i_s * s_os + offs_d[None, :]
+        tl.store(out_ptr + out_off, o, mask=row_ok[:, None])
+        lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("-inf"))
+        tl.store(lse_ptr + ((q0 + tok).to(tl.int64) * tl.num_programs(1) * G + head)
+                 * tl.num_programs(2) + i_s, lse, mask=row_ok)
+    else:
+        o = apply_gate(o, gate_ptr, t * s_gt + head[:, None] * s_gh + offs_d[None, :],
+                       io_mask, GATED)
+        out_off = t * s_ot + head[:, None] * s_oh + offs_d[None, :]
+        tl.store(out_ptr + out_off, o.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
 @functools.cache
@@ -118,17 +143,49 @@ def prefill_config(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, i
     return dict(BT=max(rows // gp, 1), BN=bn, num_warps=warps, num_stages=stages)
 
 
+def prefill_splits(q: torch.Tensor, programs: int, max_keys: int) -> int:
+    """Key splits for a launch of `programs` (tile, KV head) programs, host-side only
+    (`max_keys`: a bound of the longest sequence). At least enough for two waves over the SMs
+    (the causal tiles' keys differ, so one program a tile leaves SMs idle behind the longest),
+    at most one split per `MIN_SPLIT_KEYS` keys of max_keys and 16; from there up to twice
+    that, the count whose last wave is fullest (fewest waves per split's share of the work).
+    On an H200 (docs/perf/attention.md) this picks 2–4 splits for 1–2K new tokens over 8–32K
+    cached ones and 4K fresh ones at TP4, none for fresh 1K prompts or TP1's 4K."""
+    sms = num_sms(q.device.index) if q.is_cuda else 4
+    cap = max(1, min(max_keys // MIN_SPLIT_KEYS, 16))
+    least = min(-(-2 * sms // max(programs, 1)), cap)
+    if least == 1:
+        return 1
+    return min(range(least, min(2 * least, cap) + 1),
+               key=lambda s: -(-programs * s // sms) / s)
 def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
             cu_seqlens: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor,
-            page_size: int, scale: float, gate: torch.Tensor | None = None) -> None:
-    """Writes out [T, Hq, D]; arguments as `paged_attention` (checked there)."""
+            page_size: int, scale: float, gate: torch.Tensor | None = None,
+            splits: int | None = None) -> None:
+    """Writes out [T, Hq, D]; arguments as `paged_attention`. splits: key splits (default
+    `prefill_splits`): each (tile, KV head) program's keys cut in that many block-aligned
+    ranges, merged by `attention_tile.merge_splits`."""
     T, HQ, D = q.shape
-    B, HKV = seq_lens.shape[0], k_cache.shape[1]
+    B, HKV, DP = seq_lens.shape[0], k_cache.shape[1], pow2(D, 16)
     cfg = prefill_config(D, HQ // HKV, q.dtype)
-    grid = (T // cfg["BT"] + B, HKV)
-    _prefill_kernel[grid](
-        q, k_cache, v_cache, out, out if gate is None else gate, cu_seqlens, seq_lens,
-        page_table, B, B.bit_length(), q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), out.stride(0), out.stride(1), *gate_strides(gate),
-        page_table.stride(0), page_size, scale * math.log2(math.e),
-        G=HQ // HKV, GP=pow2(HQ // HKV), D=D, DP=pow2(D, 16), GATED=gate is not None, **cfg)
+    tiles = T // cfg["BT"] + B
+    if splits is None:
+        splits = prefill_splits(q, tiles * HKV, page_table.shape[1] * page_size)
+    common = (cu_seqlens, seq_lens, page_table, B, B.bit_length(), q.stride(0), q.stride(1),
+              k_cache.stride(0), k_cache.stride(1))
+    meta = dict(G=HQ // HKV, GP=pow2(HQ // HKV), D=D, DP=DP, **cfg)
+    qk_scale, gating = scale * math.log2(math.e), (out if gate is None else gate,
+                                                  *gate_strides(gate))
+    if splits == 1:
+        _prefill_kernel[(tiles, HKV, 1)](
+            q, k_cache, v_cache, out, out, gating[0], *common, out.stride(0), out.stride(1), 0,
+            *gating[1:], page_table.stride(0), page_size, qk_scale, GATED=gate is not None,
+            PARTIAL=False, **meta)
+        return
+    part = torch.empty(T, HQ, splits, DP, dtype=torch.float32, device=q.device)
+    lse = torch.empty(T, HQ, splits, dtype=torch.float32, device=q.device)
+    _prefill_kernel[(tiles, HKV, splits)](
+        q, k_cache, v_cache, part, lse, gating[0], *common, part.stride(0), part.stride(1),
+        part.stride(2), *gating[1:], page_table.stride(0), page_size, qk_scale, GATED=False,
+        PARTIAL=True, **meta)
+    merge_splits(part, lse, out, gate, seq_lens, cfg["BN"], every=True)

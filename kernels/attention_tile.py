@@ -1,6 +1,7 @@
 """Triton building blocks shared by the paged-attention kernels (`attention_prefill.py`,
-`attention_decode.py`): gathering a block of K/V rows through the page table, and one step of
-the online softmax (flash-attention style) over such a block.
+`attention_decode.py`): gathering a block of K/V rows through the page table, one step of
+the online softmax (flash-attention style) over such a block, and the merge of key splits
+(flash-decoding: each split's normalised output and log-sum-exp).
 
 Reference: `paged_attention_ref` (kernels/attention_ref.py). Scores are kept in base 2: the
 caller folds log2(e) into `qk_scale`, so exp2 replaces exp. Accumulation in float32.
@@ -61,6 +62,52 @@ def apply_gate(o, gate_ptr, offs, mask, GATED: tl.constexpr):
     if GATED:
         o = o * tl.sigmoid(tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32))
     return o
+
+
+@triton.jit
+def split_keys(ctx, n_splits, BN: tl.constexpr):
+    """Keys a split of a ctx-long key range: equal, block-aligned ranges, at least one block
+    (the last ones may be empty: cdiv(ctx, split_keys) splits hold keys)."""
+    return tl.maximum(tl.cdiv(tl.cdiv(ctx, n_splits), BN), 1) * BN
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _merge_kernel(part_ptr, lse_ptr, out_ptr, gate_ptr, seq_lens_ptr, n_splits, s_ot, s_oh,
+                  s_gt, s_gh, D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr,
+                  BN: tl.constexpr, GATED: tl.constexpr, EVERY: tl.constexpr):
+    """out[r, h] = sum_s w_s * part[r, h, s] / sum_s w_s, w_s = 2^(lse_s - max lse), over every
+    split (EVERY: each wrote, lse -inf where it saw no key) or over the splits of row r's
+    context seq_lens[r] that hold keys (decode: empty ones wrote nothing)."""
+    i_r = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    row = i_r * tl.num_programs(1) + i_h
+    if EVERY:
+        used = n_splits
+    else:
+        ctx = tl.load(seq_lens_ptr + i_r).to(tl.int32)
+        used = tl.maximum(tl.cdiv(ctx, split_keys(ctx, n_splits, BN)), 1)
+    offs_s = tl.arange(0, SP)
+    offs_d = tl.arange(0, DP)
+    lse = tl.load(lse_ptr + row * n_splits + offs_s, mask=offs_s < used, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.where(lse > float("-inf"), tl.math.exp2(lse - m), 0.0)
+    mask = (offs_s[:, None] < used) & (offs_d[None, :] < D)
+    part = tl.load(part_ptr + (row * n_splits + offs_s[:, None]) * DP + offs_d[None, :],
+                   mask=mask, other=0.0)
+    o = tl.sum(part * w[:, None], 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+    o = apply_gate(o, gate_ptr, i_r * s_gt + i_h * s_gh + offs_d, offs_d < D, GATED)
+    tl.store(out_ptr + i_r * s_ot + i_h * s_oh + offs_d, o.to(out_ptr.dtype.element_ty),
+             mask=offs_d < D)
+
+
+def merge_splits(part, lse, out, gate, seq_lens, block_n: int, every: bool = False) -> None:
+    """Writes out [R, Hq, D] (gated when `gate`) from the splits' normalised partial outputs
+    part [R, Hq, S, DP] and base-2 log-sum-exps lse [R, Hq, S] (float32). every: all S splits
+    wrote (prefill); else row r's used splits follow from seq_lens[r] and block_n (decode)."""
+    R, HQ, S, DP = part.shape
+    _merge_kernel[(R, HQ)](part, lse, out, out if gate is None else gate, seq_lens, S,
+                           out.stride(0), out.stride(1), *gate_strides(gate), D=out.shape[2],
+                           DP=DP, SP=pow2(S), BN=block_n, GATED=gate is not None, EVERY=every)
 
 
 def gate_strides(gate) -> tuple[int, int]:

@@ -16,6 +16,7 @@ against its anchor (relative difference) before timing.
 
     python scripts/bench_attention.py
     python scripts/bench_attention.py --prefill-sweep   # prefill tile settings, prefill rows
+    python scripts/bench_attention.py --prefill-splits  # prefill key splits: default, forced
 
 The prefill sweep exists because the default D = 256 tile (128 rows, 32 keys, 8 warps)
 compiles to 255 registers with spills on sm_90, while 64 rows, 64 keys, 8 warps needs 210
@@ -31,6 +32,7 @@ import triton.testing
 from torch.nn.attention.bias import causal_lower_right
 
 from qnext.kernels.attention import paged_attention
+from qnext.kernels.attention_prefill import prefill_config, prefill_splits
 from bench_common import copy_gbps, rel_diff
 
 D = 256
@@ -95,7 +97,7 @@ def _decode_row(B: int, ctx: int, tp: str, page_size: int, gbps: float) -> str:
             f"{us:.1f} | {anchor_us} | {ratio} | {floor / us:.2f} | {diff} |")
 
 
-def _prefill_row(num_seqs: int, new: int, prefix: int, tp: str) -> str:
+def _prefill_row(num_seqs: int, new: int, prefix: int, tp: str, splits=(None,)) -> str:
     hq, hkv = HEADS[tp]
     length, page_size = prefix + new, 16
     gen = torch.Generator(device="cuda").manual_seed(num_seqs + new + prefix)
@@ -104,7 +106,8 @@ def _prefill_row(num_seqs: int, new: int, prefix: int, tp: str) -> str:
     args = dict(cu_seqlens=torch.arange(num_seqs + 1, device="cuda") * new,
                 seq_lens=torch.full((num_seqs,), length, device="cuda"), page_table=table,
                 page_size=page_size, scale=D ** -0.5, is_decode=False)
-    ours = lambda: paged_attention(q, k_cache, v_cache, **args)  # noqa: E731
+    ours = lambda n=splits[0]: paged_attention(q, k_cache, v_cache, num_splits=n,  # noqa: E731
+                                               **args)
     qa = q.view(num_seqs, new, hq, D).transpose(1, 2)
     k, v = _gather(k_cache, table, length, page_size), _gather(v_cache, table, length, page_size)
     if prefix:
@@ -120,8 +123,28 @@ def _prefill_row(num_seqs: int, new: int, prefix: int, tp: str) -> str:
     tflop = 4 * D * hq * pairs / 1e12
     floor = tflop / PEAK_TFLOPS * 1e6
     shape = f"{num_seqs} x {new // 1024}K" + (f" over {prefix // 1024}K" if prefix else "")
+    more = "".join(f" {_time_us(lambda n=n: ours(n)):.1f} |" for n in splits[1:])
+    if len(splits) > 1:  # the split count the launcher picks
+        cfg = prefill_config(D, hq // hkv, q.dtype)
+        chosen = prefill_splits(q, (q.shape[0] // cfg["BT"] + num_seqs) * hkv,
+                                table.shape[1] * page_size)
+        more = f" {chosen} |" + more
     return (f"| {shape} | {tp} | {tflop:.2f} | {floor:.1f} | {us:.1f} | {anchor_us} | {ratio} | "
-            f"{tflop / (us * 1e-6):.0f} | {diff} |")
+            f"{tflop / (us * 1e-6):.0f} | {diff} |{more}")
+
+
+def prefill_splits_table() -> None:
+    """The prefill rows with the launcher's key splits (default) and forced split counts."""
+    forced = (1, 2, 4, 8)
+    print("| prefill | heads | TFLOP | floor µs | qnext µs (default splits) | SDPA µs | "
+          "SDPA / qnext | qnext TFLOP/s | rel. diff | default splits | "
+          + " | ".join(f"{n} split{'s' * (n > 1)} µs" for n in forced) + " |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(forced))
+    for tp in HEADS:
+        for num_seqs, new, prefix in ((1, 4096, 0), (4, 1024, 0), (1, 1024, 8192),
+                                      (1, 2048, 32768)):
+            print(_prefill_row(num_seqs, new, prefix, tp, (None,) + forced), flush=True)
+            torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -182,5 +205,7 @@ if __name__ == "__main__":
 
     if "--prefill-sweep" in sys.argv:
         prefill_sweep()
+    elif "--prefill-splits" in sys.argv:
+        prefill_splits_table()
     else:
         main()

@@ -100,6 +100,37 @@ def test_prefill_tile_boundaries(seqs, dtype, tol):
     _check_against_ref(x, tol)
 
 
+@pytest.mark.parametrize("hq,hkv,d", HEADS[1:4])
+@pytest.mark.parametrize("splits", [2, 5])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_prefill_key_splits(hq, hkv, d, splits, dtype, tol):
+    """The prefill kernel with its keys cut in splits (what small grids over long prefixes
+    take), merged: the mixed batch plus a long cached prefix, so that some splits of short
+    tiles see no key (lse -inf) and causal blocks fall in the last splits; poisoned outputs
+    and partial buffers."""
+    x = _batch(MIXED + [(300, 40)], hq, hkv, d, 3, dtype, seed=hq + d + splits)
+    torch.full((1 << 22,), float("nan"), device=DEVICE)  # freed at once: NaN blocks to reuse
+    _check_against_ref(x, tol, is_decode=False, num_splits=splits)
+
+
+def test_prefill_split_count():
+    """Key splits only when the tiles leave SMs idle and the sequences are long: none past two
+    waves of programs or below MIN_SPLIT_KEYS keys, at most 16, else the count whose last wave
+    is fullest."""
+    from qnext.kernels.attention_prefill import MIN_SPLIT_KEYS, prefill_splits
+    from qnext.kernels.launch import num_sms
+
+    q = torch.empty(1, 1, 1, device=DEVICE)
+    sms = num_sms(q.device.index) if q.is_cuda else 4
+    long = 64 * MIN_SPLIT_KEYS
+    assert prefill_splits(q, 2 * sms, long) == 1
+    assert prefill_splits(q, 1, MIN_SPLIT_KEYS - 1) == 1
+    assert prefill_splits(q, 1, 3 * MIN_SPLIT_KEYS) == 3
+    assert prefill_splits(q, 1, long) == min(2 * sms, 16)
+    # sms + 1 programs: 2 splits fill 2 waves and a sliver, 4 fill 4 and a sliver: 4
+    assert prefill_splits(q, sms + 1, long) == 4
+
+
 @pytest.mark.parametrize("hq,hkv,d", HEADS)
 @pytest.mark.parametrize("page_size", [1, 3, 16])
 @pytest.mark.parametrize("splits", [1, 3, None])
@@ -141,12 +172,13 @@ def test_qwen3_next_shapes(hq, hkv, dtype, tol):
         _check_against_ref(x, tol, is_decode=True)
 
 
-@pytest.mark.parametrize("mode,splits", [("prefill", None), ("decode", 1), ("decode", 3)])
+@pytest.mark.parametrize("mode,splits", [("prefill", 1), ("prefill", 3), ("decode", 1),
+                                         ("decode", 3)])
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 def test_output_gate(mode, splits, dtype, tol):
     """gate: attention * sigmoid(gate), the gate a strided view of [q | gate] columns as the
-    layer passes it, applied by whichever kernel writes the output (prefill, the one-split
-    decode, the split reduce)."""
+    layer passes it, applied by whichever kernel writes the output (the one-split prefill and
+    decode, the merge of splits)."""
     from qnext.kernels.attention import paged_attention
 
     seqs = MIXED if mode == "prefill" else [(0, 1), (100, 1), (37, 1)]
