@@ -77,14 +77,14 @@ def gdn_verify(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
                ssm_states: torch.Tensor, state_indices: torch.Tensor,
                intermediate_states: torch.Tensor, parents: torch.Tensor | None = None,
                scale: float | None = None, use_qk_l2norm: bool = True, eps: float = 1e-6,
-               block_v: int = 32) -> torch.Tensor:
+               block_v: int = 64, num_warps: int = 4) -> torch.Tensor:
     """Verify T draft tokens per sequence. q, k [B, T, Hk, dk]; v [B, T, Hv, dv]; a, b
     [B, T, Hv] (raw gate inputs); A_log, dt_bias [Hv] float32; ssm_states [S, Hv, dk, dv] read
     at state_indices [B], never written; intermediate_states [B, T, Hv, dk, dv] (any float
     dtype, may be a strided view) receives step t's state at [:, t]; parents [B, T] int
     (None: chains), parents[b, t] in [-1, t), -1 = the committed state — not checked on the
     device (that would sync; out-of-range values are clamped). Returns o [B, T, Hv, dv] in
-    v.dtype."""
+    v.dtype. block_v, num_warps: value columns a program and its warps (benchmarks)."""
     B, T, HK, DK = q.shape
     HV, DV = v.shape[2], v.shape[3]
     _check(q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, intermediate_states,
@@ -104,7 +104,7 @@ def gdn_verify(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
         inter.stride(3), par.stride(0) if tree else 0, out.stride(0), out.stride(1),
         out.stride(2), DK**-0.5 if scale is None else scale, eps, T=T,
         HV=HV, HK=HK, DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=block_v,
-        L2NORM=use_qk_l2norm, TREE=tree)
+        L2NORM=use_qk_l2norm, TREE=tree, num_warps=num_warps)
     return out
 
 

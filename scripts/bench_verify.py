@@ -11,7 +11,10 @@ only the final state, not the T intermediate ones, so it writes T-1 fewer states
 FLA 0.6.0 hit an illegal memory access on H100, which would poison the CUDA context.)
 Conv1d (bf16, width 4, SiLU): `conv_verify` vs `conv_decode` called T times.
 
-    PYTHONPATH=$PWD:/tmp/anchor python3 scripts/bench_verify.py
+    PYTHONPATH=$PWD:/tmp/anchor python3 scripts/bench_verify.py [--sweep]
+
+--sweep: instead, the delta-rule verify's tile settings (value columns a program, warps),
+graph-timed with L2 flushed, against the floor.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from qnext.kernels.conv_decode import conv_decode
 from qnext.kernels.conv_verify import conv_verify
 from qnext.kernels.gdn_decode import gdn_decode
 from qnext.kernels.gdn_verify import gdn_verify
-from bench_common import copy_gbps, rel_diff
+from bench_common import copy_gbps, graph_us, rel_diff
 
 T = 4
 D = 128
@@ -132,5 +135,37 @@ def main() -> None:
             print(conv_row(B, C))
 
 
+def sweep() -> None:
+    """The delta-rule verify alone over its tile (value columns a program, warps), replayed
+    from a graph with L2 flushed before each replay (`bench_common.graph_us`), against the
+    floor; each setting's relative difference from the default's outputs and states is
+    printed when not 0."""
+    gbps = copy_gbps()
+    knobs = [(32, 2), (32, 4), (64, 4), (64, 8), (128, 8)]
+    print(f"{torch.cuda.get_device_name()}; copy {gbps:.0f} GB/s; graph µs (share of floor)\n")
+    print("| B | Hv:Hk | floor µs | " + " | ".join(f"bv {bv}, {w} warps" for bv, w in knobs)
+          + " |")
+    print("|---|---|---|" + "---|" * len(knobs))
+    for hv in (32, 8):
+        for B in (16, 64, 256):
+            x, pool, slots = _gdn_case(B, hv)
+            floor = (1 + T) * B * hv * D * D * 4 / (gbps * 1e9) * 1e6
+            inter = torch.empty(B, T, hv, D, D, device="cuda")
+            want = gdn_verify(**x, ssm_states=pool, state_indices=slots,
+                              intermediate_states=inter), inter.clone()
+            cells = []
+            for bv, w in knobs:
+                def run(bv=bv, w=w):
+                    return gdn_verify(**x, ssm_states=pool, state_indices=slots,
+                                      intermediate_states=inter, block_v=bv, num_warps=w)
+                diff = max(rel_diff(run(), want[0]), rel_diff(inter, want[1]))
+                us = graph_us(run)
+                cells.append(f"{us:.1f} ({floor / us:.0%})" + (f", {diff:.0e}" if diff else ""))
+            print(f"| {B} | {hv}:{hv // 2} | {floor:.1f} | " + " | ".join(cells) + " |",
+                  flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sweep() if "--sweep" in sys.argv else main()

@@ -43,6 +43,7 @@ steps=(
   "attention|300|$site|scripts/bench_attention.py"
   "attention_sweep|300|$site|scripts/bench_attention.py --prefill-sweep"
   "attention_splits|240|$site|scripts/bench_attention.py --prefill-splits"
+  "verify_sweep|180|$site|scripts/bench_verify.py --sweep"
   "spec|150|$site|scripts/bench_spec.py --device cuda --repeats 3"
   "spec_normal|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-overlap-schedule"
   "spec_eager|150|$site|scripts/bench_spec.py --device cuda --repeats 3 --disable-cuda-graph"
