@@ -2,8 +2,8 @@
 
 It picks the decode kernel (`attention_decode.py`, split-K over the context) when every
 sequence has exactly one new token, the varlen prefill kernel (`attention_prefill.py`,
-causal with a cached prefix, split over the keys when its grid is small) otherwise; the prefill kernel is correct for any batch, decode
-rows included.
+causal with a cached prefix, split over the keys when its grid is small) otherwise; the
+prefill kernel is correct for any batch, decode rows included.
 
 Reference: `paged_attention_ref` (kernels/attention_ref.py), same contract. Float32
 accumulation; float32 operands use IEEE products (no TF32).

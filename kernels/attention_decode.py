@@ -6,8 +6,8 @@ page table is read once for the whole GQA group. A sequence's context is cut int
 equal, block-aligned ranges (flash-decoding); with one split the program writes the output,
 otherwise it writes a normalised partial output and its log-sum-exp (base 2) — splits past the
 context write nothing — and `attention_tile.merge_splits` merges the splits of each (sequence,
-query head) that hold keys (CUDA graphs fix the split count for the longest context; a short one leaves
-most splits empty).
+query head) that hold keys (CUDA graphs fix the split count for the longest context; a short
+one leaves most splits empty).
 
 Reference: `paged_attention_ref` (kernels/attention_ref.py) with one query per sequence;
 float32 accumulation. Legend: B = sequences (= new tokens), G = Hq / Hkv, D = head dim

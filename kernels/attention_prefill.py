@@ -158,6 +158,8 @@ def prefill_splits(q: torch.Tensor, programs: int, max_keys: int) -> int:
         return 1
     return min(range(least, min(2 * least, cap) + 1),
                key=lambda s: -(-programs * s // sms) / s)
+
+
 def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
             cu_seqlens: torch.Tensor, seq_lens: torch.Tensor, page_table: torch.Tensor,
             page_size: int, scale: float, gate: torch.Tensor | None = None,
