@@ -167,6 +167,7 @@ def moe_cases():
 
     dt, E, H = torch.bfloat16, 512, 2048
     x = torch.randn(1, H, dtype=dt)
+    takes_pdl = moe_router.pdl
     for I in (128, 512):
         w13, w2 = torch.randn(E + 1, 2 * I, H, dtype=dt), torch.randn(E + 1, H, I, dtype=dt)
         for use_pdl in (False, True):
@@ -175,6 +176,7 @@ def moe_cases():
             moe_router.route_hidden(x, torch.randn(528, H, dtype=dt), E + 1, 10, True, True)
             expert_rows_gemv(x, w13, w2, torch.rand(1, 11), torch.randint(0, E, (1, 11)),
                              torch.empty(11, H, dtype=dt), use_pdl=use_pdl)
+    moe_router.pdl = takes_pdl
 
 
 CASES = {"gdn_prefill": gdn_prefill_cases, "conv_prefill": conv_prefill_cases,
