@@ -145,11 +145,12 @@ def prefill_config(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, i
 
 def prefill_splits(q: torch.Tensor, programs: int, max_keys: int) -> int:
     """Key splits for a launch of `programs` (tile, KV head) programs, host-side only
-    (`max_keys`: a bound of the longest sequence). At least enough for two waves over the SMs
+    (`max_keys`: a bound of the longest sequence — the page table's width in keys, which the
+    engine sizes to the batch's longest). At least enough for two waves over the SMs
     (the causal tiles' keys differ, so one program a tile leaves SMs idle behind the longest),
     at most one split per `MIN_SPLIT_KEYS` keys of max_keys and 16; from there up to twice
     that, the count whose last wave is fullest (fewest waves per split's share of the work).
-    On an H200 (docs/perf/attention.md) this picks 2–4 splits for 1–2K new tokens over 8–32K
+    On an H200 (docs/perf/attention.md) this picks 2–6 splits for 1–2K new tokens over 8–32K
     cached ones and 4K fresh ones at TP4, none for fresh 1K prompts or TP1's 4K."""
     sms = num_sms(q.device.index) if q.is_cuda else 4
     cap = max(1, min(max_keys // MIN_SPLIT_KEYS, 16))
