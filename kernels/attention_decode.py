@@ -26,7 +26,7 @@ import triton.language as tl
 from qnext.kernels.attention_tile import (
     NO_MAX,
     apply_gate,
-    gate_strides,
+    gate_args,
     kv_rows,
     load_rows,
     merge_splits,
@@ -111,7 +111,7 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: t
     common = dict(G=HQ // HKV, HP=pow2(HQ // HKV, 16), D=D, DP=DP, **decode_config(D, q.dtype))
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1))
     qk_scale = scale * math.log2(math.e)
-    gating = (out if gate is None else gate, *gate_strides(gate))
+    gating = gate_args(gate, out)
     if splits == 1:  # the one writer of out applies the gate
         _decode_kernel[(B, HKV, 1)](
             q, k_cache, v_cache, out, out, gating[0], seq_lens, page_table, *strides,

@@ -32,7 +32,7 @@ import triton.language as tl
 from qnext.kernels.attention_tile import (
     NO_MAX,
     apply_gate,
-    gate_strides,
+    gate_args,
     kv_rows,
     load_rows,
     merge_splits,
@@ -97,8 +97,9 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, gate_ptr, cu_ptr, seq
     hi = prefix + tl.minimum(m0 + BT, n_new)  # one past the tile's last query position
     lo = hi * 0
     if PARTIAL:  # this split's block-aligned share of the keys [0, hi)
-        lo = i_s * split_keys(hi, tl.num_programs(2), BN)
-        hi = tl.minimum(lo + split_keys(hi, tl.num_programs(2), BN), hi)
+        chunk = split_keys(hi, tl.num_programs(2), BN)
+        lo = i_s * chunk
+        hi = tl.minimum(lo + chunk, hi)
     full_end = (prefix + m0) // BN * BN  # keys below every query of the tile
     visible = tl.minimum(full_end, hi)
     for n in range(lo, visible, BN):
@@ -112,7 +113,9 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, gate_ptr, cu_ptr, seq
         rows = kv_rows(pt_row, pos, pos < hi, P)
         k = load_rows(k_head, rows, s_kn, offs_d, D, DP)
         v = load_rows(v_head, rows, s_kn, offs_d, D, DP)
-        causal = (pos[None, :] <= q_pos[:, None]) & (pos < hi)[None, :]
+        causal = pos[None, :] <= q_pos[:, None]
+        if PARTIAL:  # a split may end before the tile's last query (whole tile: implied)
+            causal = causal & (pos < hi)[None, :]
         acc, m_i, l_i = softmax_step(q, k, v, acc, m_i, l_i, causal, qk_scale, True)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -177,8 +180,7 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: 
     common = (cu_seqlens, seq_lens, page_table, B, B.bit_length(), q.stride(0), q.stride(1),
               k_cache.stride(0), k_cache.stride(1))
     meta = dict(G=HQ // HKV, GP=pow2(HQ // HKV), D=D, DP=DP, **cfg)
-    qk_scale, gating = scale * math.log2(math.e), (out if gate is None else gate,
-                                                  *gate_strides(gate))
+    qk_scale, gating = scale * math.log2(math.e), gate_args(gate, out)
     if splits == 1:
         _prefill_kernel[(tiles, HKV, 1)](
             q, k_cache, v_cache, out, out, gating[0], *common, out.stride(0), out.stride(1), 0,

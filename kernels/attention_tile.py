@@ -105,14 +105,16 @@ def merge_splits(part, lse, out, gate, seq_lens, block_n: int, every: bool = Fal
     part [R, Hq, S, DP] and base-2 log-sum-exps lse [R, Hq, S] (float32). every: all S splits
     wrote (prefill); else row r's used splits follow from seq_lens[r] and block_n (decode)."""
     R, HQ, S, DP = part.shape
-    _merge_kernel[(R, HQ)](part, lse, out, out if gate is None else gate, seq_lens, S,
-                           out.stride(0), out.stride(1), *gate_strides(gate), D=out.shape[2],
-                           DP=DP, SP=pow2(S), BN=block_n, GATED=gate is not None, EVERY=every)
+    gating = gate_args(gate, out)
+    _merge_kernel[(R, HQ)](part, lse, out, gating[0], seq_lens, S, out.stride(0),
+                           out.stride(1), *gating[1:], D=out.shape[2], DP=DP, SP=pow2(S),
+                           BN=block_n, GATED=gate is not None, EVERY=every)
 
 
-def gate_strides(gate) -> tuple[int, int]:
-    """(token, head) strides of a [T, Hq, D] gate, (0, 0) without one."""
-    return (0, 0) if gate is None else (gate.stride(0), gate.stride(1))
+def gate_args(gate, out) -> tuple:
+    """(pointer, token stride, head stride) of a [T, Hq, D] gate for a kernel's gate
+    arguments; without one, `out` stands in for the pointer (never read) and the strides are 0."""
+    return (out, 0, 0) if gate is None else (gate, gate.stride(0), gate.stride(1))
 
 
 def pow2(n: int, floor: int = 1) -> int:
