@@ -122,12 +122,12 @@ def _route_kernel(logits_ptr, w_ptr, ids_ptr, s_t, E, K: tl.constexpr, BLOCK_E: 
                 BLOCK_E, BLOCK_K, RENORM, SHARED, BF16)
 
 
-def route_meta(top_k: int, num_experts: int, shared: bool, bf16: bool) -> dict:
-    """The compile-time arguments of `route_token` (and the launch's warps); `bf16`: the
-    logits are exact in bfloat16 (half-width sort keys)."""
+def route_meta(top_k: int, num_experts: int, shared: bool, logit_dtype: torch.dtype) -> dict:
+    """The compile-time arguments of `route_token` (and the launch's warps); `logit_dtype`:
+    the dtype the logits are exact in — bfloat16 ones take half-width sort keys."""
     block_e = triton.next_power_of_2(num_experts)
     return dict(K=top_k, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(top_k + shared),
-                SHARED=shared, BF16=bf16 and block_e <= 1 << 16,
+                SHARED=shared, BF16=logit_dtype == torch.bfloat16 and block_e <= 1 << 16,
                 num_warps=4 if block_e >= 512 else 1)
 
 
@@ -142,7 +142,7 @@ def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool,
         return weights, ids
     _route_kernel[(T,)](router_logits, weights, ids, router_logits.stride(0), E,
                         RENORM=renormalize,
-                        **route_meta(top_k, E, shared, router_logits.dtype == torch.bfloat16))
+                        **route_meta(top_k, E, shared, router_logits.dtype))
     return weights, ids
 
 

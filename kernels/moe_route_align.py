@@ -62,10 +62,11 @@ def moe_route_align(router_logits: torch.Tensor, top_k: int, renormalize: bool, 
                          "assignments of the one-program layout (use moe_route, moe_align)")
     if block_m < 16 or block_m & (block_m - 1):
         raise ValueError(f"block_m={block_m} must be a power of 2, >= 16")
-    n, bf16 = ids.numel(), router_logits.dtype == torch.bfloat16
+    n = ids.numel()
     aligned = align_outputs(n, E + shared, block_m, ids.device)
     rows, num_blocks = aligned[0].shape[0], aligned[1].shape[0]
-    route, align = route_meta(top_k, E, shared, bf16), small_align_meta(n, num_blocks, block_m)
+    route = route_meta(top_k, E, shared, router_logits.dtype)
+    align = small_align_meta(n, num_blocks, block_m)
     warps = max(route.pop("num_warps"), align.pop("num_warps"))
     count = arrival_counters(ids.device, 1)
     _route_align_kernel[(T,)](router_logits, weights, ids, *aligned, count, T,

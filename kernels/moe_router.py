@@ -87,7 +87,7 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     check_device("route_hidden", x, weight)
     logits = torch.empty(T, num_logits, dtype=torch.float32, device=x.device)  # scratch
     weights, ids = route_outputs(logits, top_k, shared, "route_hidden")
-    meta = route_meta(top_k, num_logits - shared, shared, x.dtype == torch.bfloat16)
+    meta = route_meta(top_k, num_logits - shared, shared, x.dtype)  # rounded to x's dtype
     meta["num_warps"] = num_warps or meta["num_warps"]
     rn, rk = tiles
     _router_kernel[(T, triton.cdiv(num_logits, rn))](
