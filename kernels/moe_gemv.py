@@ -35,39 +35,35 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from qnext.kernels.launch import pdl
 
 # NOTE: tiles sized for bytes in flight, not for a pipeline (these loops may not be software
-# pipelined): every program holds one 16 KB (gate/up: 2 rows each of gate and up x 2048, all
-# of H = 2048 in one load) or 8 KB (down: 32 x 128) tile load at a time, and small tiles make
-# many programs (704 each at one token, TP 4), all resident at once. bench_moe.py's tile sweep
-# on an H200 (2026-11-28, docs/perf/moe.md) picked (2, 2048) over (4, 1024): 20.4 vs 21.4 µs
-# at T = 1 TP 4, 142.6 vs 162.3 µs at T = 8 TP 1, the best of six at every measured size.
-BN1, BK1 = 2, 2048  # gate/up: output rows (of gate and of up) x reduction slice a program
-BN2, BK2 = 32, 128  # down
+# pipelined): every program holds one 32 KB (gate/up: 4 rows each of gate and up x 2048, all
+# of H = 2048 in one load) or 16 KB (down: 64 x 128) tile load at a time: 352 programs each at
+# one token, TP 4, so that at two tokens GEMM 1's fit on the GPU in one wave next to the router
+# (with (2, 2048, 32, 128), 1408 GEMM-1 programs at two tokens ran in two waves). Measured as
+# the model runs them (8 layers in a graph, PDL; `bench_moe_layers.py --sweep`, one H200,
+# 2026-11-28, docs/perf/moe.md): 17.1 vs 19.4 µs a layer at T = 2 TP 4, 13.5 vs 13.6 at T = 1,
+# 25.4 vs 26.8 at T = 4, 123.0 vs 126.0 at T = 8 TP 1; no other variant better by > 0.6 µs.
+BN1, BK1 = 4, 2048  # gate/up: output rows (of gate and of up) x reduction slice a program
+BN2, BK2 = 64, 128  # down
 MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert)
 
 
 @triton.jit
-def _tile(ids_ptr, w_ptr, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
-    """This program's assignment a, its expert e, its BN output rows (and which are < N), the
-    BK reduction lanes, and pointers to w[e, rows, :BK]. ids are read past L1 (".cg"): under
+def tile(ids_ptr, w_ptr, a, nb, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
+    """Assignment a's expert e, output slice nb's BN rows (and which are < N), the BK
+    reduction lanes, and pointers to w[e, rows, :BK]. ids are read past L1 (".cg"): under
     PDL the down kernel reads them before its wait (see `_gemv_down_kernel`)."""
-    a = tl.program_id(0).to(tl.int64)
     e = tl.load(ids_ptr + a, cache_modifier=".cg")
-    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    offs_n = nb * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
     w_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
-    return a, e, offs_n, offs_n < N, offs_k, w_ptrs
+    return e, offs_n, offs_n < N, offs_k, w_ptrs
 
 
 @triton.jit
-def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
-                         H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
-                         BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()  # the routing's ids and weights
-        gdc_launch_dependents()  # only now: the down kernel reads ids before its own wait
-    a, e, offs_n, n_ok, offs_k, g_ptrs = _tile(ids_ptr, w_ptr, s_we, s_wn, I, BN, BK)
-    if (e < 0) | (e >= E):
-        return
+def gate_up_rows(x_ptr, inter_ptr, a, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H: tl.constexpr,
+                 I: tl.constexpr, TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """inter[a, offs_n] = SwiGLU of the gate rows at g_ptrs (and the up rows I below) against
+    x[a // TOPK]."""
     x_ptrs = x_ptr + (a // TOPK) * s_xt + offs_k
     u_ptrs = g_ptrs + I * s_wn
     gate = tl.zeros([BN, BK], tl.float32)
@@ -87,18 +83,17 @@ def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
 
 
 @triton.jit
-def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw, E,
-                      H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
-                      BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
-    a, e, offs_n, n_ok, offs_k, w_ptrs = _tile(ids_ptr, w_ptr, s_we, s_wn, H, BN, BK)
-    live = (e >= 0) & (e < E)
-    # the weights of the first slice come before the wait: under PDL they stream while GEMM 1
-    # still runs; every later step loads the next slice before using the current one
-    w = tl.load(w_ptrs, mask=live & n_ok[:, None] & (offs_k < I)[None, :], other=0.0)
-    if PDL:
-        gdc_wait()  # GEMM 1's intermediate; no program may finish before it (stream order)
-    if live == 0:
-        return
+def down_first(w_ptrs, live, n_ok, offs_k, I: tl.constexpr):
+    """The down rows' first weight slice (loaded before the wait for the intermediate)."""
+    return tl.load(w_ptrs, mask=live & n_ok[:, None] & (offs_k < I)[None, :], other=0.0)
+
+
+@triton.jit
+def down_rows(inter_ptr, tw_ptr, y_ptr, a, w, w_ptrs, offs_n, n_ok, offs_k, s_tw,
+              H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr, BN: tl.constexpr,
+              BK: tl.constexpr):
+    """y[a, offs_n] = the down rows (first slice w, at w_ptrs) against inter[a], scaled by the
+    routing weight; every step loads the next slice before it uses the current one."""
     v_ptrs = inter_ptr + a * I + offs_k
     acc = tl.zeros([BN], tl.float32)
     for k0 in range(0, I, BK):
@@ -109,6 +104,41 @@ def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw
         w = tl.load(w_ptrs, mask=n_ok[:, None] & (offs_k < I - k0 - BK)[None, :], other=0.0)
     tw = tl.load(tw_ptr + (a // TOPK) * s_tw + a % TOPK).to(tl.float32)
     tl.store(y_ptr + a * H + offs_n, (acc * tw).to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
+                         H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
+                         BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()  # the routing's ids and weights
+        gdc_launch_dependents()  # only now: the down kernel reads ids before its own wait
+    a = tl.program_id(0).to(tl.int64)
+    e, offs_n, n_ok, offs_k, g_ptrs = tile(ids_ptr, w_ptr, a, tl.program_id(1), s_we, s_wn, I,
+                                           BN, BK)
+    if (e < 0) | (e >= E):
+        return
+    gate_up_rows(x_ptr, inter_ptr, a, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H, I, TOPK, BN,
+                 BK)
+
+
+@triton.jit
+def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw, E,
+                      H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
+                      BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+    a = tl.program_id(0).to(tl.int64)
+    e, offs_n, n_ok, offs_k, w_ptrs = tile(ids_ptr, w_ptr, a, tl.program_id(1), s_we, s_wn, H,
+                                           BN, BK)
+    live = (e >= 0) & (e < E)
+    # the weights of the first slice come before the wait: under PDL they stream while GEMM 1
+    # still runs
+    w = down_first(w_ptrs, live, n_ok, offs_k, I)
+    if PDL:
+        gdc_wait()  # GEMM 1's intermediate; no program may finish before it (stream order)
+    if live == 0:
+        return
+    down_rows(inter_ptr, tw_ptr, y_ptr, a, w, w_ptrs, offs_n, n_ok, offs_k, s_tw, H, I, TOPK,
+              BN, BK)
 
 
 def takes(num_assignments: int) -> bool:

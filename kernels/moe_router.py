@@ -35,14 +35,11 @@ BK = 1024  # hidden columns a step (bench_moe.py's router table, one H200, 2026-
 
 
 @triton.jit
-def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s_wr, s_lt, R, E,
-                   H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
-                   BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
-                   SHARED: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # the experts' GEMM 1 may launch now (it waits for this grid before it reads)
-        gdc_launch_dependents()
-    t = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * RN + tl.arange(0, RN)
+def router_rows(x_ptr, wr_ptr, logits_ptr, t, rb, s_xt, s_wr, s_lt, R, H: tl.constexpr,
+                RN: tl.constexpr, RK: tl.constexpr):
+    """Router rows rb·RN ... rb·RN + RN - 1 against x[t]: products summed in float32, rounded
+    to x.dtype as the GEMM's output would be, stored to logits[t] as float32."""
+    rows = rb * RN + tl.arange(0, RN)
     cols = tl.arange(0, RK)
     w_ptrs = wr_ptr + rows[:, None].to(tl.int64) * s_wr + cols[None, :]
     row_ok = rows[:, None] < R
@@ -56,6 +53,17 @@ def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s
         w = tl.load(w_ptrs, mask=row_ok & (cols < H - k0 - RK)[None, :], other=0.0)
     logit = tl.sum(acc, axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
     tl.store(logits_ptr + t * s_lt + rows, logit, mask=rows < R)
+
+
+@triton.jit
+def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s_wr, s_lt, R, E,
+                   H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
+                   SHARED: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # the experts' GEMM 1 may launch now (it waits for this grid before it reads)
+        gdc_launch_dependents()
+    t = tl.program_id(0).to(tl.int64)
+    router_rows(x_ptr, wr_ptr, logits_ptr, t, tl.program_id(1), s_xt, s_wr, s_lt, R, H, RN, RK)
     if last_to_arrive(count_ptr + t, tl.num_programs(1)):
         route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED,
                     BF16)
