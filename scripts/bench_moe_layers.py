@@ -19,10 +19,13 @@ next all-reduce + norm, so it is not timed here.
 Before timing, every variant's outputs (eager and graph-replayed) must equal the no-PDL
 launches' bit for bit.
 
-    python scripts/bench_moe_layers.py [--layers N] [--profile]
+    python scripts/bench_moe_layers.py [--layers N] [--profile | --sweep]
 
 --profile: instead, the kernels of the N-layer graph at TP4, one token, with and without PDL,
 from torch.profiler over 20 replays (device time a kernel, and the graph's span).
+--sweep: instead, N layers / N with PDL for each of `TILES` (the GEMVs' (BN1, BK1, BN2, BK2);
+the data behind moe_gemv's default), at TP4 T = 1, 2, 3, 4, 11 and TP1 T = 1, 2, 8; a "*"
+marks outputs not bit-equal to the first variant's.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from bench_common import copy_gbps, graph_us
 
 H, E, TOPK, ROUTER_ROWS = 2048, 512, 10, 528
 VARIANTS = {"no PDL": False, "PDL": True}  # the two GEMVs' launches
+TILES = [(4, 2048, 64, 128), (2, 2048, 32, 128), (4, 2048, 128, 128), (8, 2048, 64, 128),
+         (4, 1024, 64, 128), (2, 2048, 128, 128)]
 
 
 def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
@@ -51,12 +56,13 @@ def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
             for _ in range(n)]
 
 
-def _step(layers: list[tuple], gemv_pdl: bool) -> list[torch.Tensor]:
+def _step(layers: list[tuple], gemv_pdl: bool, tiles: tuple | None = None) -> list[torch.Tensor]:
     out = []
     for x, router, w13, w2 in layers:
         tw, ids = route_hidden(x, router, E + 1, TOPK, True, True)
         y = torch.empty(ids.numel(), H, dtype=x.dtype, device="cuda")
-        expert_rows_gemv(x, w13, w2, tw, ids, y, use_pdl=gemv_pdl)
+        kw = {"tiles": tiles} if tiles else {}
+        expert_rows_gemv(x, w13, w2, tw, ids, y, use_pdl=gemv_pdl, **kw)
         out.append(y)
     return out
 
@@ -125,6 +131,23 @@ def _spans(prof, n: int) -> None:
           f"{busy / n:.2f} µs ({per} kernels a replay)")
 
 
+def sweep(n: int, bw: float) -> None:
+    print("| TP | T | floor µs | " + " | ".join(f"{t} µs" for t in TILES) + " |")
+    print("|---|---|---|" + "---|" * len(TILES))
+    for tp, I, sizes in ((4, 128, (1, 2, 3, 4, 11)), (1, 512, (1, 2, 8))):
+        for T in sizes:
+            layers = _layers(n, I, T, seed=T)
+            want = _step(layers, True, TILES[0])
+            cells = []
+            for t in TILES:
+                same = all(torch.equal(g, w) for g, w in zip(_step(layers, True, t), want))
+                us = graph_us(lambda t=t: _step(layers, True, t)) / n
+                cells.append(f"{us:.1f}" + ("" if same else "*"))
+            print(f"| {tp} | {T} | {_floor_us(layers, I, bw):.1f} | " + " | ".join(cells)
+                  + " |", flush=True)
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     n = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 8
     if "--profile" in sys.argv:
@@ -132,12 +155,14 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {n} layers a graph")
     bw = 1e9 * copy_gbps()
     print(f"HBM bandwidth (1 GiB device-to-device copy): {bw / 1e12:.2f} TB/s\n")
+    if "--sweep" in sys.argv:
+        return sweep(n, bw)
     names = list(VARIANTS)
     print("| TP | T | floor µs | " + " | ".join(f"1 layer, {v} µs" for v in names) + " | "
           + " | ".join(f"{n} layers / {n}, {v} µs" for v in names) + " | best / floor |")
     print("|---|---|---|" + "---|" * (2 * len(names) + 1))
     for tp, I in ((4, 128), (1, 512)):
-        for T in (1, 2, 4, 8, 11):
+        for T in (1, 2, 3, 4, 8, 11):
             print(f"| {tp} | {T} | {_row(n, I, T, bw)} |", flush=True)
             torch.cuda.empty_cache()
 
