@@ -40,8 +40,8 @@ from qnext.kernels.launch import pdl
 # one token, TP 4, so that at two tokens GEMM 1's fit on the GPU in one wave next to the router
 # (with (2, 2048, 32, 128), 1408 GEMM-1 programs at two tokens ran in two waves). Measured as
 # the model runs them (8 layers in a graph, PDL; `bench_moe_layers.py --sweep`, one H200,
-# 2026-11-28, docs/perf/moe.md): 17.1 vs 19.4 µs a layer at T = 2 TP 4, 13.5 vs 13.6 at T = 1,
-# 25.4 vs 26.8 at T = 4, 123.0 vs 126.0 at T = 8 TP 1; no other variant better by > 0.6 µs.
+# 2026-11-28, docs/perf/moe.md): 17.0 vs 19.4 µs a layer at T = 2 TP 4, 13.1 vs 13.6 at T = 1,
+# 25.3 vs 26.8 at T = 4, 122.8 vs 125.8 at T = 8 TP 1; no other variant better by > 0.9 µs.
 BN1, BK1 = 4, 2048  # gate/up: output rows (of gate and of up) x reduction slice a program
 BN2, BK2 = 64, 128  # down
 MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert)
