@@ -146,6 +146,12 @@ def prefill_config(head_dim: int, group: int, dtype: torch.dtype) -> dict[str, i
     return dict(BT=max(rows // gp, 1), BN=bn, num_warps=warps, num_stages=stages)
 
 
+def tile_count(num_tokens: int, num_seqs: int, cfg: dict) -> int:
+    """Tile slots a launch holds per KV head (`cfg`: `prefill_config`): T // BT + B (the
+    module's docstring says why that always suffices)."""
+    return num_tokens // cfg["BT"] + num_seqs
+
+
 def prefill_splits(q: torch.Tensor, programs: int, max_keys: int) -> int:
     """Key splits for a launch of `programs` (tile, KV head) programs, host-side only
     (`max_keys`: a bound of the longest sequence — the page table's width in keys, which the
@@ -174,7 +180,7 @@ def prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: 
     T, HQ, D = q.shape
     B, HKV, DP = seq_lens.shape[0], k_cache.shape[1], pow2(D, 16)
     cfg = prefill_config(D, HQ // HKV, q.dtype)
-    tiles = T // cfg["BT"] + B
+    tiles = tile_count(T, B, cfg)
     if splits is None:
         splits = prefill_splits(q, tiles * HKV, page_table.shape[1] * page_size)
     common = (cu_seqlens, seq_lens, page_table, B, B.bit_length(), q.stride(0), q.stride(1),

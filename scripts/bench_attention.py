@@ -32,7 +32,7 @@ import triton.testing
 from torch.nn.attention.bias import causal_lower_right
 
 from qnext.kernels.attention import paged_attention
-from qnext.kernels.attention_prefill import prefill_config, prefill_splits
+from qnext.kernels.attention_prefill import prefill_config, prefill_splits, tile_count
 from bench_common import copy_gbps, rel_diff
 
 D = 256
@@ -126,7 +126,7 @@ def _prefill_row(num_seqs: int, new: int, prefix: int, tp: str, splits=(None,)) 
     more = "".join(f" {_time_us(lambda n=n: ours(n)):.1f} |" for n in splits[1:])
     if len(splits) > 1:  # the split count the launcher picks
         cfg = prefill_config(D, hq // hkv, q.dtype)
-        chosen = prefill_splits(q, (q.shape[0] // cfg["BT"] + num_seqs) * hkv,
+        chosen = prefill_splits(q, tile_count(q.shape[0], num_seqs, cfg) * hkv,
                                 table.shape[1] * page_size)
         more = f" {chosen} |" + more
     return (f"| {shape} | {tp} | {tflop:.2f} | {floor:.1f} | {us:.1f} | {anchor_us} | {ratio} | "
