@@ -18,7 +18,9 @@ second): the path is for decode batches (`takes`), where experts rarely repeat.
 Programmatic dependent launch (`launch.pdl`, sm_90+): each launch may start while the one before
 it drains. GEMM 1 waits (`gdc_wait`) before it reads the routing, then lets the down kernel
 launch; the down kernel loads its expert's first weight slice before its own wait, so on a
-decode step its weights stream while GEMM 1 finishes, and the launch gaps overlap work. Every
+decode step its weights stream while GEMM 1 finishes, and the launch gaps overlap work; then it
+lets the launch after it start (the next layer's router kernel, which loads its own weights
+before it waits for this grid; any launch without PDL still waits for completion). Every
 program reaches its wait before it may return, so neither launch completes before the one it
 depends on (the stream order the launches after them rely on).
 
@@ -134,6 +136,7 @@ def _gemv_down_kernel(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, s_we, s_wn, s_tw
     # still runs
     w = down_first(w_ptrs, live, n_ok, offs_k, I)
     if PDL:
+        gdc_launch_dependents()  # the next layer's router: loads its weights, waits for us
         gdc_wait()  # GEMM 1's intermediate; no program may finish before it (stream order)
     if live == 0:
         return

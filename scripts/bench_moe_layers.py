@@ -5,9 +5,9 @@ Each layer is Qwen3-Next-80B-A3B's at one rank of TP4 (I = 128) or TP1 (I = 512)
 512 routed experts + the shared one fused as expert 512 (top-10 + 1), its own weights, router
 and input rows, so no layer finds another's weights in L2. A layer is three launches: the
 router kernel (router GEMV + routing, `moe_router.route_hidden`) and the two per-assignment
-GEMVs (`moe_gemv.expert_rows_gemv`, with or without PDL; the router kernel lets the first GEMV
-launch as it starts whenever the GPU takes PDL); the model folds the per-token combine into the
-next all-reduce + norm, so it is not timed here.
+GEMVs (`moe_gemv.expert_rows_gemv`), all three with or without PDL (with it the router loads
+its weights before it waits for the layer before, and lets the first GEMV launch as it starts);
+the model folds the per-token combine into the next all-reduce + norm, so it is not timed here.
 
 - **Floor** (per layer) = (router rows + distinct experts touched × 3·I) · H · 2 B over the
   bandwidth of a 1 GiB device-to-device copy measured in the same run.
@@ -23,10 +23,10 @@ launches' bit for bit.
 
 --profile: instead, the kernels of the N-layer graph at TP4, one token, with and without PDL,
 from torch.profiler over 20 replays (device time a kernel, and the graph's span).
---sweep: instead, N layers / N with PDL for each of `TILES` (the GEMVs' (BN1, BK1, BN2, BK2);
-the data behind moe_gemv's default), at TP4 T = 1, 2, 3, 4, 11 and TP1 T = 1, 2, 8, the better
-of two passes (in and against the list's order); a "*" marks outputs not bit-equal to the
-first variant's.
+--sweep: instead, N layers / N with PDL for each of `TILES` (the GEMVs' (BN1, BK1, BN2, BK2),
+the router's (rows, columns) and warps; the data behind moe_gemv's and moe_router's defaults), at
+TP4 T = 1, 2, 3, 4, 11 and TP1 T = 1, 2, 8, the better of two passes (in and against the
+list's order); a "*" marks outputs not bit-equal to the first variant's.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ from qnext.kernels.moe_router import route_hidden
 from bench_common import copy_gbps, graph_us
 
 H, E, TOPK, ROUTER_ROWS = 2048, 512, 10, 528
-VARIANTS = {"no PDL": False, "PDL": True}  # the two GEMVs' launches
-TILES = [(4, 2048, 64, 128), (2, 2048, 32, 128), (4, 2048, 128, 128), (8, 2048, 64, 128),
-         (4, 1024, 64, 128), (2, 2048, 128, 128)]
+VARIANTS = {"no PDL": False, "PDL": True}  # the three launches
+# (GEMV tiles (BN1, BK1, BN2, BK2), router tiles (rows, columns a step), router warps); the
+# first: the defaults
+TILES = [((4, 2048, 64, 128), (4, 1024), 4), ((4, 2048, 64, 128), (4, 1024), 8),
+         ((4, 2048, 64, 128), (8, 1024), 8), ((4, 2048, 64, 128), (2, 1024), 4),
+         ((4, 2048, 128, 128), (4, 1024), 4), ((8, 2048, 64, 128), (4, 1024), 4)]
 
 
 def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
@@ -57,13 +60,13 @@ def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
             for _ in range(n)]
 
 
-def _step(layers: list[tuple], gemv_pdl: bool, tiles: tuple | None = None) -> list[torch.Tensor]:
+def _step(layers: list[tuple], use_pdl: bool, tiles: tuple = TILES[0]) -> list[torch.Tensor]:
     out = []
     for x, router, w13, w2 in layers:
-        tw, ids = route_hidden(x, router, E + 1, TOPK, True, True)
+        tw, ids = route_hidden(x, router, E + 1, TOPK, True, True, num_warps=tiles[2],
+                               tiles=tiles[1], use_pdl=use_pdl)
         y = torch.empty(ids.numel(), H, dtype=x.dtype, device="cuda")
-        kw = {"tiles": tiles} if tiles else {}
-        expert_rows_gemv(x, w13, w2, tw, ids, y, use_pdl=gemv_pdl, **kw)
+        expert_rows_gemv(x, w13, w2, tw, ids, y, tiles=tiles[0], use_pdl=use_pdl)
         out.append(y)
     return out
 

@@ -3,12 +3,13 @@ model runs it (TP4 shapes, 8 layers in a CUDA graph, PDL), from `%globaltimer` s
 
 The three launches of a layer (kernels/moe_router.py, kernels/moe_gemv.py) are run from copies
 that stamp each program's start, its waits and its end around the real kernels' helpers
-(`router_rows`, `route_token`, `tile`, `gate_up_rows`, `down_first`, `down_rows`). Before
-timing, the copies' outputs must equal the real launches' bit for bit. Prints, per T, the
-median over 30 L2-flushed replays and the middle 6 layers of µs from the layer's first router
-program start: when the router's GEMV is done, its arrival atomics, the routing; when GEMM 1's
-programs start, pass `gdc_wait`, end; the same for down; and when the next layer's router
-starts. The timer ticks in steps of ≈ 0.26 µs on an H200.
+(`router_weights`, `router_rows`, `route_token`, `tile`, `gate_up_rows`, `down_first`,
+`down_rows`). Before timing, the copies' outputs must equal the real launches' bit for bit.
+Prints, per T, the median over 30 L2-flushed replays and the middle 6 layers of µs from the
+layer's first router program start (under PDL, during the layer before's down launch): when the
+router's programs pass `gdc_wait`, when its GEMV is done, its arrival atomics, the routing;
+when GEMM 1's programs start, pass `gdc_wait`, end; the same for down; and when the next
+layer's router starts. The timer ticks in steps of ≈ 0.26 µs on an H200.
 
     python scripts/probe_moe_timeline.py [T ...]      (default: 1 2)
     python scripts/probe_moe_timeline.py --reads
@@ -33,7 +34,7 @@ from qnext.kernels import moe_gemv
 from qnext.kernels.moe_gemv import down_first, down_rows, gate_up_rows, tile
 from qnext.kernels.launch import arrival_counters
 from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
-from qnext.kernels.moe_router import BK, BN, route_hidden, router_rows
+from qnext.kernels.moe_router import BK, BN, route_hidden, router_rows, router_weights
 from bench_common import graph_us
 from bench_moe_layers import E, H, TOPK, _layers
 
@@ -53,11 +54,12 @@ def _clock():
 
 
 @triton.jit
-def _stamp(ptr, a, b, c, d):
-    """Four stamps at row (program_id(0), program_id(1)) of ptr [programs, 4]."""
-    i = tl.arange(0, 4)
+def _stamp(ptr, a, b, c, d, e):
+    """Five stamps at row (program_id(0), program_id(1)) of ptr [programs, 5]."""
+    i = tl.arange(0, 8)
     row = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-    tl.store(ptr + row * 4 + i, tl.where(i == 0, a, tl.where(i == 1, b, tl.where(i == 2, c, d))))
+    v = tl.where(i == 0, a, tl.where(i == 1, b, tl.where(i == 2, c, tl.where(i == 3, d, e))))
+    tl.store(ptr + row * 5 + i, v, mask=i < 5)
 
 
 @triton.jit
@@ -68,7 +70,12 @@ def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, st_ptr, s_xt, 
     gdc_launch_dependents()
     t0 = _clock()
     t = tl.program_id(0).to(tl.int64)
-    router_rows(x_ptr, wr_ptr, logits_ptr, t, tl.program_id(1), s_xt, s_wr, s_lt, R, H, RN, RK)
+    w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, tl.program_id(1), s_wr, R, H,
+                                                           RN, RK)
+    gdc_wait()
+    t4 = _clock()
+    router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_xt, s_lt, R, H,
+                RN, RK)
     t1 = _clock()
     last = last_to_arrive(count_ptr + t, tl.num_programs(1))
     t2 = _clock()
@@ -77,7 +84,7 @@ def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, st_ptr, s_xt, 
         route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, True, SHARED,
                     BF16)
         t3 = _clock()
-    _stamp(st_ptr, t0, t1, t2, t3)
+    _stamp(st_ptr, t0, t1, t2, t3, t4)
 
 
 @triton.jit
@@ -93,7 +100,7 @@ def _gate_up(x_ptr, w_ptr, ids_ptr, inter_ptr, st_ptr, s_xt, s_we, s_wn, H: tl.c
     t2 = _now(e.to(tl.int32))
     gate_up_rows(x_ptr, inter_ptr, a, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H, I, TOPK, BN,
                  H)
-    _stamp(st_ptr, t0, t1, t2, _clock())
+    _stamp(st_ptr, t0, t1, t2, _clock(), t0)
 
 
 @triton.jit
@@ -104,12 +111,13 @@ def _down(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, st_ptr, s_we, s_wn, s_tw, E,
     e, offs_n, n_ok, offs_k, w_ptrs = tile(ids_ptr, w_ptr, a, tl.program_id(1), s_we, s_wn, H,
                                            BN, I)
     w = down_first(w_ptrs, e < E, n_ok, offs_k, I)
+    gdc_launch_dependents()
     t1 = _now((tl.sum(w.to(tl.float32)) == 12345.0).to(tl.int32))  # the weights are in
     gdc_wait()
     t2 = _clock()
     down_rows(inter_ptr, tw_ptr, y_ptr, a, w, w_ptrs, offs_n, n_ok, offs_k, s_tw, H, I, TOPK,
               BN, I)
-    _stamp(st_ptr, t0, t1, t2, _clock())
+    _stamp(st_ptr, t0, t1, t2, _clock(), t0)
 
 
 def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -120,7 +128,7 @@ def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list
         tw, ids = route_outputs(logits, TOPK, True, "probe")
         _router[(T, triton.cdiv(E + 1, BN))](
             x, wr, logits, tw, ids, arrival_counters(x.device, T), s_r, x.stride(0),
-            wr.stride(0), logits.stride(0), E + 1, E, H=H, RN=BN, RK=BK,
+            wr.stride(0), logits.stride(0), E + 1, E, H=H, RN=BN, RK=BK, launch_pdl=True,
             **route_meta(TOPK, E, True, x.dtype))
         n = ids.numel()
         inter = torch.empty(n, I, dtype=x.dtype, device="cuda")
@@ -145,8 +153,9 @@ def _real_step(layers: list[tuple]) -> list[torch.Tensor]:
     return out
 
 
-EVENTS = ["router: GEMV done (median)", "router: GEMV done (last)", "router: arrivals done",
-          "router: routed", "GEMM 1: first start", "GEMM 1: passes gdc_wait (median)",
+EVENTS = ["router: passes gdc_wait (median)", "router: GEMV done (median)",
+          "router: GEMV done (last)", "router: arrivals done", "router: routed",
+          "GEMM 1: first start", "GEMM 1: passes gdc_wait (median)",
           "GEMM 1: passes gdc_wait (last)", "GEMM 1: end (median)", "GEMM 1: end (last)",
           "down: first start", "down: weights in (median)", "down: weights in (last)",
           "down: passes gdc_wait (median)", "down: end (last)", "next layer's router starts"]
@@ -154,15 +163,16 @@ EVENTS = ["router: GEMV done (median)", "router: GEMV done (last)", "router: arr
 
 def _events(r: torch.Tensor, g: torch.Tensor, d: torch.Tensor, nxt: float) -> list[float]:
     """EVENTS from one layer's stamps (µs, the layer's first router start = 0)."""
-    return [r[:, 1].median(), r[:, 1].max(), r[:, 2].max(), r[:, 3].max(), g[:, 0].min(),
-            g[:, 1].median(), g[:, 1].max(), g[:, 3].median(), g[:, 3].max(), d[:, 0].min(),
-            d[:, 1].median(), d[:, 1].max(), d[:, 2].median(), d[:, 3].max(), nxt]
+    return [r[:, 4].median(), r[:, 1].median(), r[:, 1].max(), r[:, 2].max(), r[:, 3].max(),
+            g[:, 0].min(), g[:, 1].median(), g[:, 1].max(), g[:, 3].median(), g[:, 3].max(),
+            d[:, 0].min(), d[:, 1].median(), d[:, 1].max(), d[:, 2].median(), d[:, 3].max(),
+            nxt]
 
 
 def timeline(T: int, n: int = 8, replays: int = 30) -> None:
     layers = _layers(n, I, T, seed=T)
     counts = (T * triton.cdiv(E + 1, BN), T * K * I // moe_gemv.BN1, T * K * H // moe_gemv.BN2)
-    stamps = [[torch.zeros(c, 4, dtype=torch.int64, device="cuda") for c in counts]
+    stamps = [[torch.zeros(c, 5, dtype=torch.int64, device="cuda") for c in counts]
               for _ in range(n)]
     if not all(torch.equal(a, b) for a, b in zip(_stamped_step(layers, stamps),
                                                   _real_step(layers))):

@@ -287,7 +287,8 @@ def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped):
     programmatic dependent launch gives the plain launches' rows bit for bit, eagerly and
     replayed from a CUDA graph, three layers back to back (each launch's wait orders it after
     the one before; dropped ids still wait before they return). With PDL the router kernel
-    lets GEMM 1 launch as it starts."""
+    loads its weights before its wait and lets GEMM 1 launch as it starts, and the down
+    kernel lets the next layer's router launch."""
     from qnext.kernels.launch import pdl
     from qnext.kernels.moe_gemv import expert_rows_gemv
     from qnext.kernels.moe_router import route_hidden
@@ -300,14 +301,15 @@ def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped):
                .to(torch.bfloat16) for i in range(3)]
 
     def chain(use_pdl, fixed_ids):
-        out = []
+        rows = []
         for (x, w13, w2, _, ids), router in zip(layers, routers):
-            tw, got_ids = route_hidden(x, router, E + 1, k, True, True)
+            tw, got_ids = route_hidden(x, router, E + 1, k, True, True, use_pdl=use_pdl)
             ids = torch.cat([ids, got_ids[:, k:]], 1) if fixed_ids else got_ids
             y = torch.empty(ids.numel(), H, dtype=x.dtype, device=DEVICE)
             expert_rows_gemv(x, w13, w2, tw, ids.contiguous(), y, use_pdl=use_pdl)
-            out.append(torch.where((ids.reshape(-1, 1) >= 0) & (ids.reshape(-1, 1) <= E), y, 0))
-        return out
+            rows.append((ids.reshape(-1, 1), y))
+        # masked after the chain, so that each down launch hands over to the next router
+        return [torch.where((ids >= 0) & (ids <= E), y, 0) for ids, y in rows]
 
     fixed = dropped > 0  # the drawn ids (with drops) replace the routing's top-k
     want = chain(False, fixed)
