@@ -41,10 +41,10 @@ from qnext.kernels.launch import pdl
 # of H = 2048 in one load) or 16 KB (down: 64 x 128) tile load at a time: 352 programs each at
 # one token, TP 4; at two tokens GEMM 1's 704 (80 registers: 6 an SM) all fit next to the
 # router (with (2, 2048, 32, 128) its 1408 ran in two waves; scripts/probe_moe_timeline.py
-# shows both). Measured as
-# the model runs them (8 layers in a graph, PDL; `bench_moe_layers.py --sweep`, one H200,
-# 2026-11-28, docs/perf/moe.md): 17.0 vs 19.4 µs a layer at T = 2 TP 4, 13.1 vs 13.6 at T = 1,
-# 25.3 vs 26.8 at T = 4, 122.8 vs 125.8 at T = 8 TP 1; no other variant better by > 0.9 µs.
+# shows both). Measured as the model runs them (8 layers in a graph, PDL;
+# `bench_moe_layers.py --sweep`, one H200, 2026-11-28, docs/perf/moe.md): 17.0 vs 19.4 µs a
+# layer at T = 2 TP 4, 13.1 vs 13.6 at T = 1, 25.3 vs 26.8 at T = 4, 122.8 vs 125.8 at T = 8
+# TP 1; no other variant better by > 0.9 µs.
 BN1, BK1 = 4, 2048  # gate/up: output rows (of gate and of up) x reduction slice a program
 BN2, BK2 = 64, 128  # down
 MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert)
