@@ -40,6 +40,13 @@ def pdl(device: torch.device) -> bool:
     return PDL and device.type == "cuda" and not interpreting() and _sm90_or_later(device.index)
 
 
+def pdl_meta(device: torch.device, use_pdl: bool | None = None) -> dict:
+    """Launch arguments of a kernel with a `PDL` constexpr: PDL (use_pdl, default `pdl`), and
+    `launch_pdl=True` when it is set."""
+    use_pdl = pdl(device) if use_pdl is None else use_pdl
+    return dict(PDL=True, launch_pdl=True) if use_pdl else dict(PDL=False)
+
+
 def check_device(name: str, *tensors: torch.Tensor) -> None:
     """ValueError unless every tensor is on CUDA (or on the CPU under the interpreter)."""
     ok = all(t.is_cuda for t in tensors)

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from qnext.kernels.launch import pdl
+from qnext.kernels.launch import pdl_meta
 
 # NOTE: tiles sized for bytes in flight, not for a pipeline (these loops may not be software
 # pipelined): every program holds one 32 KB (gate/up: 4 rows each of gate and up x 2048, all
@@ -163,10 +163,7 @@ def expert_rows_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     bk1 = min(bk1, triton.next_power_of_2(H))  # small test models: no all-masked lanes
     inter = torch.empty(n, I, dtype=x.dtype, device=x.device)
     topk_ids = topk_ids.contiguous()
-    use_pdl = pdl(x.device) if use_pdl is None else use_pdl
-    meta = dict(H=H, I=I, TOPK=k, PDL=use_pdl, num_warps=4)
-    if use_pdl:
-        meta["launch_pdl"] = True
+    meta = dict(H=H, I=I, TOPK=k, num_warps=4, **pdl_meta(x.device, use_pdl))
     _gemv_gate_up_kernel[(n, triton.cdiv(I, bn1))](
         x, w13, topk_ids, inter, x.stride(0), w13.stride(0), w13.stride(1), E, BN=bn1,
         BK=bk1, **meta)

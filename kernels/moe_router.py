@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device, pdl
+from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device, pdl_meta
 from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
 
 BN = 4  # router rows a program
@@ -121,11 +121,9 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     meta = route_meta(top_k, num_logits - shared, shared, x.dtype)  # rounded to x's dtype
     meta["num_warps"] = num_warps or meta["num_warps"]
     rn, rk = tiles
-    use_pdl = pdl(x.device) if use_pdl is None else use_pdl
-    if use_pdl:
-        meta["launch_pdl"] = True
+    meta.update(pdl_meta(x.device, use_pdl))
     _router_kernel[(T, triton.cdiv(num_logits, rn))](
         x, weight, logits, weights, ids, arrival_counters(x.device, T), x.stride(0),
         weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=rn,
-        RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, PDL=use_pdl, **meta)
+        RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
     return weights, ids

@@ -160,23 +160,20 @@ def gemv_cases():
 
 def moe_cases():
     """The decode MoE at TP4 and TP1 shapes (512 experts + the shared one, top-10): the router
-    kernel and the two per-assignment GEMVs (with and without programmatic dependent launch,
-    which the stand-in device is told it takes)."""
-    from qnext.kernels import moe_router
+    kernel and the two per-assignment GEMVs, with and without programmatic dependent launch."""
     from qnext.kernels.moe_gemv import expert_rows_gemv
+    from qnext.kernels.moe_router import route_hidden
 
     dt, E, H = torch.bfloat16, 512, 2048
     x = torch.randn(1, H, dtype=dt)
-    takes_pdl = moe_router.pdl
     for I in (128, 512):
         w13, w2 = torch.randn(E + 1, 2 * I, H, dtype=dt), torch.randn(E + 1, H, I, dtype=dt)
         for use_pdl in (False, True):
             print(f"moe, I {I}, pdl {use_pdl}:", flush=True)
-            moe_router.pdl = lambda device, on=use_pdl: on
-            moe_router.route_hidden(x, torch.randn(528, H, dtype=dt), E + 1, 10, True, True)
+            route_hidden(x, torch.randn(528, H, dtype=dt), E + 1, 10, True, True,
+                         use_pdl=use_pdl)
             expert_rows_gemv(x, w13, w2, torch.rand(1, 11), torch.randint(0, E, (1, 11)),
                              torch.empty(11, H, dtype=dt), use_pdl=use_pdl)
-    moe_router.pdl = takes_pdl
 
 
 CASES = {"gdn_prefill": gdn_prefill_cases, "conv_prefill": conv_prefill_cases,
