@@ -36,6 +36,7 @@ import sys
 
 import torch
 
+from qnext.kernels import moe_gemv, moe_router
 from qnext.kernels.moe_gemv import expert_rows_gemv
 from qnext.kernels.moe_router import route_hidden
 from bench_common import copy_gbps, graph_us
@@ -43,10 +44,12 @@ from bench_common import copy_gbps, graph_us
 H, E, TOPK, ROUTER_ROWS = 2048, 512, 10, 528
 VARIANTS = {"no PDL": False, "PDL": True}  # the three launches
 # (GEMV tiles (BN1, BK1, BN2, BK2), router tiles (rows, columns a step), router warps); the
-# first: the defaults
-TILES = [((4, 2048, 64, 128), (4, 1024), 4), ((4, 2048, 64, 128), (4, 1024), 8),
-         ((4, 2048, 64, 128), (8, 1024), 8), ((4, 2048, 64, 128), (2, 1024), 4),
-         ((4, 2048, 128, 128), (4, 1024), 4), ((8, 2048, 64, 128), (4, 1024), 4)]
+# first: the kernels' defaults (warps None: the routing's choice, 4 at 512 experts)
+DEFAULTS = ((moe_gemv.BN1, moe_gemv.BK1, moe_gemv.BN2, moe_gemv.BK2),
+            (moe_router.BN, moe_router.BK), None)
+TILES = [DEFAULTS, ((4, 2048, 64, 128), (4, 1024), 8), ((4, 2048, 64, 128), (8, 1024), 8),
+         ((4, 2048, 64, 128), (2, 1024), 4), ((4, 2048, 128, 128), (4, 1024), 4),
+         ((8, 2048, 64, 128), (4, 1024), 4)]
 
 
 def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
@@ -60,7 +63,7 @@ def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
             for _ in range(n)]
 
 
-def _step(layers: list[tuple], use_pdl: bool, tiles: tuple = TILES[0]) -> list[torch.Tensor]:
+def _step(layers: list[tuple], use_pdl: bool, tiles: tuple = DEFAULTS) -> list[torch.Tensor]:
     out = []
     for x, router, w13, w2 in layers:
         tw, ids = route_hidden(x, router, E + 1, TOPK, True, True, num_warps=tiles[2],
@@ -141,7 +144,7 @@ def sweep(n: int, bw: float) -> None:
     for tp, I, sizes in ((4, 128, (1, 2, 3, 4, 11)), (1, 512, (1, 2, 8))):
         for T in sizes:
             layers = _layers(n, I, T, seed=T)
-            want = _step(layers, True, TILES[0])
+            want = _step(layers, True)
             same = [all(torch.equal(g, w) for g, w in zip(_step(layers, True, t), want))
                     for t in TILES]
             us = {t: graph_us(lambda t=t: _step(layers, True, t)) / n for t in TILES}
