@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from qnext.kernels.allreduce import (
     BLOCK,
@@ -35,7 +36,7 @@ from qnext.kernels.allreduce import (
     push_values,
 )
 from qnext.kernels.expert_rows import ExpertRows
-from qnext.kernels.launch import check_device
+from qnext.kernels.launch import check_device, trigger_meta
 from qnext.kernels.moe import combined_row
 from qnext.kernels.norm import add_norm_row
 from qnext.kernels.norm_ref import rms_norm_ref
@@ -45,7 +46,9 @@ from qnext.kernels.norm_ref import rms_norm_ref
 def _reduce_norm_kernel(x_ptr, ids_ptr, r_ptr, w_ptr, y_ptr, s_ptr, peers_ptr, state_ptr, rows,
                         D, n, E, cap, max_spin, eps, RANK: tl.constexpr, WORLD: tl.constexpr,
                         BLOCK: tl.constexpr, BD: tl.constexpr, K: tl.constexpr,
-                        COMBINE: tl.constexpr):
+                        COMBINE: tl.constexpr, TRIGGER: tl.constexpr):
+    if TRIGGER:  # the MoE router after it loads its weights meanwhile (`launch.trigger_meta`)
+        gdc_launch_dependents()
     st, calls, slot = begin_call(state_ptr)
     cols = tl.arange(0, BD)
     cm = cols < D
@@ -100,7 +103,8 @@ def lamport_all_reduce_add_rms_norm(x, residual: torch.Tensor, weight: torch.Ten
         _reduce_norm_kernel[(GRID,)](rows_in, ids, residual, weight, y, summed, peers, state,
                                      rows, D, x.numel(), E, cap, max_spin, eps, RANK=rank,
                                      WORLD=world, BLOCK=BLOCK, BD=triton.next_power_of_2(D),
-                                     K=K, COMBINE=expert_rows is not None, num_warps=4)
+                                     K=K, COMBINE=expert_rows is not None, num_warps=4,
+                                     **trigger_meta(x.device))
     return y, summed
 
 

@@ -47,6 +47,15 @@ def pdl_meta(device: torch.device, use_pdl: bool | None = None) -> dict:
     return dict(PDL=True, launch_pdl=True) if use_pdl else dict(PDL=False)
 
 
+def trigger_meta(device: torch.device) -> dict:
+    """Launch argument of a kernel with a `TRIGGER` constexpr (kernels launched without PDL
+    themselves, e.g. the norm before the MoE router): set when `pdl` is, and the kernel then
+    calls `gdc_launch_dependents` first, so that a PDL launch after it may start its own
+    preamble (the router's weights) while it runs. That launch still waits (`gdc_wait`) for
+    the whole grid before it reads what the grid wrote; launches without PDL are unaffected."""
+    return dict(TRIGGER=pdl(device))
+
+
 def check_device(name: str, *tensors: torch.Tensor) -> None:
     """ValueError unless every tensor is on CUDA (or on the CPU under the interpreter)."""
     ok = all(t.is_cuda for t in tensors)

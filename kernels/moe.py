@@ -190,10 +190,10 @@ def fused_moe_routed(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     cfg = default_config(n, w13.shape[0], _elem_size(x, w13, w2))
     if cfg.gemv or not route_align.takes(T, top_k, shared):
         routing = moe_route(router_logits, top_k, renormalize, shared)
-        return fused_moe(x, w13, w2, *routing, cfg, combine=combine)
+        return fused_moe(x, w13, w2, *routing, cfg, combine=combine, shared=shared)
     weights, ids, aligned = route_align.moe_route_align(router_logits, top_k, renormalize,
                                                         shared, cfg.block_m)
-    return fused_moe(x, w13, w2, weights, ids, cfg, aligned, combine)
+    return fused_moe(x, w13, w2, weights, ids, cfg, aligned, combine, shared)
 
 
 def fused_moe_from_hidden(x: torch.Tensor, router_weight: torch.Tensor, num_logits: int,
@@ -207,7 +207,7 @@ def fused_moe_from_hidden(x: torch.Tensor, router_weight: torch.Tensor, num_logi
     if cfg.gemv and moe_router.takes(T):
         routing = moe_router.route_hidden(x, router_weight, num_logits, top_k, renormalize,
                                           shared)
-        return fused_moe(x, w13, w2, *routing, cfg, combine=combine)
+        return fused_moe(x, w13, w2, *routing, cfg, combine=combine, shared=shared)
     logits = F.linear(x, router_weight)[:, :num_logits]
     return fused_moe_routed(x, w13, w2, logits, top_k, renormalize, shared, combine)
 
@@ -218,29 +218,31 @@ def _elem_size(*tensors: torch.Tensor) -> int:
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor, config: MoeConfig | None = None,
-              aligned: tuple | None = None, combine: bool = True):
+              aligned: tuple | None = None, combine: bool = True, shared: bool = False):
     """Routed expert mixture, the contract of `fused_moe_ref`: x [T, H] (fp16/bf16/fp32,
     contiguous rows); w13 [E, 2I, H] (gate rows first) and w2 [E, H, I], contiguous in their
     last dim, cast to x.dtype in registers; topk_weights [T, k] float; topk_ids [T, k] int32/int64
     contiguous, ids outside [0, E) contribute nothing. Returns [T, H] in x.dtype. `aligned`:
     `moe_align(topk_ids, E, block_m of the config used)`, when the caller has it already.
-    combine=False: the `ExpertRows` before the per-token sum (the last launch) instead."""
+    combine=False: the `ExpertRows` before the per-token sum (the last launch) instead.
+    shared: every token's last slot holds the fused shared expert E - 1 (a hint for the
+    decode GEMVs, `moe_gemv.expert_rows_gemv`)."""
     _check(x, w13, w2, topk_weights, topk_ids)
     (T, H), E, k = x.shape, w13.shape[0], topk_ids.shape[1]
     y = torch.empty(T * k, H, dtype=x.dtype, device=x.device)
     if T:
-        _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned)
+        _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned, shared)
     rows = ExpertRows(y, topk_ids, E)
     return rows.combine() if combine else rows
 
 
-def _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned) -> None:
+def _expert_rows(x, w13, w2, topk_weights, topk_ids, y, config, aligned, shared) -> None:
     """The two grouped GEMMs: y [T·k, H], one weighted row per assignment."""
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
     I, n = I2 // 2, T * k
     cfg = config or default_config(n, E, _elem_size(x, w13, w2))
     if cfg.gemv:
-        moe_gemv.expert_rows_gemv(x, w13, w2, topk_weights, topk_ids, y)
+        moe_gemv.expert_rows_gemv(x, w13, w2, topk_weights, topk_ids, y, shared=shared)
         return
     sorted_ids, block_expert, _ = aligned or moe_align(topk_ids, E, cfg.block_m)
     inter = torch.empty(sorted_ids.shape[0], I, dtype=x.dtype, device=x.device)

@@ -15,14 +15,15 @@ outside [0, E) writes nothing, and its row stays unset (its consumers skip it by
 `ExpertRows` says). Two tokens with the same expert each read its weights (L2 may serve the
 second): the path is for decode batches (`takes`), where experts rarely repeat.
 
-Programmatic dependent launch (`launch.pdl`, sm_90+): each launch may start while the one before
-it drains. GEMM 1 waits (`gdc_wait`) before it reads the routing, then lets the down kernel
-launch; the down kernel loads its expert's first weight slice before its own wait, so on a
-decode step its weights stream while GEMM 1 finishes, and the launch gaps overlap work; then it
-lets the launch after it start (the next layer's router kernel, which loads its own weights
-before it waits for this grid; any launch without PDL still waits for completion). Every
-program reaches its wait before it may return, so neither launch completes before the one it
-depends on (the stream order the launches after them rely on).
+Programmatic dependent launch (`launch.pdl`, sm_90+): each launch may start while the one before it
+drains. GEMM 1 waits (`gdc_wait`) before it reads the routing (its programs of the fused shared
+expert's slot load that expert's weights first), then lets the down kernel launch; the down kernel
+loads its expert's first weight slice before its own wait, so on a decode step its weights stream
+while GEMM 1 finishes, and the launch gaps overlap work; then it lets the launch after it start
+(the next layer's router kernel, which loads its own weights before it waits for this grid; any
+launch without PDL still waits for completion). Every program reaches its wait before it may
+return, so neither launch completes before the one it depends on (the stream order the launches
+after them rely on).
 
 Reference: `fused_moe_ref` (kernels/moe_ref.py); y is the `ExpertRows` layout of `fused_moe`.
 """
@@ -39,12 +40,15 @@ from qnext.kernels.launch import pdl_meta
 # NOTE: tiles sized for bytes in flight, not for a pipeline (these loops may not be software
 # pipelined): every program holds one 32 KB (gate/up: 4 rows each of gate and up x 2048, all
 # of H = 2048 in one load) or 16 KB (down: 64 x 128) tile load at a time: 352 programs each at
-# one token, TP 4; at two tokens GEMM 1's 704 (80 registers: 6 an SM) all fit next to the
-# router (with (2, 2048, 32, 128) its 1408 ran in two waves; scripts/probe_moe_timeline.py
-# shows both). Measured as the model runs them (8 layers in a graph, PDL;
-# `bench_moe_layers.py --sweep`, one H200, 2026-11-28, docs/perf/moe.md): 17.0 vs 19.4 µs a
-# layer at T = 2 TP 4, 13.1 vs 13.6 at T = 1, 25.3 vs 26.8 at T = 4, 122.8 vs 125.8 at T = 8
-# TP 1; no other variant better by > 0.9 µs.
+# one token, TP 4 (`bench_moe_layers.py --sweep`, one H200, 2026-11-28, docs/perf/moe.md:
+# 17.0 vs 19.4 µs a layer at T = 2 TP 4, 13.1 vs 13.6 at T = 1; no other variant better by
+# > 0.9 µs). GEMM 1's shared-expert loads (`gate_up_first` twice, the second keeping the
+# first's values where it loads nothing) are also what keeps all of a program's 16 weight
+# loads in flight: with one masked load a step, ptxas interleaved them with the products
+# (7-9 issued before the first FMA, the rest one by one, 80 registers; now all 16, 96
+# registers, with or without the hint): 11.8-12.0 against 12.9 µs a layer at TP 4 T = 1,
+# docs/perf/moe.md "GEMM 1's loads in flight" (2026-11-29). scripts/compile_sm90.py prints
+# the registers.
 BN1, BK1 = 4, 2048  # gate/up: output rows (of gate and of up) x reduction slice a program
 BN2, BK2 = 64, 128  # down
 MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert)
@@ -63,23 +67,34 @@ def tile(ids_ptr, w_ptr, a, nb, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexp
 
 
 @triton.jit
-def gate_up_rows(x_ptr, inter_ptr, a, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H: tl.constexpr,
-                 I: tl.constexpr, TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def gate_up_first(g_ptrs, n_ok, offs_k, take, g, u, s_wn, H: tl.constexpr, I: tl.constexpr):
+    """The first column step's gate and up weights at g_ptrs (up: I rows below) where `take`
+    holds; elsewhere g and u stay (no load is issued for them)."""
+    ok = take & n_ok[:, None] & (offs_k < H)[None, :]
+    return (tl.load(g_ptrs, mask=ok, other=g),
+            tl.load(g_ptrs + I * s_wn, mask=ok, other=u))
+
+
+@triton.jit
+def gate_up_rows(x_ptr, inter_ptr, a, g, u, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn,
+                 H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr):
     """inter[a, offs_n] = SwiGLU of the gate rows at g_ptrs (and the up rows I below) against
-    x[a // TOPK]."""
+    x[a // TOPK]; g, u: their first column step, loaded already (`gate_up_first`)."""
     x_ptrs = x_ptr + (a // TOPK) * s_xt + offs_k
+    x = tl.load(x_ptrs, mask=offs_k < H, other=0.0).to(tl.float32)[None, :]
+    gate = g.to(tl.float32) * x
+    up = u.to(tl.float32) * x
     u_ptrs = g_ptrs + I * s_wn
-    gate = tl.zeros([BN, BK], tl.float32)
-    up = tl.zeros([BN, BK], tl.float32)
-    for k0 in range(0, H, BK):
+    for k0 in range(BK, H, BK):
+        x_ptrs += BK
+        g_ptrs += BK
+        u_ptrs += BK
         k_ok = offs_k < H - k0
         x = tl.load(x_ptrs, mask=k_ok, other=0.0).to(tl.float32)[None, :]
         ok = n_ok[:, None] & k_ok[None, :]
         gate += tl.load(g_ptrs, mask=ok, other=0.0).to(tl.float32) * x
         up += tl.load(u_ptrs, mask=ok, other=0.0).to(tl.float32) * x
-        x_ptrs += BK
-        g_ptrs += BK
-        u_ptrs += BK
     g = tl.sum(gate, axis=1)
     act = g * tl.sigmoid(g) * tl.sum(up, axis=1)
     tl.store(inter_ptr + a * I + offs_n, act.to(inter_ptr.dtype.element_ty), mask=n_ok)
@@ -110,19 +125,53 @@ def down_rows(inter_ptr, tw_ptr, y_ptr, a, w, w_ptrs, offs_n, n_ok, offs_k, s_tw
 
 
 @triton.jit
-def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E,
+def shared_first(w_ptr, a, nb, s_we, s_wn, E, shared, H: tl.constexpr, I: tl.constexpr,
+                 TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """GEMM 1 before the routing: output slice nb's BN rows (and which are < I), the BK
+    lanes, their offsets in an expert, whether assignment a is a token's last slot and
+    `shared` (the fused shared expert E - 1, known before the routing), and that expert's
+    first gate and up weights if so (zeros elsewhere): (offs_n, n_ok, offs_k, rows, pre, g,
+    u)."""
+    offs_n = nb * BN + tl.arange(0, BN)
+    n_ok = offs_n < I
+    offs_k = tl.arange(0, BK)
+    rows = offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
+    pre = (a % TOPK == TOPK - 1) & (shared != 0)
+    zero = tl.zeros([BN, BK], w_ptr.dtype.element_ty)
+    g, u = gate_up_first(w_ptr + (E - 1) * s_we + rows, n_ok, offs_k, pre, zero, zero, s_wn,
+                         H, I)
+    return offs_n, n_ok, offs_k, rows, pre, g, u
+
+
+@triton.jit
+def routed_first(ids_ptr, w_ptr, a, rows, n_ok, offs_k, pre, g, u, s_we, s_wn, E,
+                 H: tl.constexpr, I: tl.constexpr):
+    """GEMM 1 after the routing: assignment a's expert e, its pointers, and its first gate
+    and up weights (kept from `shared_first` where they are that expert's; none for ids
+    outside [0, E)): (e, g_ptrs, g, u)."""
+    e = tl.load(ids_ptr + a, cache_modifier=".cg")
+    g_ptrs = w_ptr + e * s_we + rows
+    take = ~(pre & (e == E - 1)) & (e >= 0) & (e < E)
+    g, u = gate_up_first(g_ptrs, n_ok, offs_k, take, g, u, s_wn, H, I)
+    return e, g_ptrs, g, u
+
+
+@triton.jit(do_not_specialize=["shared"])
+def _gemv_gate_up_kernel(x_ptr, w_ptr, ids_ptr, inter_ptr, s_xt, s_we, s_wn, E, shared,
                          H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr,
                          BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+    a = tl.program_id(0).to(tl.int64)
+    offs_n, n_ok, offs_k, rows, pre, g, u = shared_first(w_ptr, a, tl.program_id(1), s_we,
+                                                         s_wn, E, shared, H, I, TOPK, BN, BK)
     if PDL:
         gdc_wait()  # the routing's ids and weights
         gdc_launch_dependents()  # only now: the down kernel reads ids before its own wait
-    a = tl.program_id(0).to(tl.int64)
-    e, offs_n, n_ok, offs_k, g_ptrs = tile(ids_ptr, w_ptr, a, tl.program_id(1), s_we, s_wn, I,
-                                           BN, BK)
+    e, g_ptrs, g, u = routed_first(ids_ptr, w_ptr, a, rows, n_ok, offs_k, pre, g, u, s_we,
+                                   s_wn, E, H, I)
     if (e < 0) | (e >= E):
         return
-    gate_up_rows(x_ptr, inter_ptr, a, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H, I, TOPK, BN,
-                 BK)
+    gate_up_rows(x_ptr, inter_ptr, a, g, u, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H, I,
+                 TOPK, BN, BK)
 
 
 @triton.jit
@@ -153,10 +202,13 @@ def takes(num_assignments: int) -> bool:
 def expert_rows_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      topk_weights: torch.Tensor, topk_ids: torch.Tensor, y: torch.Tensor,
                      tiles: tuple[int, int, int, int] = (BN1, BK1, BN2, BK2),
-                     use_pdl: bool | None = None) -> None:
+                     use_pdl: bool | None = None, shared: bool = False) -> None:
     """Fills y [T·k, H] with one weighted row per assignment (fused_moe's `ExpertRows`), for
     inputs `fused_moe` has checked. `tiles`: (BN1, BK1, BN2, BK2), powers of 2 (benchmarks).
-    use_pdl: both launches with programmatic dependent launch (default: `launch.pdl`)."""
+    use_pdl: both launches with programmatic dependent launch (default: `launch.pdl`).
+    shared: every token's last slot most likely holds the fused shared expert E - 1 (a hint:
+    those GEMM-1 programs load its weights before they read the routing, and load again
+    where the slot holds another id)."""
     (T, H), (E, I2, _), k = x.shape, w13.shape, topk_ids.shape[1]
     bn1, bk1, bn2, bk2 = tiles
     I, n = I2 // 2, T * k
@@ -165,8 +217,8 @@ def expert_rows_gemv(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     topk_ids = topk_ids.contiguous()
     meta = dict(H=H, I=I, TOPK=k, num_warps=4, **pdl_meta(x.device, use_pdl))
     _gemv_gate_up_kernel[(n, triton.cdiv(I, bn1))](
-        x, w13, topk_ids, inter, x.stride(0), w13.stride(0), w13.stride(1), E, BN=bn1,
-        BK=bk1, **meta)
+        x, w13, topk_ids, inter, x.stride(0), w13.stride(0), w13.stride(1), E, int(shared),
+        BN=bn1, BK=bk1, **meta)
     _gemv_down_kernel[(n, triton.cdiv(H, bn2))](
         inter, w2, topk_ids, topk_weights, y, w2.stride(0), w2.stride(1),
         topk_weights.stride(0), E, BN=bn2, BK=bk2, **meta)

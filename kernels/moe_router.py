@@ -11,8 +11,9 @@ Ordering: `last_to_arrive` (kernels/moe_route.py); the logits are read back past
 
 Under programmatic dependent launch (`launch.pdl`) the kernel launches with PDL itself: a
 program loads its router rows (`router_weights`) before it waits (`gdc_wait`) for the launch
-before, which wrote x (the previous layer's down GEMV lets it in as it starts, so at decode the
-2 MB stream while that layer ends); and every program first lets the next launch start (the
+before, which wrote x (in the model the residual add + norm, which lets it in as it starts,
+`launch.trigger_meta`; in bench_moe_layers' MoE-only chain the previous layer's down GEMV: the
+2 MB stream while that launch runs); and every program first lets the next launch start (the
 experts' GEMM 1, `moe_gemv`, which waits for this whole grid before it reads the routing): its
 programs are resident when the routing ends (0.5 µs a layer at TP4, one token;
 docs/perf/moe.md).

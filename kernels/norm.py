@@ -14,13 +14,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
-from qnext.kernels.launch import check_device
+from qnext.kernels.launch import check_device, trigger_meta
 
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, R, D, XH, s_xt, s_xh, eps,
-                         HAS_RESIDUAL: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+                         HAS_RESIDUAL: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+                         TRIGGER: tl.constexpr):
+    if TRIGGER:  # the MoE router after it loads its weights meanwhile (`launch.trigger_meta`)
+        gdc_launch_dependents()
     rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     mask = (rows[:, None] < R) & (cols[None, :] < D)
@@ -107,7 +111,8 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         grid, br, bd = _blocks(rows, D)
         _add_rms_norm_kernel[grid](x, residual if residual is not None else x, weight, y,
                                    summed, rows, D, heads, s_xt, s_xh, eps,
-                                   HAS_RESIDUAL=residual is not None, BR=br, BD=bd)
+                                   HAS_RESIDUAL=residual is not None, BR=br, BD=bd,
+                                   **trigger_meta(x.device))
     return (y, summed) if residual is not None else y
 
 

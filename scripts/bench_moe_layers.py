@@ -8,6 +8,9 @@ router kernel (router GEMV + routing, `moe_router.route_hidden`) and the two per
 GEMVs (`moe_gemv.expert_rows_gemv`), all three with or without PDL (with it the router loads
 its weights before it waits for the layer before, and lets the first GEMV launch as it starts);
 the model folds the per-token combine into the next all-reduce + norm, so it is not timed here.
+With `--norm` each layer starts as the model's does at TP1: the residual add + norm
+(`kernels/norm.add_rms_norm`) writes the router's input; that launch (no PDL) lets the router
+launch as it starts (`launch.trigger_meta`), so the router's weights stream during the norm.
 
 - **Floor** (per layer) = (router rows + distinct experts touched × 3·I) · H · 2 B over the
   bandwidth of a 1 GiB device-to-device copy measured in the same run.
@@ -19,7 +22,7 @@ the model folds the per-token combine into the next all-reduce + norm, so it is 
 Before timing, every variant's outputs (eager and graph-replayed) must equal the no-PDL
 launches' bit for bit.
 
-    python scripts/bench_moe_layers.py [--layers N] [--profile | --sweep]
+    python scripts/bench_moe_layers.py [--layers N] [--norm] [--profile | --sweep]
 
 --profile: instead, the kernels of the N-layer graph at TP4, one token, with and without PDL,
 from torch.profiler over 20 replays (device time a kernel, and the graph's span).
@@ -39,6 +42,7 @@ import torch
 from qnext.kernels import moe_gemv, moe_router
 from qnext.kernels.moe_gemv import expert_rows_gemv
 from qnext.kernels.moe_router import route_hidden
+from qnext.kernels.norm import add_rms_norm
 from bench_common import copy_gbps, graph_us
 
 H, E, TOPK, ROUTER_ROWS = 2048, 512, 10, 528
@@ -47,9 +51,10 @@ VARIANTS = {"no PDL": False, "PDL": True}  # the three launches
 # first: the kernels' defaults (warps None: the routing's choice, 4 at 512 experts)
 DEFAULTS = ((moe_gemv.BN1, moe_gemv.BK1, moe_gemv.BN2, moe_gemv.BK2),
             (moe_router.BN, moe_router.BK), None)
-TILES = [DEFAULTS, ((4, 2048, 64, 128), (4, 1024), 8), ((4, 2048, 64, 128), (8, 1024), 8),
-         ((4, 2048, 64, 128), (2, 1024), 4), ((4, 2048, 128, 128), (4, 1024), 4),
-         ((8, 2048, 64, 128), (4, 1024), 4)]
+NORM = "--norm" in sys.argv
+TILES = [DEFAULTS, ((2, 2048, 64, 128), (4, 1024), 4), ((8, 2048, 64, 128), (4, 1024), 4),
+         ((4, 2048, 128, 128), (4, 1024), 4), ((4, 2048, 32, 128), (4, 1024), 4),
+         ((4, 2048, 64, 128), (2, 1024), 4)]
 
 
 def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
@@ -58,18 +63,21 @@ def _layers(n: int, I: int, T: int, seed: int) -> list[tuple]:
     def rand(*shape, scale):
         return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.bfloat16) * scale
 
+    norm = (rand(H, scale=0.1), rand(T, H, scale=1.0)) if NORM else None
     return [(rand(T, H, scale=1.0), rand(ROUTER_ROWS, H, scale=H**-0.5),
-             rand(E + 1, 2 * I, H, scale=H**-0.5), rand(E + 1, H, I, scale=I**-0.5))
+             rand(E + 1, 2 * I, H, scale=H**-0.5), rand(E + 1, H, I, scale=I**-0.5), norm)
             for _ in range(n)]
 
 
 def _step(layers: list[tuple], use_pdl: bool, tiles: tuple = DEFAULTS) -> list[torch.Tensor]:
     out = []
-    for x, router, w13, w2 in layers:
+    for x, router, w13, w2, norm in layers:
+        if norm is not None:  # (--norm) the residual add + norm writes the router's input
+            x, _ = add_rms_norm(x, norm[0], 1e-6, norm[1])
         tw, ids = route_hidden(x, router, E + 1, TOPK, True, True, num_warps=tiles[2],
                                tiles=tiles[1], use_pdl=use_pdl)
         y = torch.empty(ids.numel(), H, dtype=x.dtype, device="cuda")
-        expert_rows_gemv(x, w13, w2, tw, ids, y, tiles=tiles[0], use_pdl=use_pdl)
+        expert_rows_gemv(x, w13, w2, tw, ids, y, tiles=tiles[0], use_pdl=use_pdl, shared=True)
         out.append(y)
     return out
 
@@ -97,7 +105,7 @@ def _check(layers: list[tuple]) -> None:
 
 def _floor_us(layers: list[tuple], I: int, bw: float) -> float:
     experts = [route_hidden(x, r, E + 1, TOPK, True, True)[1].unique().numel()
-               for x, r, _, _ in layers]
+               for x, r, *_ in layers]
     rows = E + 1 + 3 * I * sum(experts) / len(experts)
     return rows * H * 2 / bw * 1e6
 
@@ -160,7 +168,8 @@ def main() -> None:
     n = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 8
     if "--profile" in sys.argv:
         return profile(n)
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {n} layers a graph")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {n} layers a graph"
+          + (", each after a residual add + norm" if NORM else ""))
     bw = 1e9 * copy_gbps()
     print(f"HBM bandwidth (1 GiB device-to-device copy): {bw / 1e12:.2f} TB/s\n")
     if "--sweep" in sys.argv:

@@ -1,15 +1,15 @@
 """Profiling aid (not a test, not a benchmark table): the timeline of a decode MoE layer as the
 model runs it (TP4 shapes, 8 layers in a CUDA graph, PDL), from `%globaltimer` stamps.
 
-The three launches of a layer (kernels/moe_router.py, kernels/moe_gemv.py) are run from copies
-that stamp each program's start, its waits and its end around the real kernels' helpers
-(`router_weights`, `router_rows`, `route_token`, `tile`, `gate_up_rows`, `down_first`,
-`down_rows`). Before timing, the copies' outputs must equal the real launches' bit for bit.
-Prints, per T, the median over 30 L2-flushed replays and the middle 6 layers of µs from the
-layer's first router program start (under PDL, during the layer before's down launch): when the
-router's programs pass `gdc_wait`, when its GEMV is done, its arrival atomics, the routing;
-when GEMM 1's programs start, pass `gdc_wait`, end; the same for down; and when the next
-layer's router starts. The timer ticks in steps of ≈ 0.26 µs on an H200.
+The three launches of a layer (kernels/moe_router.py, kernels/moe_gemv.py) are run from copies that
+stamp each program's start, its waits and its end around the real kernels' helpers
+(`router_weights`, `router_rows`, `route_token`, `shared_first`, `routed_first`, `gate_up_rows`,
+`tile`, `down_first`, `down_rows`). Before timing, the copies' outputs must equal the real
+launches' bit for bit. Prints, per T, the median over 30 L2-flushed replays and the middle 6 layers
+of µs from the layer's first router program start (under PDL, during the layer before's down
+launch): when the router's programs pass `gdc_wait`, when its GEMV is done, its arrival atomics,
+the routing; when GEMM 1's programs start, pass `gdc_wait`, end; the same for down; and when the
+next layer's router starts. The timer ticks in steps of ≈ 0.26 µs on an H200.
 
     python scripts/probe_moe_timeline.py [T ...]      (default: 1 2)
     python scripts/probe_moe_timeline.py --reads
@@ -31,7 +31,8 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from qnext.kernels import moe_gemv
-from qnext.kernels.moe_gemv import down_first, down_rows, gate_up_rows, tile
+from qnext.kernels.moe_gemv import (down_first, down_rows, gate_up_rows, routed_first,
+                                     shared_first, tile)
 from qnext.kernels.launch import arrival_counters
 from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
 from qnext.kernels.moe_router import BK, BN, route_hidden, router_rows, router_weights
@@ -86,18 +87,20 @@ def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, st_ptr, s_xt, 
         _put(st_ptr, 3, _clock())
 
 
-@triton.jit
-def _gate_up(x_ptr, w_ptr, ids_ptr, inter_ptr, st_ptr, s_xt, s_we, s_wn, H: tl.constexpr,
-             I: tl.constexpr, TOPK: tl.constexpr, BN: tl.constexpr):
+@triton.jit(do_not_specialize=["shared"])
+def _gate_up(x_ptr, w_ptr, ids_ptr, inter_ptr, st_ptr, s_xt, s_we, s_wn, E, shared,
+             H: tl.constexpr, I: tl.constexpr, TOPK: tl.constexpr, BN: tl.constexpr):
     _put(st_ptr, 0, _clock())
+    a = tl.program_id(0).to(tl.int64)
+    offs_n, n_ok, offs_k, rows, pre, g, u = shared_first(w_ptr, a, tl.program_id(1), s_we,
+                                                         s_wn, E, shared, H, I, TOPK, BN, H)
     gdc_wait()
     _put(st_ptr, 1, _clock())
     gdc_launch_dependents()
-    a = tl.program_id(0).to(tl.int64)
-    e, offs_n, n_ok, offs_k, g_ptrs = tile(ids_ptr, w_ptr, a, tl.program_id(1), s_we, s_wn, I,
-                                           BN, H)
-    gate_up_rows(x_ptr, inter_ptr, a, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H, I, TOPK, BN,
-                 H)
+    e, g_ptrs, g, u = routed_first(ids_ptr, w_ptr, a, rows, n_ok, offs_k, pre, g, u, s_we,
+                                   s_wn, E, H, I)
+    gate_up_rows(x_ptr, inter_ptr, a, g, u, offs_n, n_ok, offs_k, g_ptrs, s_xt, s_wn, H, I,
+                 TOPK, BN, H)
     _put(st_ptr, 3, _clock())
 
 
@@ -120,7 +123,7 @@ def _down(inter_ptr, w_ptr, ids_ptr, tw_ptr, y_ptr, st_ptr, s_we, s_wn, s_tw, E,
 
 def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     out = []
-    for (x, wr, w13, w2), (s_r, s_g, s_d) in zip(layers, stamps):
+    for (x, wr, w13, w2, _), (s_r, s_g, s_d) in zip(layers, stamps):
         T = x.shape[0]
         logits = torch.empty(T, E + 1, dtype=torch.float32, device="cuda")
         tw, ids = route_outputs(logits, TOPK, True, "probe")
@@ -133,8 +136,8 @@ def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list
         y = torch.empty(n, H, dtype=x.dtype, device="cuda")
         pdl = dict(num_warps=4, launch_pdl=True)
         _gate_up[(n, I // moe_gemv.BN1)](x, w13, ids, inter, s_g, x.stride(0), w13.stride(0),
-                                          w13.stride(1), H=H, I=I, TOPK=K, BN=moe_gemv.BN1,
-                                          **pdl)
+                                          w13.stride(1), E + 1, 1, H=H, I=I, TOPK=K,
+                                          BN=moe_gemv.BN1, **pdl)
         _down[(n, H // moe_gemv.BN2)](inter, w2, ids, tw, y, s_d, w2.stride(0), w2.stride(1),
                                        tw.stride(0), E + 1, H=H, I=I, TOPK=K, BN=moe_gemv.BN2,
                                        **pdl)
@@ -144,10 +147,10 @@ def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list
 
 def _real_step(layers: list[tuple]) -> list[torch.Tensor]:
     out = []
-    for x, wr, w13, w2 in layers:
+    for x, wr, w13, w2, _ in layers:
         tw, ids = route_hidden(x, wr, E + 1, TOPK, True, True)
         out.append(torch.empty(ids.numel(), H, dtype=x.dtype, device="cuda"))
-        moe_gemv.expert_rows_gemv(x, w13, w2, tw, ids, out[-1])
+        moe_gemv.expert_rows_gemv(x, w13, w2, tw, ids, out[-1], shared=True)
     return out
 
 

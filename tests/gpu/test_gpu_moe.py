@@ -281,17 +281,22 @@ def test_moe_from_hidden_matches_the_reference(T):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="programmatic dependent launch needs a GPU")
-@pytest.mark.parametrize("T,dropped", [(1, 0.0), (11, 0.0), (6, 0.3)])
-def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped):
-    """The decode chain (router kernel, then the two GEMVs) with the GEMVs launched by
-    programmatic dependent launch gives the plain launches' rows bit for bit, eagerly and
-    replayed from a CUDA graph, three layers back to back (each launch's wait orders it after
-    the one before; dropped ids still wait before they return). With PDL the router kernel
-    loads its weights before its wait and lets GEMM 1 launch as it starts, and the down
-    kernel lets the next layer's router launch."""
+@pytest.mark.parametrize("T,dropped,shared_last", [(1, 0.0, True), (11, 0.0, True),
+                                                   (6, 0.3, True), (3, 0.0, False)])
+def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped, shared_last):
+    """The decode chain as the model runs it (residual add + norm, router kernel, the two
+    GEMVs) with programmatic dependent launch gives the plain launches' rows bit for bit,
+    eagerly and replayed from a CUDA graph, three layers back to back (each launch's wait
+    orders it after the one before; dropped ids still wait before they return). With PDL the
+    norm lets the router launch as it starts, the router loads its weights before its wait and
+    lets GEMM 1 launch as it starts, GEMM 1's programs of every token's last slot load the
+    shared expert's weights before their wait (the `shared` hint; shared_last=False puts a
+    routed expert there, so they must load again), and the down kernel lets the launch after
+    it start."""
     from qnext.kernels.launch import pdl
     from qnext.kernels.moe_gemv import expert_rows_gemv
     from qnext.kernels.moe_router import route_hidden
+    from qnext.kernels.norm import add_rms_norm
 
     if not pdl(torch.device(DEVICE)):
         pytest.skip("this GPU (or QNEXT_PDL=0) does not take programmatic dependent launch")
@@ -299,16 +304,22 @@ def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped):
     layers = [_moe_inputs(T, H, E + 1, k, I, torch.bfloat16, 40 + i, dropped) for i in range(3)]
     routers = [(torch.randn(E + 1, H, generator=generator(i), device=DEVICE) * H**-0.5)
                .to(torch.bfloat16) for i in range(3)]
+    norm_w = torch.randn(H, generator=generator(9), device=DEVICE).to(torch.bfloat16)
+    residual = torch.randn(T, H, generator=generator(8), device=DEVICE).to(torch.bfloat16)
 
     def chain(use_pdl, fixed_ids):
         rows = []
         for (x, w13, w2, _, ids), router in zip(layers, routers):
+            x, _ = add_rms_norm(x, norm_w, 1e-6, residual)  # the router's predecessor
             tw, got_ids = route_hidden(x, router, E + 1, k, True, True, use_pdl=use_pdl)
             ids = torch.cat([ids, got_ids[:, k:]], 1) if fixed_ids else got_ids
+            if not shared_last:  # the shared expert first, a routed one in the last slot
+                ids, tw = ids.roll(1, 1), tw.roll(1, 1)
             y = torch.empty(ids.numel(), H, dtype=x.dtype, device=DEVICE)
-            expert_rows_gemv(x, w13, w2, tw, ids.contiguous(), y, use_pdl=use_pdl)
+            expert_rows_gemv(x, w13, w2, tw, ids.contiguous(), y, use_pdl=use_pdl,
+                             shared=use_pdl)
             rows.append((ids.reshape(-1, 1), y))
-        # masked after the chain, so that each down launch hands over to the next router
+        # masked after the chain, so that each down launch hands over to the next norm
         return [torch.where((ids >= 0) & (ids <= E), y, 0) for ids, y in rows]
 
     fixed = dropped > 0  # the drawn ids (with drops) replace the routing's top-k
