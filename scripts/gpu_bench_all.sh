@@ -38,6 +38,7 @@ steps=(
   "conv_prefill|240|$anchored|scripts/bench_conv_prefill.py"
   "moe|300|$site|scripts/bench_moe.py"
   "moe_layers|300|$site|scripts/bench_moe_layers.py"
+  "moe_layers_norm|300|$site|scripts/bench_moe_layers.py --norm"
   "moe_layers_sweep|240|$site|scripts/bench_moe_layers.py --sweep"
   "moe_timeline|120|$site|scripts/probe_moe_timeline.py"
   "moe_reads|60|$site|scripts/probe_moe_timeline.py --reads"
