@@ -46,7 +46,7 @@ from qnext.kernels.launch import pdl_meta
 # first's values where it loads nothing) are also what keeps all of a program's 16 weight
 # loads in flight: with one masked load a step, ptxas interleaved them with the products
 # (7-9 issued before the first FMA, the rest one by one, 80 registers; now all 16, 96
-# registers, with or without the hint): 11.8-12.0 against 12.9 µs a layer at TP 4 T = 1,
+# registers, with or without the hint): 11.7 against 12.9 µs a layer at TP 4 T = 1,
 # docs/perf/moe.md "GEMM 1's loads in flight" (2026-11-29). scripts/compile_sm90.py prints
 # the registers.
 BN1, BK1 = 4, 2048  # gate/up: output rows (of gate and of up) x reduction slice a program
