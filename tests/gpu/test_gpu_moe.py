@@ -228,6 +228,21 @@ def test_expert_rows_combine_to_the_mixture():
         assert torch.equal(rows.combine(), fused_moe(x, w13, w2, weights, ids, config))
 
 
+def test_shared_hint_changes_no_row():
+    """`shared=True` (GEMM 1's programs of every token's last slot load expert E - 1 before
+    the routing) gives the rows of `shared=False` bit for bit, whether that slot holds E - 1,
+    another expert or a dropped id."""
+    from qnext.kernels.moe import MoeConfig, fused_moe
+
+    x, w13, w2, weights, ids = _moe_inputs(6, 96, 7, 3, 40, torch.float32, 23, dropped=0.2)
+    ids[:3, -1] = 6  # E - 1 in the last slot of half the tokens, drawn ids in the rest
+    config = MoeConfig(gemv=True)
+    want = fused_moe(x, w13, w2, weights, ids, config, combine=False).rows
+    got = fused_moe(x, w13, w2, weights, ids, config, combine=False, shared=True).rows
+    keep = ((ids >= 0) & (ids < 7)).reshape(-1, 1)  # dropped assignments' rows stay unset
+    assert torch.equal(torch.where(keep, got, 0), torch.where(keep, want, 0))
+
+
 @pytest.mark.parametrize("T,H,E,k,shared", [(1, 2048, 512, 10, True), (5, 96, 16, 4, True),
                                             (11, 64, 7, 3, False)])
 def test_router_gemv_and_routing_in_one_launch(T, H, E, k, shared):
