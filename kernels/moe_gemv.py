@@ -55,15 +55,22 @@ MAX_ASSIGNMENTS = 128  # decode batches (11 tokens of top-10 + the shared expert
 
 
 @triton.jit
-def tile(ids_ptr, w_ptr, a, nb, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
-    """Assignment a's expert e, output slice nb's BN rows (and which are < N), the BK
-    reduction lanes, and pointers to w[e, rows, :BK]. ids are read past L1 (".cg"): under
-    PDL the down kernel reads them before its wait (see `_gemv_down_kernel`)."""
-    e = tl.load(ids_ptr + a, cache_modifier=".cg")
+def slice_rows(nb, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
+    """Output slice nb's BN rows (and which are < N), the BK reduction lanes, and their
+    offsets in one expert's matrix: (offs_n, n_ok, offs_k, rows)."""
     offs_n = nb * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
-    w_ptrs = w_ptr + e * s_we + offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
-    return e, offs_n, offs_n < N, offs_k, w_ptrs
+    return offs_n, offs_n < N, offs_k, offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
+
+
+@triton.jit
+def tile(ids_ptr, w_ptr, a, nb, s_we, s_wn, N, BN: tl.constexpr, BK: tl.constexpr):
+    """Assignment a's expert e, `slice_rows` (offs_n, n_ok, offs_k) and pointers to
+    w[e, rows, :BK]. ids are read past L1 (".cg"): under PDL the down kernel reads them
+    before its wait (see `_gemv_down_kernel`)."""
+    e = tl.load(ids_ptr + a, cache_modifier=".cg")
+    offs_n, n_ok, offs_k, rows = slice_rows(nb, s_wn, N, BN, BK)
+    return e, offs_n, n_ok, offs_k, w_ptr + e * s_we + rows
 
 
 @triton.jit
@@ -127,15 +134,11 @@ def down_rows(inter_ptr, tw_ptr, y_ptr, a, w, w_ptrs, offs_n, n_ok, offs_k, s_tw
 @triton.jit
 def shared_first(w_ptr, a, nb, s_we, s_wn, E, shared, H: tl.constexpr, I: tl.constexpr,
                  TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """GEMM 1 before the routing: output slice nb's BN rows (and which are < I), the BK
-    lanes, their offsets in an expert, whether assignment a is a token's last slot and
-    `shared` (the fused shared expert E - 1, known before the routing), and that expert's
-    first gate and up weights if so (zeros elsewhere): (offs_n, n_ok, offs_k, rows, pre, g,
-    u)."""
-    offs_n = nb * BN + tl.arange(0, BN)
-    n_ok = offs_n < I
-    offs_k = tl.arange(0, BK)
-    rows = offs_n[:, None].to(tl.int64) * s_wn + offs_k[None, :]
+    """GEMM 1 before the routing: `slice_rows` for slice nb, whether assignment a is a
+    token's last slot and `shared` (the fused shared expert E - 1, known before the routing),
+    and that expert's first gate and up weights if so (zeros elsewhere): (offs_n, n_ok,
+    offs_k, rows, pre, g, u)."""
+    offs_n, n_ok, offs_k, rows = slice_rows(nb, s_wn, I, BN, BK)
     pre = (a % TOPK == TOPK - 1) & (shared != 0)
     zero = tl.zeros([BN, BK], w_ptr.dtype.element_ty)
     g, u = gate_up_first(w_ptr + (E - 1) * s_we + rows, n_ok, offs_k, pre, zero, zero, s_wn,

@@ -63,7 +63,6 @@ def _put(ptr, col: tl.constexpr, stamp):
     tl.store(ptr + row * 5 + col, stamp)
 
 
-
 @triton.jit
 def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, st_ptr, s_xt, s_wr, s_lt, R,
             E, H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
