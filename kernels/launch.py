@@ -94,3 +94,20 @@ def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     if key not in _counters:
         _counters[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
     return _counters[key][:n]
+
+
+_polled: dict[tuple, torch.Tensor] = {}
+
+
+def polled_rows(device: torch.device, n: int, width: int) -> torch.Tensor:
+    """n rows of `width` int32 words, each -1 (`moe_route.UNSET`), for a kernel whose programs
+    write them and whose polling program reads them once none is -1 and sets them back to -1
+    (kernels/moe_router.py). Made, kept and shared like `arrival_counters` (one buffer of
+    MAX_COUNTERS rows per device, stream and width)."""
+    if not 0 < n <= MAX_COUNTERS:
+        raise ValueError(f"{n} rows: at most {MAX_COUNTERS}")
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, width)
+    if key not in _polled:
+        _polled[key] = torch.full((MAX_COUNTERS, width), -1, dtype=torch.int32, device=device)
+    return _polled[key][:n]

@@ -1,11 +1,12 @@
 """Triton kernels: MoE routing, the top k of the router's softmax.
 
 `moe_route`: router logits [T, E] -> the top k of the softmax in float32 (chosen on the logits,
-which order alike), optional renormalisation; one program per token (`route_token`, which the
-one-launch decode paths of moe_route_align.py and moe_router.py call too). With `shared`, the
-logits carry one more column, the gate of a shared expert fused as expert E (layers/moe.py):
-every token also picks it, last, with weight sigmoid(logit). `last_to_arrive`: the arrival
-counter those one-launch paths order their last program by.
+which order alike), optional renormalisation; one program per token (`route_token`, which
+moe_route_align.py's one-launch path calls too; its arithmetic is `route_logits`, which
+moe_router.py's routing programs call on the logits they polled, `poll_logits`). With `shared`,
+the logits carry one more column, the gate of a shared expert fused as expert E
+(layers/moe.py): every token also picks it, last, with weight sigmoid(logit).
+`last_to_arrive`: the arrival counter moe_route_align.py orders its last program by.
 Reference: `moe_route_ref` (kernels/moe_ref.py).
 """
 
@@ -63,18 +64,63 @@ def _key_logit(key, BF16: tl.constexpr):
 def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
                 BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr,
                 BF16: tl.constexpr):
-    """Token t's top-K (+ the shared expert) weights and ids, stored at row t. The top K of the
-    logits are those of the softmax: one bitonic top-BLOCK_K of the logit keys (`tl.topk`;
-    K arg-max reductions in turn only when BLOCK_K > BLOCK_E, tiny test models), then the
-    softmax of the K chosen (RENORM) or over all E. Keys on logits, not probabilities: no
-    softmax over E before the sort, and with bf16 logits half-width keys (docs/perf/moe.md)."""
+    """Token t's top-K (+ the shared expert) weights and ids from its logits row (read past
+    L1, ".cg": the logits may come from other programs of the same launch): `route_logits`."""
     lanes = tl.arange(0, BLOCK_E)
-    # ".cg": past L1 (the logits may come from other programs of the same launch)
+    row = logits_ptr + t * s_t
+    gate = 0.0
     if SHARED:  # the shared expert's gate logit (column E), loaded with the others
-        gate = tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32)
-    x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"),
-                cache_modifier=".cg")
-    x = x.to(tl.float32)
+        gate = tl.load(row + E, cache_modifier=".cg").to(tl.float32)
+    x = tl.load(row + lanes, mask=lanes < E, other=-float("inf"), cache_modifier=".cg")
+    route_logits(x.to(tl.float32), gate, w_ptr, ids_ptr, t, E, K, BLOCK_E, BLOCK_K, RENORM,
+                 SHARED, BF16)
+
+
+UNSET = tl.constexpr(-1)  # a polled logit's bits before it is written (a NaN no logit has)
+
+
+@triton.jit
+def _read_row(row, lanes, E, SHARED: tl.constexpr):
+    """One volatile read of a polled row: (bits [BLOCK_E] of the E logits, 0 past E; every
+    lane's read of the gate bits, column E, so that none goes on without it; 0 without
+    SHARED)."""
+    bits = tl.load(row + lanes, mask=lanes < E, other=0, volatile=True)
+    g = tl.zeros_like(bits)
+    if SHARED:
+        g = tl.load(row + E + lanes * 0, volatile=True)
+    return bits, g
+
+
+@triton.jit
+def poll_logits(bits_ptr, t, s_t, E, BLOCK_E: tl.constexpr, SHARED: tl.constexpr):
+    """Token t's E logits (and the shared expert's gate, column E) from row t of bits_ptr
+    (int32, a float32's bits each), once other programs of the launch have written every one:
+    read volatile (past the caches) until none holds `UNSET`, then set back to `UNSET` for the
+    next launch. Returns (x float32 [BLOCK_E], -inf past E; the gate, 0 without SHARED)."""
+    lanes = tl.arange(0, BLOCK_E)
+    row = bits_ptr + t * s_t
+    bits, g = _read_row(row, lanes, E, SHARED)
+    while tl.max(((bits == UNSET) | (g == UNSET)).to(tl.int32), 0) != 0:
+        bits, g = _read_row(row, lanes, E, SHARED)
+    tl.store(row + lanes, tl.full([BLOCK_E], UNSET, tl.int32), mask=lanes < E)
+    if SHARED:
+        tl.store(row + E, UNSET)
+    x = tl.where(lanes < E, bits.to(tl.float32, bitcast=True), -float("inf"))
+    return x, tl.max(g, 0).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def route_logits(x, gate, w_ptr, ids_ptr, t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
+                 BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr,
+                 BF16: tl.constexpr):
+    """Token t's top-K (+ the shared expert) weights and ids, stored at row t, from its logits
+    x [BLOCK_E] float32 (-inf past E) and the shared expert's gate logit (column E). The top K
+    of the logits are those of the softmax: one bitonic top-BLOCK_K of the logit keys
+    (`tl.topk`; K arg-max reductions in turn only when BLOCK_K > BLOCK_E, tiny test models),
+    then the softmax of the K chosen (RENORM) or over all E. Keys on logits, not
+    probabilities: no softmax over E before the sort, and with bf16 logits half-width keys
+    (docs/perf/moe.md)."""
+    lanes = tl.arange(0, BLOCK_E)
     key = _logit_keys(x, lanes, E, BLOCK_E, BF16)
     slots = tl.arange(0, BLOCK_K)
     if BLOCK_K <= BLOCK_E:
@@ -157,6 +203,12 @@ def route_outputs(router_logits: torch.Tensor, top_k: int, shared: bool,
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k={top_k} must be in [1, E={E}]")
     check_device(name, router_logits)
-    dev = router_logits.device
-    return (torch.empty(T, top_k + shared, dtype=torch.float32, device=dev),
-            torch.empty(T, top_k + shared, dtype=torch.int64, device=dev))
+    return route_buffers(T, top_k, shared, router_logits.device)
+
+
+def route_buffers(T: int, top_k: int, shared: bool,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty routing outputs: (weights float32 [T, k'], ids int64 [T, k']), k' = top_k
+    (+ 1 with `shared`)."""
+    return (torch.empty(T, top_k + shared, dtype=torch.float32, device=device),
+            torch.empty(T, top_k + shared, dtype=torch.int64, device=device))

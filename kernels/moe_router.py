@@ -2,12 +2,17 @@
 
 `route_hidden(x, weight, ...)` = `moe_route(F.linear(x, weight)[:, :num_logits], ...)`. One
 program per (token t, BN router rows): x[t] against those rows of the router's weight (products
-summed in float32, rounded to x.dtype as the GEMM's output would be), stored to a float32
-logits scratch row; then the program counts itself in on token t's arrival counter
-(`launch.arrival_counters`), and the last of the token's programs routes it (`route_token`:
-softmax, top-k, renormalisation, the fused shared expert's gate) and sets the counter back.
-Ordering: `last_to_arrive` (kernels/moe_route.py); the logits are read back past L1
-(`route_token` loads with ".cg").
+summed in float32, rounded to x.dtype as the GEMM's output would be), stored as float32 bits to
+token t's row of polled logits (`launch.polled_rows`, -1 = unset between launches). One more
+program per token, the last of its grid row, reads that row volatile until every logit is in
+(`moe_route.poll_logits`), routes the token (`route_logits`: softmax, top-k, renormalisation,
+the fused shared expert's gate) and sets the row back to unset. No arrival atomics: the
+routing program sees the last logit 0.3-0.6 µs sooner than the last of the token's programs
+used to find itself last (a release fence and an atomic's round trip; docs/perf/moe.md,
+2026-11-29). Waiting cannot deadlock: the GEMV programs wait for nothing of this launch, the
+routing programs have the grid's highest block ids (dispatched last in practice; even first,
+T of them leave the GPU room for the rest), and the interpreter, which runs programs in order,
+runs them after their token's GEMV programs.
 
 Under programmatic dependent launch (`launch.pdl`) the kernel launches with PDL itself: a
 program loads its router rows (`router_weights`) before it waits (`gdc_wait`) for the launch
@@ -20,7 +25,7 @@ docs/perf/moe.md).
 
 At decode the router's bf16 GEMM (cuBLAS: ≈ 3.3 µs a layer at batch 1 on 4 x H200 for 2 MB of
 weights) and the routing kernel (≈ 4 µs) were two launches a layer, mostly latency; here 132
-programs stream the 2 MB (528 padded rows of 4, H = 2048) and one routes.
+programs a token stream the 2 MB (528 padded rows of 4, H = 2048) and one more routes it.
 
 Reference: `moe_route_ref(F.linear(x, weight)[:, :num_logits], ...)`.
 """
@@ -32,8 +37,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from qnext.kernels.launch import MAX_COUNTERS, arrival_counters, check_device, pdl_meta
-from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
+from qnext.kernels.launch import MAX_COUNTERS, check_device, pdl_meta, polled_rows
+from qnext.kernels.moe_route import poll_logits, route_buffers, route_logits, route_meta
 
 BN = 4  # router rows a program
 BK = 1024  # hidden columns a step (bench_moe.py's router table, one H200, 2026-11-28: (4, 1024)
@@ -58,8 +63,8 @@ def router_weights(wr_ptr, rb, s_wr, R, H: tl.constexpr, RN: tl.constexpr, RK: t
 def router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_xt, s_lt, R,
                 H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr):
     """`router_weights`' rows against x[t]: products summed in float32 a column step at a
-    time, rounded to x.dtype as the GEMM's output would be, stored to logits[t] as float32.
-    Every step loads the weights two steps ahead."""
+    time, rounded to x.dtype as the GEMM's output would be, stored to logits[t] as float32
+    bits (int32, for `poll_logits`). Every step loads the weights two steps ahead."""
     acc = tl.zeros([RN, RK], tl.float32)
     for k0 in range(0, H, RK):
         x = tl.load(x_ptr + t * s_xt + k0 + cols, mask=cols < H - k0, other=0.0,
@@ -70,26 +75,30 @@ def router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_x
         w_next = tl.load(w_ptrs + RK, mask=row_ok & (cols < H - k0 - 2 * RK)[None, :],
                          other=0.0)
     logit = tl.sum(acc, axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(logits_ptr + t * s_lt + rows, logit, mask=rows < R)
+    logit = tl.where(logit == logit, logit, float("nan"))  # one NaN: never `UNSET`'s bits
+    tl.store(logits_ptr + t * s_lt + rows, logit.to(tl.int32, bitcast=True), mask=rows < R)
 
 
 @triton.jit
-def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, s_xt, s_wr, s_lt, R, E,
+def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, s_xt, s_wr, s_lt, R, E,
                    H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
                    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
                    SHARED: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # the experts' GEMM 1 may launch now (it waits for this grid before it reads)
         gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
-    w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, tl.program_id(1), s_wr, R, H,
-                                                           RN, RK)
-    if PDL:
-        gdc_wait()  # x, and the arrival counters' last reset
-    router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_xt, s_lt, R, H,
-                RN, RK)
-    if last_to_arrive(count_ptr + t, tl.num_programs(1)):
-        route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED,
-                    BF16)
+    rb = tl.program_id(1)
+    if rb == tl.num_programs(1) - 1:  # token t's routing program, the last of its row
+        if PDL:
+            gdc_wait()  # the launch before this one set the row back
+        x, gate = poll_logits(logits_ptr, t, s_lt, E, BLOCK_E, SHARED)
+        route_logits(x, gate, w_ptr, ids_ptr, t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED, BF16)
+    else:
+        w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, rb, s_wr, R, H, RN, RK)
+        if PDL:
+            gdc_wait()  # x
+        router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_xt, s_lt,
+                    R, H, RN, RK)
 
 
 def takes(num_tokens: int) -> bool:
@@ -110,21 +119,22 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     T, H = x.shape
     if x.dim() != 2 or x.stride(1) != 1 or weight.dim() != 2 or weight.shape[1] != H \
             or weight.stride(1) != 1 or weight.dtype != x.dtype \
-            or not 0 < num_logits <= weight.shape[0]:
+            or not 0 < num_logits <= weight.shape[0] or not 0 < top_k <= num_logits - shared:
         raise ValueError(f"x {tuple(x.shape)} {x.dtype} and router weight "
                          f"{tuple(weight.shape)} {weight.dtype} must be [T, H] and [R, H] "
-                         f"with contiguous rows, one dtype, R >= num_logits = {num_logits}")
+                         f"with contiguous rows, one dtype, R >= num_logits = {num_logits} "
+                         f"and top_k = {top_k} in [1, {num_logits - shared}]")
     if not takes(T):
         raise ValueError(f"{T} tokens: at most {MAX_COUNTERS} (use moe_route)")
     check_device("route_hidden", x, weight)
-    logits = torch.empty(T, num_logits, dtype=torch.float32, device=x.device)  # scratch
-    weights, ids = route_outputs(logits, top_k, shared, "route_hidden")
+    logits = polled_rows(x.device, T, num_logits)  # float32 bits, `UNSET` between launches
+    weights, ids = route_buffers(T, top_k, shared, x.device)
     meta = route_meta(top_k, num_logits - shared, shared, x.dtype)  # rounded to x's dtype
     meta["num_warps"] = num_warps or meta["num_warps"]
     rn, rk = tiles
     meta.update(pdl_meta(x.device, use_pdl))
-    _router_kernel[(T, triton.cdiv(num_logits, rn))](
-        x, weight, logits, weights, ids, arrival_counters(x.device, T), x.stride(0),
-        weight.stride(0), logits.stride(0), num_logits, num_logits - shared, H=H, RN=rn,
+    _router_kernel[(T, triton.cdiv(num_logits, rn) + 1)](
+        x, weight, logits, weights, ids, x.stride(0), weight.stride(0), logits.stride(0),
+        num_logits, num_logits - shared, H=H, RN=rn,
         RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
     return weights, ids

@@ -26,11 +26,12 @@ pytest="-m pytest -q -p no:cacheprovider -rfE --durations=10"
 # "tests" is every single-GPU test file in one call (files in parallel, see gpu_tests.sh);
 # tests_kernels / tests_model are its two halves.
 steps=(
-  "tests|580|$site|scripts/gpu_tests.sh attention gdn_prefill:3 moe parity engine cuda_graph \
-                             spec conv_prefill gdn_decode norms rope verify conv_decode lamport \
-                             transfer gemv warmup gdn_layer"
+  "tests|580|$site|scripts/gpu_tests.sh attention gdn_prefill:3 moe moe_router parity engine \
+                             cuda_graph spec conv_prefill gdn_decode norms rope verify \
+                             conv_decode lamport transfer gemv warmup gdn_layer"
   "tests_kernels|560|$site|scripts/gpu_tests.sh attention conv_decode conv_prefill gdn_decode \
-                                     gdn_prefill:3 moe norms rope verify lamport gemv gdn_layer"
+                                     gdn_prefill:3 moe moe_router norms rope verify lamport gemv \
+                                     gdn_layer"
   "tests_model|560|$site|scripts/gpu_tests.sh parity engine cuda_graph spec transfer warmup"
   "gdn_prefill|560|$anchored|scripts/bench_gdn_prefill.py"
   "gdn_decode|60|$anchored|scripts/bench_gdn_decode.py"

@@ -33,8 +33,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from qnext.kernels import moe_gemv
 from qnext.kernels.moe_gemv import (down_first, down_rows, gate_up_rows, routed_first,
                                      shared_first, tile)
-from qnext.kernels.launch import arrival_counters
-from qnext.kernels.moe_route import last_to_arrive, route_meta, route_outputs, route_token
+from qnext.kernels.launch import polled_rows
+from qnext.kernels.moe_route import poll_logits, route_buffers, route_logits, route_meta
 from qnext.kernels.moe_router import BK, BN, route_hidden, router_rows, router_weights
 from bench_common import graph_us
 from bench_moe_layers import E, H, TOPK, _layers
@@ -64,26 +64,28 @@ def _put(ptr, col: tl.constexpr, stamp):
 
 
 @triton.jit
-def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, count_ptr, st_ptr, s_xt, s_wr, s_lt, R,
-            E, H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
+def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, st_ptr, s_xt, s_wr, s_lt, R, E,
+            H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
             BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, SHARED: tl.constexpr,
             BF16: tl.constexpr):
     gdc_launch_dependents()
     _put(st_ptr, 0, _clock())
     t = tl.program_id(0).to(tl.int64)
-    w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, tl.program_id(1), s_wr, R, H,
-                                                           RN, RK)
-    gdc_wait()
-    _put(st_ptr, 4, _clock())
-    router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_xt, s_lt, R, H,
-                RN, RK)
-    _put(st_ptr, 1, _clock())
-    last = last_to_arrive(count_ptr + t, tl.num_programs(1))
-    _put(st_ptr, 2, _clock())
-    if last:
-        route_token(logits_ptr, w_ptr, ids_ptr, t, s_lt, E, K, BLOCK_E, BLOCK_K, True, SHARED,
-                    BF16)
+    rb = tl.program_id(1)
+    if rb == tl.num_programs(1) - 1:
+        gdc_wait()
+        _put(st_ptr, 4, _clock())
+        x, gate = poll_logits(logits_ptr, t, s_lt, E, BLOCK_E, SHARED)
+        _put(st_ptr, 2, _clock())
+        route_logits(x, gate, w_ptr, ids_ptr, t, E, K, BLOCK_E, BLOCK_K, True, SHARED, BF16)
         _put(st_ptr, 3, _clock())
+    else:
+        w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, rb, s_wr, R, H, RN, RK)
+        gdc_wait()
+        _put(st_ptr, 4, _clock())
+        router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_xt, s_lt,
+                    R, H, RN, RK)
+        _put(st_ptr, 1, _clock())
 
 
 @triton.jit(do_not_specialize=["shared"])
@@ -124,12 +126,11 @@ def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list
     out = []
     for (x, wr, w13, w2, _), (s_r, s_g, s_d) in zip(layers, stamps):
         T = x.shape[0]
-        logits = torch.empty(T, E + 1, dtype=torch.float32, device="cuda")
-        tw, ids = route_outputs(logits, TOPK, True, "probe")
-        _router[(T, triton.cdiv(E + 1, BN))](
-            x, wr, logits, tw, ids, arrival_counters(x.device, T), s_r, x.stride(0),
-            wr.stride(0), logits.stride(0), E + 1, E, H=H, RN=BN, RK=BK, launch_pdl=True,
-            **route_meta(TOPK, E, True, x.dtype))
+        logits = polled_rows(x.device, T, E + 1)
+        tw, ids = route_buffers(T, TOPK, True, x.device)
+        _router[(T, triton.cdiv(E + 1, BN) + 1)](
+            x, wr, logits, tw, ids, s_r, x.stride(0), wr.stride(0), logits.stride(0), E + 1, E,
+            H=H, RN=BN, RK=BK, launch_pdl=True, **route_meta(TOPK, E, True, x.dtype))
         n = ids.numel()
         inter = torch.empty(n, I, dtype=x.dtype, device="cuda")
         y = torch.empty(n, H, dtype=x.dtype, device="cuda")
@@ -154,7 +155,7 @@ def _real_step(layers: list[tuple]) -> list[torch.Tensor]:
 
 
 EVENTS = ["router: passes gdc_wait (median)", "router: GEMV done (median)",
-          "router: GEMV done (last)", "router: arrivals done", "router: routed",
+          "router: GEMV done (last)", "router: every logit seen", "router: routed",
           "GEMM 1: first start", "GEMM 1: passes gdc_wait (median)",
           "GEMM 1: passes gdc_wait (last)", "GEMM 1: end (median)", "GEMM 1: end (last)",
           "down: first start", "down: weights in (median)", "down: weights in (last)",
@@ -163,7 +164,8 @@ EVENTS = ["router: passes gdc_wait (median)", "router: GEMV done (median)",
 
 def _events(r: torch.Tensor, g: torch.Tensor, d: torch.Tensor, nxt: float) -> list[float]:
     """EVENTS from one layer's stamps (µs, the layer's first router start = 0)."""
-    return [r[:, 4].median(), r[:, 1].median(), r[:, 1].max(), r[:, 2].max(), r[:, 3].max(),
+    gemv = r[r[:, 1] > 0, 1]  # not the routing programs' rows
+    return [r[:, 4].median(), gemv.median(), gemv.max(), r[:, 2].max(), r[:, 3].max(),
             g[:, 0].min(), g[:, 1].median(), g[:, 1].max(), g[:, 3].median(), g[:, 3].max(),
             d[:, 0].min(), d[:, 1].median(), d[:, 1].max(), d[:, 2].median(), d[:, 3].max(),
             nxt]
@@ -171,7 +173,8 @@ def _events(r: torch.Tensor, g: torch.Tensor, d: torch.Tensor, nxt: float) -> li
 
 def timeline(T: int, n: int = 8, replays: int = 30) -> None:
     layers = _layers(n, I, T, seed=T)
-    counts = (T * triton.cdiv(E + 1, BN), T * K * I // moe_gemv.BN1, T * K * H // moe_gemv.BN2)
+    counts = (T * (triton.cdiv(E + 1, BN) + 1), T * K * I // moe_gemv.BN1,
+              T * K * H // moe_gemv.BN2)
     stamps = [[torch.zeros(c, 5, dtype=torch.int64, device="cuda") for c in counts]
               for _ in range(n)]
     if not all(torch.equal(a, b) for a, b in zip(_stamped_step(layers, stamps),

@@ -20,3 +20,10 @@ KERNEL_MARKS = [pytest.mark.gpu,
 
 def generator(seed: int) -> torch.Generator:
     return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def poison() -> None:
+    """Fill-and-free NaN blocks in both allocator pools, so torch.empty hands back NaN bytes."""
+    big = torch.full((1 << 22,), float("nan"), device=DEVICE)
+    small = [torch.full((1 << 16,), float("nan"), device=DEVICE) for _ in range(16)]
+    del big, small
