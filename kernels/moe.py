@@ -204,7 +204,7 @@ def fused_moe_from_hidden(x: torch.Tensor, router_weight: torch.Tensor, num_logi
     with the router GEMV (`moe_router.route_hidden`); the rest run the GEMM first."""
     T, n = x.shape[0], x.shape[0] * (top_k + shared)
     cfg = default_config(n, w13.shape[0], _elem_size(x, w13, w2))
-    if cfg.gemv and moe_router.takes(T):
+    if cfg.gemv and moe_router.takes(T, num_logits - shared):
         routing = moe_router.route_hidden(x, router_weight, num_logits, top_k, renormalize,
                                           shared)
         return fused_moe(x, w13, w2, *routing, cfg, combine=combine, shared=shared)

@@ -2,11 +2,11 @@
 
 `moe_route`: router logits [T, E] -> the top k of the softmax in float32 (chosen on the logits,
 which order alike), optional renormalisation; one program per token (`route_token`, which
-moe_route_align.py's one-launch path calls too; its arithmetic is `route_logits`, which
-moe_router.py's routing programs call on the logits they polled, `poll_logits`). With `shared`,
-the logits carry one more column, the gate of a shared expert fused as expert E
-(layers/moe.py): every token also picks it, last, with weight sigmoid(logit).
-`last_to_arrive`: the arrival counter moe_route_align.py orders its last program by.
+moe_route_align.py's one-launch path calls too; moe_route_warp.py routes the router kernel's
+tokens on the same keys: `logit_keys`, `key_logit`, `key_floor`). With `shared`, the logits
+carry one more column, the gate of a shared expert fused as expert E (layers/moe.py): every
+token also picks it, last, with weight sigmoid(logit). `last_to_arrive`: the arrival counter
+moe_route_align.py orders its last program by.
 Reference: `moe_route_ref` (kernels/moe_ref.py).
 """
 
@@ -27,7 +27,7 @@ def _ordered(bits, SIGN_MASK: tl.constexpr):
 
 
 @triton.jit
-def _logit_keys(x, lanes, E, BLOCK_E: tl.constexpr, BF16: tl.constexpr):
+def logit_keys(x, lanes, E, BLOCK_E: tl.constexpr, BF16: tl.constexpr):
     """One key a lane: the logit's ordered bits above the reversed lane, so that the largest
     key is the largest logit and, on ties, the lowest index; lanes past E hold the minimum.
     BF16 (logits exact in bfloat16): int32 keys, the logit's 16 bits above 16 lane bits;
@@ -37,11 +37,11 @@ def _logit_keys(x, lanes, E, BLOCK_E: tl.constexpr, BF16: tl.constexpr):
         key = (_ordered(bits >> 16, 0x7FFF) << 16) | (BLOCK_E - 1 - lanes)
     else:
         key = (_ordered(bits, 0x7FFFFFFF).to(tl.int64) << 32) | (BLOCK_E - 1 - lanes)
-    return tl.where(lanes < E, key, _key_floor(BF16))
+    return tl.where(lanes < E, key, key_floor(BF16))
 
 
 @triton.jit
-def _key_floor(BF16: tl.constexpr):
+def key_floor(BF16: tl.constexpr):
     """The smallest key (lanes past E, lanes taken)."""
     if BF16:
         floor = -2147483648
@@ -51,8 +51,8 @@ def _key_floor(BF16: tl.constexpr):
 
 
 @triton.jit
-def _key_logit(key, BF16: tl.constexpr):
-    """The logit and the lane back from `_logit_keys`' keys."""
+def key_logit(key, BF16: tl.constexpr):
+    """The logit and the lane back from `logit_keys`' keys."""
     if BF16:
         bits, lane = _ordered(key >> 16, 0x7FFF) << 16, key & 0xFFFF
     else:
@@ -64,64 +64,19 @@ def _key_logit(key, BF16: tl.constexpr):
 def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
                 BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr,
                 BF16: tl.constexpr):
-    """Token t's top-K (+ the shared expert) weights and ids from its logits row (read past
-    L1, ".cg": the logits may come from other programs of the same launch): `route_logits`."""
+    """Token t's top-K (+ the shared expert) weights and ids, stored at row t. The top K of the
+    logits are those of the softmax: one bitonic top-BLOCK_K of the logit keys (`tl.topk`;
+    K arg-max reductions in turn only when BLOCK_K > BLOCK_E, tiny test models), then the
+    softmax of the K chosen (RENORM) or over all E. Keys on logits, not probabilities: no
+    softmax over E before the sort, and with bf16 logits half-width keys (docs/perf/moe.md)."""
     lanes = tl.arange(0, BLOCK_E)
-    row = logits_ptr + t * s_t
-    gate = 0.0
+    # ".cg": past L1 (the logits may come from other programs of the same launch)
     if SHARED:  # the shared expert's gate logit (column E), loaded with the others
-        gate = tl.load(row + E, cache_modifier=".cg").to(tl.float32)
-    x = tl.load(row + lanes, mask=lanes < E, other=-float("inf"), cache_modifier=".cg")
-    route_logits(x.to(tl.float32), gate, w_ptr, ids_ptr, t, E, K, BLOCK_E, BLOCK_K, RENORM,
-                 SHARED, BF16)
-
-
-UNSET = tl.constexpr(-1)  # a polled logit's bits before it is written (a NaN no logit has)
-
-
-@triton.jit
-def _read_row(row, lanes, E, SHARED: tl.constexpr):
-    """One volatile read of a polled row: (bits [BLOCK_E] of the E logits, 0 past E; every
-    lane's read of the gate bits, column E, so that none goes on without it; 0 without
-    SHARED)."""
-    bits = tl.load(row + lanes, mask=lanes < E, other=0, volatile=True)
-    g = tl.zeros_like(bits)
-    if SHARED:
-        g = tl.load(row + E + lanes * 0, volatile=True)
-    return bits, g
-
-
-@triton.jit
-def poll_logits(bits_ptr, t, s_t, E, BLOCK_E: tl.constexpr, SHARED: tl.constexpr):
-    """Token t's E logits (and the shared expert's gate, column E) from row t of bits_ptr
-    (int32, a float32's bits each), once other programs of the launch have written every one:
-    read volatile (past the caches) until none holds `UNSET`, then set back to `UNSET` for the
-    next launch. Returns (x float32 [BLOCK_E], -inf past E; the gate, 0 without SHARED)."""
-    lanes = tl.arange(0, BLOCK_E)
-    row = bits_ptr + t * s_t
-    bits, g = _read_row(row, lanes, E, SHARED)
-    while tl.max(((bits == UNSET) | (g == UNSET)).to(tl.int32), 0) != 0:
-        bits, g = _read_row(row, lanes, E, SHARED)
-    tl.store(row + lanes, tl.full([BLOCK_E], UNSET, tl.int32), mask=lanes < E)
-    if SHARED:
-        tl.store(row + E, UNSET)
-    x = tl.where(lanes < E, bits.to(tl.float32, bitcast=True), -float("inf"))
-    return x, tl.max(g, 0).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def route_logits(x, gate, w_ptr, ids_ptr, t, E, K: tl.constexpr, BLOCK_E: tl.constexpr,
-                 BLOCK_K: tl.constexpr, RENORM: tl.constexpr, SHARED: tl.constexpr,
-                 BF16: tl.constexpr):
-    """Token t's top-K (+ the shared expert) weights and ids, stored at row t, from its logits
-    x [BLOCK_E] float32 (-inf past E) and the shared expert's gate logit (column E). The top K
-    of the logits are those of the softmax: one bitonic top-BLOCK_K of the logit keys
-    (`tl.topk`; K arg-max reductions in turn only when BLOCK_K > BLOCK_E, tiny test models),
-    then the softmax of the K chosen (RENORM) or over all E. Keys on logits, not
-    probabilities: no softmax over E before the sort, and with bf16 logits half-width keys
-    (docs/perf/moe.md)."""
-    lanes = tl.arange(0, BLOCK_E)
-    key = _logit_keys(x, lanes, E, BLOCK_E, BF16)
+        gate = tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32)
+    x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"),
+                cache_modifier=".cg")
+    x = x.to(tl.float32)
+    key = logit_keys(x, lanes, E, BLOCK_E, BF16)
     slots = tl.arange(0, BLOCK_K)
     if BLOCK_K <= BLOCK_E:
         top = tl.topk(key, BLOCK_K)  # descending: slot j holds the j-th largest key
@@ -130,8 +85,8 @@ def route_logits(x, gate, w_ptr, ids_ptr, t, E, K: tl.constexpr, BLOCK_E: tl.con
         for j in tl.static_range(K):  # repeated arg-max
             best = tl.max(key, 0)
             top = tl.where(slots == j, best, top)
-            key = tl.where(key == best, _key_floor(BF16), key)
-    logit, lane = _key_logit(top, BF16)
+            key = tl.where(key == best, key_floor(BF16), key)
+    logit, lane = key_logit(top, BF16)
     ids = tl.where(slots < K, BLOCK_E - 1 - lane.to(tl.int64), 0)
     m = tl.max(tl.where(slots < K, logit, -float("inf")), 0)
     w = tl.where(slots < K, tl.exp(logit - m), 0.0)

@@ -5,14 +5,14 @@ program per (token t, BN router rows): x[t] against those rows of the router's w
 summed in float32, rounded to x.dtype as the GEMM's output would be), stored as float32 bits to
 token t's row of polled logits (`launch.polled_rows`, -1 = unset between launches). One more
 program per token, the last of its grid row, reads that row volatile until every logit is in
-(`moe_route.poll_logits`), routes the token (`route_logits`: softmax, top-k, renormalisation,
-the fused shared expert's gate) and sets the row back to unset. No arrival atomics: the
-routing program sees the last logit 0.3-0.6 µs sooner than the last of the token's programs
-used to find itself last (a release fence and an atomic's round trip; docs/perf/moe.md,
-2026-11-29). Waiting cannot deadlock: the GEMV programs wait for nothing of this launch, the
-routing programs have the grid's highest block ids (dispatched last in practice; even first,
-T of them leave the GPU room for the rest), and the interpreter, which runs programs in order,
-runs them after their token's GEMV programs.
+and routes the token (kernels/moe_route_warp.py: `poll_row`; `route_columns`: top-k with each
+warp holding all the logits, softmax, renormalisation, the fused shared expert's gate), then
+sets the row back to unset. No arrival atomics, and a top-k without barriers: the token is
+routed 0.5-0.8 µs sooner than by the last of its programs to count itself in on an atomic
+(docs/perf/moe.md, 2026-11-29). Waiting cannot deadlock: the GEMV programs wait for nothing
+of this launch, the routing programs have the grid's highest block ids (dispatched last in
+practice; even first, T of them leave the GPU room for the rest), and the interpreter, which
+runs programs in order, runs them after their token's GEMV programs.
 
 Under programmatic dependent launch (`launch.pdl`) the kernel launches with PDL itself: a
 program loads its router rows (`router_weights`) before it waits (`gdc_wait`) for the launch
@@ -38,8 +38,10 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from qnext.kernels.launch import MAX_COUNTERS, check_device, pdl_meta, polled_rows
-from qnext.kernels.moe_route import poll_logits, route_buffers, route_logits, route_meta
+from qnext.kernels.moe_route import route_buffers, route_meta
+from qnext.kernels.moe_route_warp import LANES, poll_row, route_columns
 
+MAX_EXPERTS = 32 * LANES  # the routing keeps a token's logits in 32 registers a lane at most
 BN = 4  # router rows a program
 BK = 1024  # hidden columns a step (bench_moe.py's router table, one H200, 2026-11-28: (4, 1024)
 # 10.2 / 10.8 / 11.6 µs at 1 / 4 / 8 tokens, all of H in one step 11.2 / 11.1 / 12.2)
@@ -82,7 +84,7 @@ def router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_x
 @triton.jit
 def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, s_xt, s_wr, s_lt, R, E,
                    H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
-                   BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
+                   LOG_NC: tl.constexpr, BLOCK_K: tl.constexpr, RENORM: tl.constexpr,
                    SHARED: tl.constexpr, BF16: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # the experts' GEMM 1 may launch now (it waits for this grid before it reads)
         gdc_launch_dependents()
@@ -91,8 +93,8 @@ def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, s_xt, s_wr, s_lt, 
     if rb == tl.num_programs(1) - 1:  # token t's routing program, the last of its row
         if PDL:
             gdc_wait()  # the launch before this one set the row back
-        x, gate = poll_logits(logits_ptr, t, s_lt, E, BLOCK_E, SHARED)
-        route_logits(x, gate, w_ptr, ids_ptr, t, E, K, BLOCK_E, BLOCK_K, RENORM, SHARED, BF16)
+        xs, gate = poll_row(logits_ptr, t, s_lt, E, 1 << LOG_NC, SHARED)
+        route_columns(xs, gate, w_ptr, ids_ptr, t, E, LOG_NC, K, BLOCK_K, RENORM, SHARED, BF16)
     else:
         w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, rb, s_wr, R, H, RN, RK)
         if PDL:
@@ -101,9 +103,10 @@ def _router_kernel(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, s_xt, s_wr, s_lt, 
                     R, H, RN, RK)
 
 
-def takes(num_tokens: int) -> bool:
-    """Whether `route_hidden` handles a batch this big (decode batches)."""
-    return 0 < num_tokens <= MAX_COUNTERS
+def takes(num_tokens: int, num_experts: int) -> bool:
+    """Whether `route_hidden` handles a batch this big (decode batches) of this many routed
+    experts (at most MAX_EXPERTS)."""
+    return 0 < num_tokens <= MAX_COUNTERS and 0 < num_experts <= MAX_EXPERTS
 
 
 def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: int,
@@ -124,17 +127,21 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
                          f"{tuple(weight.shape)} {weight.dtype} must be [T, H] and [R, H] "
                          f"with contiguous rows, one dtype, R >= num_logits = {num_logits} "
                          f"and top_k = {top_k} in [1, {num_logits - shared}]")
-    if not takes(T):
-        raise ValueError(f"{T} tokens: at most {MAX_COUNTERS} (use moe_route)")
+    E = num_logits - shared
+    if not takes(T, E):
+        raise ValueError(f"{T} tokens of {E} experts: at most {MAX_COUNTERS} tokens of "
+                         f"{MAX_EXPERTS} experts (use moe_route)")
     check_device("route_hidden", x, weight)
     logits = polled_rows(x.device, T, num_logits)  # float32 bits, `UNSET` between launches
     weights, ids = route_buffers(T, top_k, shared, x.device)
-    meta = route_meta(top_k, num_logits - shared, shared, x.dtype)  # rounded to x's dtype
-    meta["num_warps"] = num_warps or meta["num_warps"]
+    keys = route_meta(top_k, E, shared, x.dtype)  # logits rounded to x's dtype
+    columns = triton.next_power_of_2(triton.cdiv(E, LANES))
+    meta = dict(K=top_k, LOG_NC=columns.bit_length() - 1, BLOCK_K=keys["BLOCK_K"],
+                SHARED=shared, BF16=keys["BF16"], num_warps=num_warps or keys["num_warps"],
+                **pdl_meta(x.device, use_pdl))
     rn, rk = tiles
-    meta.update(pdl_meta(x.device, use_pdl))
     _router_kernel[(T, triton.cdiv(num_logits, rn) + 1)](
         x, weight, logits, weights, ids, x.stride(0), weight.stride(0), logits.stride(0),
-        num_logits, num_logits - shared, H=H, RN=rn,
+        num_logits, E, H=H, RN=rn,
         RK=min(rk, triton.next_power_of_2(H)), RENORM=renormalize, **meta)
     return weights, ids

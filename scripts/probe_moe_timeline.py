@@ -1,15 +1,16 @@
 """Profiling aid (not a test, not a benchmark table): the timeline of a decode MoE layer as the
 model runs it (TP4 shapes, 8 layers in a CUDA graph, PDL), from `%globaltimer` stamps.
 
-The three launches of a layer (kernels/moe_router.py, kernels/moe_gemv.py) are run from copies that
-stamp each program's start, its waits and its end around the real kernels' helpers
-(`router_weights`, `router_rows`, `route_token`, `shared_first`, `routed_first`, `gate_up_rows`,
-`tile`, `down_first`, `down_rows`). Before timing, the copies' outputs must equal the real
-launches' bit for bit. Prints, per T, the median over 30 L2-flushed replays and the middle 6 layers
-of µs from the layer's first router program start (under PDL, during the layer before's down
-launch): when the router's programs pass `gdc_wait`, when its GEMV is done, its arrival atomics,
-the routing; when GEMM 1's programs start, pass `gdc_wait`, end; the same for down; and when the
-next layer's router starts. The timer ticks in steps of ≈ 0.26 µs on an H200.
+The three launches of a layer (kernels/moe_router.py, kernels/moe_gemv.py) are run from
+copies that stamp each program's start, its waits and its end around the real kernels' helpers
+(`router_weights`, `router_rows`, `poll_row`, `route_columns`, `shared_first`, `routed_first`,
+`gate_up_rows`, `tile`, `down_first`, `down_rows`). Before timing, the copies' outputs must
+equal the real launches' bit for bit. Prints, per T, the median over 30 L2-flushed replays and
+the middle 6 layers of µs from the layer's first router program start (under PDL, during the
+layer before's down launch): when the router's programs pass `gdc_wait`, when its GEMV is done,
+when the routing program has seen every logit, the routing; when GEMM 1's programs start, pass
+`gdc_wait`, end; the same for down; and when the next layer's router starts. The timer ticks
+in steps of ≈ 0.26 µs on an H200.
 
     python scripts/probe_moe_timeline.py [T ...]      (default: 1 2)
     python scripts/probe_moe_timeline.py --reads
@@ -34,7 +35,8 @@ from qnext.kernels import moe_gemv
 from qnext.kernels.moe_gemv import (down_first, down_rows, gate_up_rows, routed_first,
                                      shared_first, tile)
 from qnext.kernels.launch import polled_rows
-from qnext.kernels.moe_route import poll_logits, route_buffers, route_logits, route_meta
+from qnext.kernels.moe_route import route_buffers, route_meta
+from qnext.kernels.moe_route_warp import LANES, poll_row, route_columns
 from qnext.kernels.moe_router import BK, BN, route_hidden, router_rows, router_weights
 from bench_common import graph_us
 from bench_moe_layers import E, H, TOPK, _layers
@@ -66,7 +68,7 @@ def _put(ptr, col: tl.constexpr, stamp):
 @triton.jit
 def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, st_ptr, s_xt, s_wr, s_lt, R, E,
             H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr, K: tl.constexpr,
-            BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, SHARED: tl.constexpr,
+            LOG_NC: tl.constexpr, BLOCK_K: tl.constexpr, SHARED: tl.constexpr,
             BF16: tl.constexpr):
     gdc_launch_dependents()
     _put(st_ptr, 0, _clock())
@@ -75,9 +77,9 @@ def _router(x_ptr, wr_ptr, logits_ptr, w_ptr, ids_ptr, st_ptr, s_xt, s_wr, s_lt,
     if rb == tl.num_programs(1) - 1:
         gdc_wait()
         _put(st_ptr, 4, _clock())
-        x, gate = poll_logits(logits_ptr, t, s_lt, E, BLOCK_E, SHARED)
+        xs, gate = poll_row(logits_ptr, t, s_lt, E, 1 << LOG_NC, SHARED)
         _put(st_ptr, 2, _clock())
-        route_logits(x, gate, w_ptr, ids_ptr, t, E, K, BLOCK_E, BLOCK_K, True, SHARED, BF16)
+        route_columns(xs, gate, w_ptr, ids_ptr, t, E, LOG_NC, K, BLOCK_K, True, SHARED, BF16)
         _put(st_ptr, 3, _clock())
     else:
         w, w_next, w_ptrs, row_ok, rows, cols = router_weights(wr_ptr, rb, s_wr, R, H, RN, RK)
@@ -128,9 +130,12 @@ def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list
         T = x.shape[0]
         logits = polled_rows(x.device, T, E + 1)
         tw, ids = route_buffers(T, TOPK, True, x.device)
+        meta = route_meta(TOPK, E, True, x.dtype)
         _router[(T, triton.cdiv(E + 1, BN) + 1)](
             x, wr, logits, tw, ids, s_r, x.stride(0), wr.stride(0), logits.stride(0), E + 1, E,
-            H=H, RN=BN, RK=BK, launch_pdl=True, **route_meta(TOPK, E, True, x.dtype))
+            H=H, RN=BN, RK=BK, K=TOPK, LOG_NC=(E // LANES).bit_length() - 1,
+            BLOCK_K=meta["BLOCK_K"], SHARED=True, BF16=meta["BF16"],
+            num_warps=meta["num_warps"], launch_pdl=True)
         n = ids.numel()
         inter = torch.empty(n, I, dtype=x.dtype, device="cuda")
         y = torch.empty(n, H, dtype=x.dtype, device="cuda")

@@ -1,8 +1,8 @@
 """The MoE router kernel (`moe_router.route_hidden`: router GEMV and routing in one launch, a
 routing program per token polling its logits) against `moe_route` of the router's logits:
 Qwen3-Next shapes (512 experts + the shared one, H = 2048) and small odd ones, NaN padding
-rows, the polled rows set back between launches; bf16 on the GPU, fp32 under the
-interpreter."""
+rows, the polled rows set back between launches, the arguments it refuses; bf16 on the GPU,
+fp32 under the interpreter."""
 
 from __future__ import annotations
 
@@ -79,3 +79,21 @@ def test_polled_rows_set_back_between_launches():
         ok = ~torch.isnan(x).any(1)
         assert torch.equal(got_ids[ok], want_ids[ok])
         assert rel_err(got_w[ok], want_w[ok]) <= 1e-5
+
+
+def test_route_hidden_rejects_what_it_cannot_route():
+    """A ValueError that names the limit, before any launch: top_k outside [1, E], more
+    routed experts than the routing program holds in registers, more tokens than it has rows."""
+    from qnext.kernels.launch import MAX_COUNTERS
+    from qnext.kernels.moe_router import MAX_EXPERTS, route_hidden
+
+    x = torch.randn(2, 64, device=DEVICE)
+    weight = _router(16, 64, True, 5, torch.float32)
+    with pytest.raises(ValueError, match="top_k = 17"):
+        route_hidden(x, weight, 17, 17, True, True)
+    wide = torch.randn(MAX_EXPERTS + 2, 64, device=DEVICE)
+    with pytest.raises(ValueError, match=f"{MAX_EXPERTS + 1} experts"):
+        route_hidden(x, wide, MAX_EXPERTS + 2, 4, True, True)
+    many = torch.randn(MAX_COUNTERS + 1, 64, device=DEVICE)
+    with pytest.raises(ValueError, match=f"{MAX_COUNTERS + 1} tokens"):
+        route_hidden(many, weight, 17, 4, True, True)
