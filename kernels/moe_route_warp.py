@@ -121,7 +121,7 @@ def route_columns(xs, gate, w_ptr, ids_ptr, t, E, LOG_NC: tl.constexpr, K: tl.co
                   BF16: tl.constexpr):
     """Token t's top-K (+ the shared expert E, weight sigmoid(gate)) weights and ids, stored
     at row t, from its logits columns (`poll_row`): the softmax of the K chosen (RENORM) or
-    over all E, as `moe_route.route_logits`."""
+    over all E, as `moe_route.route_token`."""
     NC: tl.constexpr = 1 << LOG_NC
     slots = tl.arange(0, BLOCK_K)
     logit, lane = key_logit(_top_keys(xs, E, LOG_NC, K, BLOCK_K, BF16), BF16)

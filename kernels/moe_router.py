@@ -66,7 +66,7 @@ def router_rows(x_ptr, logits_ptr, t, w, w_next, w_ptrs, row_ok, rows, cols, s_x
                 H: tl.constexpr, RN: tl.constexpr, RK: tl.constexpr):
     """`router_weights`' rows against x[t]: products summed in float32 a column step at a
     time, rounded to x.dtype as the GEMM's output would be, stored to logits[t] as float32
-    bits (int32, for `poll_logits`). Every step loads the weights two steps ahead."""
+    bits (int32, for `moe_route_warp.poll_row`). Every step loads the weights two steps ahead."""
     acc = tl.zeros([RN, RK], tl.float32)
     for k0 in range(0, H, RK):
         x = tl.load(x_ptr + t * s_xt + k0 + cols, mask=cols < H - k0, other=0.0,
