@@ -78,36 +78,34 @@ def check_verify_rows(indices: torch.Tensor, parents: torch.Tensor | None, B: in
 
 
 MAX_COUNTERS = 1024
-_counters: dict[tuple, torch.Tensor] = {}
+_self_resetting: dict[tuple, torch.Tensor] = {}
+
+
+def _stream_buffer(device: torch.device, n: int, what: str, width: int | None,
+                   fill: int) -> torch.Tensor:
+    """The first n rows of a buffer of MAX_COUNTERS rows (of `width` int32 words, or single
+    words), all `fill`, one per (device, stream, width): made on first use — warm-up runs
+    before graph capture, so a graph captures a buffer that exists already — and never freed
+    (graphs hold its address). Launches on one stream do not overlap, so no two kernels use it
+    at once; each kernel leaves it at `fill` again."""
+    if not 0 < n <= MAX_COUNTERS:
+        raise ValueError(f"{n} {what}: at most {MAX_COUNTERS}")
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, width)
+    if key not in _self_resetting:
+        shape = (MAX_COUNTERS,) if width is None else (MAX_COUNTERS, width)
+        _self_resetting[key] = torch.full(shape, fill, dtype=torch.int32, device=device)
+    return _self_resetting[key][:n]
 
 
 def arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     """n zeroed int32 counters for a kernel whose last-arriving program finishes the work and
-    sets its counter back to 0 (kernels/moe_route_align.py, kernels/moe_router.py). One
-    buffer per (device, stream), made on first use — warm-up runs before graph capture, so a
-    graph captures a buffer that exists already — and never freed (graphs hold its address).
-    Launches on one stream do not overlap, so no two kernels count on it at once."""
-    if not 0 < n <= MAX_COUNTERS:
-        raise ValueError(f"{n} counters: at most {MAX_COUNTERS}")
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    if key not in _counters:
-        _counters[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
-    return _counters[key][:n]
-
-
-_polled: dict[tuple, torch.Tensor] = {}
+    sets its counter back to 0 (kernels/moe_route_align.py); see `_stream_buffer`."""
+    return _stream_buffer(device, n, "counters", None, 0)
 
 
 def polled_rows(device: torch.device, n: int, width: int) -> torch.Tensor:
-    """n rows of `width` int32 words, each -1 (`moe_route.UNSET`), for a kernel whose programs
-    write them and whose polling program reads them once none is -1 and sets them back to -1
-    (kernels/moe_router.py). Made, kept and shared like `arrival_counters` (one buffer of
-    MAX_COUNTERS rows per device, stream and width)."""
-    if not 0 < n <= MAX_COUNTERS:
-        raise ValueError(f"{n} rows: at most {MAX_COUNTERS}")
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, width)
-    if key not in _polled:
-        _polled[key] = torch.full((MAX_COUNTERS, width), -1, dtype=torch.int32, device=device)
-    return _polled[key][:n]
+    """n rows of `width` int32 words, each -1 (`moe_route_warp.UNSET`), for a kernel whose
+    programs write them and whose polling program reads them once none is -1 and sets them
+    back to -1 (kernels/moe_router.py); see `_stream_buffer`."""
+    return _stream_buffer(device, n, "rows", width, -1)

@@ -30,6 +30,11 @@ UNSET = tl.constexpr(-1)
 LANES = 32  # a column: one warp's lanes
 
 
+def log_columns(num_experts: int) -> int:
+    """LOG_NC for E routed experts: log2 of the power-of-2 number of 32-lane columns."""
+    return (triton.next_power_of_2(triton.cdiv(num_experts, LANES))).bit_length() - 1
+
+
 @triton.jit
 def _read_row(row, lanes, E, NC: tl.constexpr, SHARED: tl.constexpr):
     """One volatile read of the row: (NC columns of bits, 0 past E; every lane's read of the

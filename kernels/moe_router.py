@@ -39,7 +39,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from qnext.kernels.launch import MAX_COUNTERS, check_device, pdl_meta, polled_rows
 from qnext.kernels.moe_route import route_buffers, route_meta
-from qnext.kernels.moe_route_warp import LANES, poll_row, route_columns
+from qnext.kernels.moe_route_warp import LANES, log_columns, poll_row, route_columns
 
 MAX_EXPERTS = 32 * LANES  # the routing keeps a token's logits in 32 registers a lane at most
 BN = 4  # router rows a program
@@ -135,8 +135,7 @@ def route_hidden(x: torch.Tensor, weight: torch.Tensor, num_logits: int, top_k: 
     logits = polled_rows(x.device, T, num_logits)  # float32 bits, `UNSET` between launches
     weights, ids = route_buffers(T, top_k, shared, x.device)
     keys = route_meta(top_k, E, shared, x.dtype)  # logits rounded to x's dtype
-    columns = triton.next_power_of_2(triton.cdiv(E, LANES))
-    meta = dict(K=top_k, LOG_NC=columns.bit_length() - 1, BLOCK_K=keys["BLOCK_K"],
+    meta = dict(K=top_k, LOG_NC=log_columns(E), BLOCK_K=keys["BLOCK_K"],
                 SHARED=shared, BF16=keys["BF16"], num_warps=num_warps or keys["num_warps"],
                 **pdl_meta(x.device, use_pdl))
     rn, rk = tiles

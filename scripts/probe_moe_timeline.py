@@ -36,7 +36,7 @@ from qnext.kernels.moe_gemv import (down_first, down_rows, gate_up_rows, routed_
                                      shared_first, tile)
 from qnext.kernels.launch import polled_rows
 from qnext.kernels.moe_route import route_buffers, route_meta
-from qnext.kernels.moe_route_warp import LANES, poll_row, route_columns
+from qnext.kernels.moe_route_warp import log_columns, poll_row, route_columns
 from qnext.kernels.moe_router import BK, BN, route_hidden, router_rows, router_weights
 from bench_common import graph_us
 from bench_moe_layers import E, H, TOPK, _layers
@@ -133,7 +133,7 @@ def _stamped_step(layers: list[tuple], stamps: list[list[torch.Tensor]]) -> list
         meta = route_meta(TOPK, E, True, x.dtype)
         _router[(T, triton.cdiv(E + 1, BN) + 1)](
             x, wr, logits, tw, ids, s_r, x.stride(0), wr.stride(0), logits.stride(0), E + 1, E,
-            H=H, RN=BN, RK=BK, K=TOPK, LOG_NC=(E // LANES).bit_length() - 1,
+            H=H, RN=BN, RK=BK, K=TOPK, LOG_NC=log_columns(E),
             BLOCK_K=meta["BLOCK_K"], SHARED=True, BF16=meta["BF16"],
             num_warps=meta["num_warps"], launch_pdl=True)
         n = ids.numel()
