@@ -5,9 +5,10 @@ softplus(a + dt_bias), beta = sigmoid(b)), the q / k L2 norm, the recurrence on 
 state in place (decay, delta, write, read) and optionally a copy of the new state into a
 snapshot slot (extra_buffer prefix caching); with `norm`, the GDN output norm too (gated
 RMSNorm over each head's dv columns, `kernels/norm.py`'s `gated_rms_rows`: one program then
-holds the whole head, BV >= dv), saving the norm's launch. Its gate and q / k helpers
-(`softplus`, `gates`, `load_qk`) serve the verify and chunked-prefill kernels too. Grouped
-heads: value head j reads key head j // (Hv // Hk); q and k are never repeated in memory.
+holds the whole head, BV >= dv), saving the norm's launch. Its gate, q / k and step helpers
+(`softplus`, `gates`, `load_qk`, `delta_step`) serve the verify and chunked-prefill kernels
+too. Grouped heads: value head j reads key head j // (Hv // Hk); q and k are never repeated in
+memory.
 
 Reference: `gdn_gating_ref` + `fused_recurrent_gated_delta_rule_ref` (kernels/gdn_ref.py).
 State layout [S, Hv, dk, dv] like the pool; arithmetic in float32 whatever the state dtype.
@@ -37,22 +38,45 @@ def gates(a_ptr, b_ptr, neg_a, dt_bias):
 
 
 @triton.jit
-def load_qk(ptr, offs_k, mask_k, eps, L2NORM: tl.constexpr):
-    """One q or k head row in float32, L2-normalised when L2NORM."""
-    x = tl.load(ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+def l2_normalised(x, eps, L2NORM: tl.constexpr):
+    """x / sqrt(sum(x²) + eps) when L2NORM, else x."""
     if L2NORM:
         x = x / tl.sqrt(tl.sum(x * x) + eps)
     return x
 
 
 @triton.jit
+def load_qk(ptr, offs_k, mask_k, eps, L2NORM: tl.constexpr):
+    """One q or k head row in float32, L2-normalised when L2NORM."""
+    x = tl.load(ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    return l2_normalised(x, eps, L2NORM)
+
+
+@triton.jit
+def delta_step(s, q, k, v, decay, beta):
+    """One gated delta-rule step on a float32 state tile s [dk, BV] as loaded (not decayed):
+    (the new tile, the output columns). o = decay·(sᵀq) + (k·q)·u equals (new tile)ᵀq, so both
+    column sums read the loaded tile and the new one can be stored while o is still summed.
+    The verify kernel takes the same steps (T decode steps and one verify agree to ~3e-6
+    relative, no longer bit for bit: docs/perf/verify.md, 2026-11-29)."""
+    kq = tl.sum(k * q)
+    sk = tl.sum(s * k[:, None], axis=0)
+    sq = tl.sum(s * q[:, None], axis=0)
+    u = beta * (v - decay * sk)
+    return s * decay + k[:, None] * u[None, :], decay * sq + kq * u
+
+
+@triton.jit
 def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, state_ptr,
                        slot_ptr, snap_ptr, out_ptr, z_ptr, nw_ptr,
-                       s_qb, s_qh, s_vb, s_vh, s_ab, s_ss, s_sh, s_sk, s_ob, s_oh, s_zb, s_zh,
+                       s_qb, s_qh, s_vb, s_vh, s_ab, s_ss, s_sh, s_ob, s_oh, s_zb, s_zh,
                        scale, eps, norm_eps,
                        HV: tl.constexpr, HK: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr,
-                       HAS_SNAP: tl.constexpr, GATED: tl.constexpr):
+                       S_SK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       L2NORM: tl.constexpr, HAS_SNAP: tl.constexpr, GATED: tl.constexpr):
+    # S_SK (the state's dk stride) a constant: the tile's 16 loads and stores take immediate
+    # offsets from one address, and the kernel fits 128 registers (4 programs an SM, not 3 at
+    # 162): docs/perf/gdn-decode.md, 2026-11-29
     i_b = tl.program_id(0).to(tl.int64)
     i_hv = tl.program_id(1).to(tl.int64)
     i_v = tl.program_id(2)
@@ -61,35 +85,35 @@ def _gdn_decode_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
     offs_v = i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < DK, offs_v < DV
 
+    # the state's 32 KB first (after its slot): the q / k norms' barriers would hold them back
+    slot = tl.load(slot_ptr + i_b).to(tl.int64)
+    tile = offs_k[:, None] * S_SK + offs_v[None, :]
+    mask = mask_k[:, None] & mask_v[None, :]
+    ptrs = state_ptr + slot * s_ss + i_hv * s_sh + tile
+    s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     qk_off = i_b * s_qb + i_hk * s_qh
-    q = load_qk(q_ptr + qk_off, offs_k, mask_k, eps, L2NORM) * scale
-    k = load_qk(k_ptr + qk_off, offs_k, mask_k, eps, L2NORM)
+    q = tl.load(q_ptr + qk_off + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + qk_off + offs_k, mask=mask_k, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + i_b * s_vb + i_hv * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     neg_a = -tl.exp(tl.load(a_log_ptr + i_hv).to(tl.float32))
     dt_bias = tl.load(dt_bias_ptr + i_hv).to(tl.float32)
     gate_off = i_b * s_ab + i_hv
     decay, beta = gates(a_ptr + gate_off, b_ptr + gate_off, neg_a, dt_bias)
-
-    slot = tl.load(slot_ptr + i_b).to(tl.int64)
-    tile = offs_k[:, None] * s_sk + offs_v[None, :]
-    mask = mask_k[:, None] & mask_v[None, :]
-    ptrs = state_ptr + slot * s_ss + i_hv * s_sh + tile
-    s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) * decay
-    u = beta * (v - tl.sum(s * k[:, None], axis=0))
-    s = s + k[:, None] * u[None, :]
-    o = tl.sum(s * q[:, None], axis=0)
+    q = l2_normalised(q, eps, L2NORM) * scale
+    k = l2_normalised(k, eps, L2NORM)
+    s, o = delta_step(s, q, k, v, decay, beta)
     tl.store(ptrs, s.to(state_ptr.dtype.element_ty), mask=mask)
+    if HAS_SNAP:
+        snap = tl.load(snap_ptr + i_b).to(tl.int64)
+        if snap >= 0:
+            tl.store(state_ptr + snap * s_ss + i_hv * s_sh + tile,
+                     s.to(state_ptr.dtype.element_ty), mask=mask)
     o = o.to(out_ptr.dtype.element_ty)[None, :]  # where the unfused kernel stores it
     if GATED:
         z = tl.load(z_ptr + i_b * s_zb + i_hv * s_zh + offs_v, mask=mask_v, other=0.0)
         o = gated_rms_rows(o, z[None, :], nw_ptr, offs_v, DV, norm_eps)
     tl.store(out_ptr + i_b * s_ob + i_hv * s_oh + offs_v[None, :],
              o.to(out_ptr.dtype.element_ty), mask=mask_v[None, :])
-    if HAS_SNAP:
-        snap = tl.load(snap_ptr + i_b).to(tl.int64)
-        if snap >= 0:
-            tl.store(state_ptr + snap * s_ss + i_hv * s_sh + tile,
-                     s.to(state_ptr.dtype.element_ty), mask=mask)
 
 
 def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
@@ -118,12 +142,11 @@ def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
     _gdn_decode_kernel[grid](
         q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snaps, out, z, weight,
         q.stride(0), q.stride(1), v.stride(0), v.stride(1), a.stride(0),
-        ssm_states.stride(0), ssm_states.stride(1), ssm_states.stride(2),
-        out.stride(0), out.stride(1), z.stride(0), z.stride(1),
-        DK**-0.5 if scale is None else scale, eps, norm_eps,
-        HV=HV, HK=HK, DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=block_v,
-        L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None, GATED=norm is not None,
-        num_warps=num_warps)
+        ssm_states.stride(0), ssm_states.stride(1), out.stride(0), out.stride(1),
+        z.stride(0), z.stride(1), DK**-0.5 if scale is None else scale, eps, norm_eps,
+        HV=HV, HK=HK, DK=DK, DV=DV, S_SK=ssm_states.stride(2), BK=triton.next_power_of_2(DK),
+        BV=block_v, L2NORM=use_qk_l2norm, HAS_SNAP=snapshot_slots is not None,
+        GATED=norm is not None, num_warps=num_warps)
     return out
 
 

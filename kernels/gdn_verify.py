@@ -17,17 +17,18 @@ import torch
 import triton
 import triton.language as tl
 
-from qnext.kernels.gdn_decode import gates, load_qk
+from qnext.kernels.gdn_decode import delta_step, gates, load_qk
 from qnext.kernels.launch import check_device, check_verify_rows
 
 
 @triton.jit
 def _gdn_verify_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr, state_ptr,
                        slot_ptr, inter_ptr, parent_ptr, out_ptr,
-                       s_qb, s_qt, s_qh, s_vb, s_vt, s_vh, s_ab, s_at, s_ss, s_sh, s_sk,
-                       s_ib, s_it, s_ih, s_ik, s_pb, s_ob, s_ot, s_oh, scale, eps,
+                       s_qb, s_qt, s_qh, s_vb, s_vt, s_vh, s_ab, s_at, s_ss, s_sh,
+                       s_ib, s_it, s_ih, s_pb, s_ob, s_ot, s_oh, scale, eps,
                        T: tl.constexpr, HV: tl.constexpr, HK: tl.constexpr,
-                       DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       DK: tl.constexpr, DV: tl.constexpr, S_SK: tl.constexpr,
+                       S_IK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        L2NORM: tl.constexpr, TREE: tl.constexpr):
     i_b = tl.program_id(0).to(tl.int64)
     i_hv = tl.program_id(1).to(tl.int64)
@@ -41,8 +42,8 @@ def _gdn_verify_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
     dt_bias = tl.load(dt_bias_ptr + i_hv).to(tl.float32)
 
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
-    slot_tile = state_ptr + slot * s_ss + i_hv * s_sh + offs_k[:, None] * s_sk + offs_v[None, :]
-    inter_tile = inter_ptr + i_b * s_ib + i_hv * s_ih + offs_k[:, None] * s_ik + offs_v[None, :]
+    slot_tile = state_ptr + slot * s_ss + i_hv * s_sh + offs_k[:, None] * S_SK + offs_v[None, :]
+    inter_tile = inter_ptr + i_b * s_ib + i_hv * s_ih + offs_k[:, None] * S_IK + offs_v[None, :]
     s = tl.load(slot_tile, mask=mask, other=0.0).to(tl.float32)
     for t in range(T):
         if TREE:
@@ -61,10 +62,7 @@ def _gdn_verify_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
                     other=0.0).to(tl.float32)
         gate_off = i_b * s_ab + t * s_at + i_hv
         decay, beta = gates(a_ptr + gate_off, b_ptr + gate_off, neg_a, dt_bias)
-        s = s * decay
-        u = beta * (v - tl.sum(s * k[:, None], axis=0))
-        s = s + k[:, None] * u[None, :]
-        o = tl.sum(s * q[:, None], axis=0)
+        s, o = delta_step(s, q, k, v, decay, beta)
         tl.store(inter_tile + t * s_it, s.to(inter_ptr.dtype.element_ty), mask=mask)
         tl.store(out_ptr + i_b * s_ob + t * s_ot + i_hv * s_oh + offs_v,
                  o.to(out_ptr.dtype.element_ty), mask=mask_v)
@@ -100,11 +98,11 @@ def gdn_verify(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
         q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, inter, par, out,
         q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
         a.stride(0), a.stride(1), ssm_states.stride(0), ssm_states.stride(1),
-        ssm_states.stride(2), inter.stride(0), inter.stride(1), inter.stride(2),
-        inter.stride(3), par.stride(0) if tree else 0, out.stride(0), out.stride(1),
-        out.stride(2), DK**-0.5 if scale is None else scale, eps, T=T,
-        HV=HV, HK=HK, DK=DK, DV=DV, BK=triton.next_power_of_2(DK), BV=block_v,
-        L2NORM=use_qk_l2norm, TREE=tree, num_warps=num_warps)
+        inter.stride(0), inter.stride(1), inter.stride(2), par.stride(0) if tree else 0,
+        out.stride(0), out.stride(1), out.stride(2), DK**-0.5 if scale is None else scale, eps,
+        T=T, HV=HV, HK=HK, DK=DK, DV=DV, S_SK=ssm_states.stride(2), S_IK=inter.stride(3),
+        BK=triton.next_power_of_2(DK), BV=block_v, L2NORM=use_qk_l2norm, TREE=tree,
+        num_warps=num_warps)
     return out
 
 
