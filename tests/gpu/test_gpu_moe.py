@@ -312,3 +312,8 @@ def test_pdl_launches_equal_plain_ones_eager_and_in_a_graph(T, dropped, shared_l
         g.fill_(float("nan"))
     graph.replay()
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+    for x, *_ in layers:  # new inputs in place: no launch may take the last replay's rows
+        x.mul_(-1.5).add_(0.25)
+    want = chain(False, fixed)
+    graph.replay()
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
