@@ -3,7 +3,6 @@ allocator, and compute reference logits with transformers' Qwen3NextForCausalLM.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from qnext.worker.config import CacheConfig, Config, LoadConfig, ModelConfig, ParallelConfig
 from qnext.worker.runtime.inputs import SeqChunk
 from qnext.worker.runtime.model_runner import ModelRunner
+from tests.unit.kernels.helpers import hf_fn
 
 
 def make_config(path: Path, dtype: str = "float32", device: str = "cpu", page_size: int = 1,
@@ -73,12 +73,12 @@ def _torch_kernels_only() -> None:
     """transformers runs Qwen3-Next's delta rule and conv1d through FLA and causal-conv1d
     whenever those packages import (on a GPU machine with the benchmarks' FLA on the path, its
     bf16-dot chunk kernel moved the fp32 reference by 1e-3, docs/validation.md 2026-11-29):
-    point the module's wrapped functions back at the torch code they wrap."""
+    point the module's wrapped functions back at the torch code they wrap (`hf_fn`)."""
     from transformers.models.qwen3_next import modeling_qwen3_next as m
 
     for name, fn in list(vars(m).items()):
         if name.startswith(("torch_", "causal_conv1d")) and hasattr(fn, "__wrapped__"):
-            setattr(m, name, inspect.unwrap(fn))
+            setattr(m, name, hf_fn(name))
 
 
 @torch.inference_mode()
