@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from qnext.kernels.chunk_map import chunk_bounds
-from qnext.kernels.gdn_decode import softplus
+from qnext.kernels.gdn_step import softplus
 
 CHUNK = 64
 

@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from qnext.kernels.gdn_decode import delta_step, gates, load_qk
-from qnext.kernels.launch import check_device, check_verify_rows
+from qnext.kernels.gdn_step import delta_step, gates, load_qk
+from qnext.kernels.launch import MAX_GRID_YZ, check_device, check_verify_rows
 
 
 @triton.jit
@@ -30,9 +30,10 @@ def _gdn_verify_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
                        DK: tl.constexpr, DV: tl.constexpr, S_SK: tl.constexpr,
                        S_IK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        L2NORM: tl.constexpr, TREE: tl.constexpr):
-    i_b = tl.program_id(0).to(tl.int64)
+    # column blocks fastest, then heads (as gdn_decode: one sequence's state together)
+    i_v = tl.program_id(0)
     i_hv = tl.program_id(1).to(tl.int64)
-    i_v = tl.program_id(2)
+    i_b = tl.program_id(2).to(tl.int64)
     i_hk = i_hv // (HV // HK)
     offs_k = tl.arange(0, BK)
     offs_v = i_v * BV + tl.arange(0, BV)
@@ -42,8 +43,9 @@ def _gdn_verify_kernel(q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, a_log_ptr, dt_bias_ptr
     dt_bias = tl.load(dt_bias_ptr + i_hv).to(tl.float32)
 
     slot = tl.load(slot_ptr + i_b).to(tl.int64)
-    slot_tile = state_ptr + slot * s_ss + i_hv * s_sh + offs_k[:, None] * S_SK + offs_v[None, :]
-    inter_tile = inter_ptr + i_b * s_ib + i_hv * s_ih + offs_k[:, None] * S_IK + offs_v[None, :]
+    cols = tl.arange(0, BV)[None, :] + (i_v * BV).to(tl.int64)  # 64-bit: gdn_decode's note
+    slot_tile = state_ptr + slot * s_ss + i_hv * s_sh + offs_k[:, None] * S_SK + cols
+    inter_tile = inter_ptr + i_b * s_ib + i_hv * s_ih + offs_k[:, None] * S_IK + cols
     s = tl.load(slot_tile, mask=mask, other=0.0).to(tl.float32)
     for t in range(T):
         if TREE:
@@ -93,7 +95,7 @@ def gdn_verify(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
     tree = parents is not None
     par = parents if tree else state_indices
     inter = intermediate_states
-    grid = (B, HV, triton.cdiv(DV, block_v))
+    grid = (triton.cdiv(DV, block_v), HV, B)
     _gdn_verify_kernel[grid](
         q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, inter, par, out,
         q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
@@ -131,6 +133,8 @@ def _check(q, k, v, a, b, A_log, dt_bias, states, indices, inter, parents) -> No
     for name, t in (("q", q), ("k", k), ("v", v), ("a", a)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
+    if B > MAX_GRID_YZ:
+        raise ValueError(f"batch {B} over {MAX_GRID_YZ} sequences a launch: split it")
     check_verify_rows(indices, parents, B, T)
     check_device("gdn_verify", q, k, v, a, b, A_log, dt_bias, states, indices, inter,
                  *(() if parents is None else (parents,)))

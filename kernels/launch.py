@@ -25,6 +25,8 @@ def num_sms(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z extents
+
 PDL = os.environ.get("QNEXT_PDL", "1") != "0"
 
 

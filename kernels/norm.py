@@ -78,14 +78,21 @@ def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, R, D, ZH, s_zt, s_zh, eps
 @triton.jit
 def gated_rms_rows(x, z, w_ptr, cols, D, eps):
     """Rows x, z [BR, BD] in x's storage dtype (lanes past D hold 0) -> float32
-    (w * (x / rms(x))) * silu(z), rounded to x.dtype where the reference rounds (also the
-    GDN decode kernel's epilogue, kernels/gdn_decode.py)."""
+    (w * (x / rms(x))) * silu(z), rounded to x.dtype where the reference rounds."""
     xf = x.to(tl.float32)
     scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
-    normed = (xf * scale[:, None]).to(x.dtype).to(tl.float32)
+    return gated_scaled(x, scale[:, None], z, w_ptr, cols, D)
+
+
+@triton.jit
+def gated_scaled(x, scale, z, w_ptr, cols, D):
+    """The gated norm once 1 / rms(x) is known: (w * (x * scale)) * silu(z) in float32, with
+    `gated_rms_rows`' roundings; scale broadcasts against x, cols index x's last axis (also the
+    GDN decode kernel's epilogue, which sums a head's squares over several column blocks)."""
+    normed = (x.to(tl.float32) * scale).to(x.dtype).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
     zf = z.to(tl.float32)
-    return (w[None, :] * normed).to(x.dtype).to(tl.float32) * (zf * tl.sigmoid(zf))
+    return (w * normed).to(x.dtype).to(tl.float32) * (zf * tl.sigmoid(zf))
 
 
 def _blocks(rows: int, dim: int) -> tuple[tuple[int], int, int]:

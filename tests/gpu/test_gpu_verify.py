@@ -148,6 +148,11 @@ def test_launchers_reject_bad_shapes():
         gdn_verify(**{**x, "q": x["q"][:, :, :1].expand(B, T, 3, d).contiguous(),
                       "k": x["k"][:, :, :1].expand(B, T, 3, d).contiguous()},
                    ssm_states=pool, state_indices=slots, intermediate_states=inter)
+    big = 65536  # one past the grid's z limit, where the sequences go
+    with pytest.raises(ValueError, match="split it"):
+        gdn_verify(**_gdn_inputs(big, 1, 1, 1, 2, 2, F32, gen), ssm_states=pool[:, :1, :2, :2],
+                   state_indices=torch.zeros(big, dtype=torch.long, device=DEVICE),
+                   intermediate_states=torch.empty(big, 1, 1, 2, 2, device=DEVICE))
     xc, w = _randn(gen, B, T, 16), _randn(gen, 16, 4)
     states = _randn(gen, 4, 16, 3)
     with pytest.raises(ValueError, match="intermediate_states"):
