@@ -3,7 +3,8 @@
 `moe_route`: router logits [T, E] -> the top k of the softmax in float32 (chosen on the logits,
 which order alike), optional renormalisation; one program per token (`route_token`, which
 moe_route_align.py's one-launch path calls too; moe_route_warp.py routes the router kernel's
-tokens on the same keys: `logit_keys`, `key_logit`, `key_floor`). With `shared`, the logits
+tokens on the same keys, `logit_keys`, `key_logit`, `key_floor`, and the same tail, `chosen`
+and `store_routing`). With `shared`, the logits
 carry one more column, the gate of a shared expert fused as expert E (layers/moe.py): every
 token also picks it, last, with weight sigmoid(logit). `last_to_arrive`: the arrival counter
 moe_route_align.py orders its last program by.
@@ -71,6 +72,7 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
     softmax over E before the sort, and with bf16 logits half-width keys (docs/perf/moe.md)."""
     lanes = tl.arange(0, BLOCK_E)
     # ".cg": past L1 (the logits may come from other programs of the same launch)
+    gate = 0.0
     if SHARED:  # the shared expert's gate logit (column E), loaded with the others
         gate = tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32)
     x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"),
@@ -86,15 +88,33 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
             best = tl.max(key, 0)
             top = tl.where(slots == j, best, top)
             key = tl.where(key == best, key_floor(BF16), key)
-    logit, lane = key_logit(top, BF16)
-    ids = tl.where(slots < K, BLOCK_E - 1 - lane.to(tl.int64), 0)
-    m = tl.max(tl.where(slots < K, logit, -float("inf")), 0)
-    w = tl.where(slots < K, tl.exp(logit - m), 0.0)
+    ids, m, w = chosen(top, BLOCK_E, K, BLOCK_K, BF16)
     if RENORM:
         w = w / tl.sum(w, 0)
     else:
         w = w / tl.sum(tl.where(lanes < E, tl.exp(x - m), 0.0), 0)
-    if SHARED:  # slot K: the shared expert E, weight sigmoid of its gate logit (column E)
+    store_routing(w_ptr, ids_ptr, t, w, ids, gate, E, K, BLOCK_K, SHARED)
+
+
+@triton.jit
+def chosen(top, BLOCK_E: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr,
+           BF16: tl.constexpr):
+    """From the top keys (descending in slots 0 ... K - 1, `logit_keys` over BLOCK_E lanes):
+    (the experts' ids, the largest logit m, exp(logit - m)) a slot, 0 past K."""
+    slots = tl.arange(0, BLOCK_K)
+    logit, lane = key_logit(top, BF16)
+    ids = tl.where(slots < K, BLOCK_E - 1 - lane.to(tl.int64), 0)
+    m = tl.max(tl.where(slots < K, logit, -float("inf")), 0)
+    return ids, m, tl.where(slots < K, tl.exp(logit - m), 0.0)
+
+
+@triton.jit
+def store_routing(w_ptr, ids_ptr, t, w, ids, gate, E, K: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SHARED: tl.constexpr):
+    """Token t's row of weights and ids; with SHARED, slot K the shared expert E with weight
+    sigmoid of its gate logit."""
+    slots = tl.arange(0, BLOCK_K)
+    if SHARED:
         w = tl.where(slots == K, tl.sigmoid(gate), w)
         ids = tl.where(slots == K, E, ids)
     tl.store(w_ptr + t * (K + SHARED) + slots, w, mask=slots < K + SHARED)

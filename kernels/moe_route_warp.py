@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from qnext.kernels.moe_route import key_floor, key_logit, logit_keys
+from qnext.kernels.moe_route import chosen, key_floor, logit_keys, store_routing
 
 UNSET = tl.constexpr(-1)
 LANES = 32  # a column: one warp's lanes
@@ -128,11 +128,7 @@ def route_columns(xs, gate, w_ptr, ids_ptr, t, E, LOG_NC: tl.constexpr, K: tl.co
     at row t, from its logits columns (`poll_row`): the softmax of the K chosen (RENORM) or
     over all E, as `moe_route.route_token`."""
     NC: tl.constexpr = 1 << LOG_NC
-    slots = tl.arange(0, BLOCK_K)
-    logit, lane = key_logit(_top_keys(xs, E, LOG_NC, K, BLOCK_K, BF16), BF16)
-    ids = tl.where(slots < K, NC * 32 - 1 - lane.to(tl.int64), 0)
-    m = tl.max(tl.where(slots < K, logit, -float("inf")), 0)
-    w = tl.where(slots < K, tl.exp(logit - m), 0.0)
+    ids, m, w = chosen(_top_keys(xs, E, LOG_NC, K, BLOCK_K, BF16), NC * 32, K, BLOCK_K, BF16)
     if RENORM:
         w = w / tl.sum(w, 0)
     else:
@@ -140,8 +136,4 @@ def route_columns(xs, gate, w_ptr, ids_ptr, t, E, LOG_NC: tl.constexpr, K: tl.co
         for i in tl.static_range(1, NC):
             total += tl.exp(xs[i] - m)
         w = w / tl.sum(total, 0)
-    if SHARED:
-        w = tl.where(slots == K, tl.sigmoid(gate), w)
-        ids = tl.where(slots == K, E, ids)
-    tl.store(w_ptr + t * (K + SHARED) + slots, w, mask=slots < K + SHARED)
-    tl.store(ids_ptr + t * (K + SHARED) + slots, ids, mask=slots < K + SHARED)
+    store_routing(w_ptr, ids_ptr, t, w, ids, gate, E, K, BLOCK_K, SHARED)
