@@ -79,7 +79,7 @@ def main() -> None:
           "| of copy bw | rel. diff vs FLA | + norm inside graph µs | + norm after graph µs "
           "| same-size copy graph µs | of same-size copy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for hv, batches in ((32, (1, 32, 64, 256)), (8, (1, 32, 64, 256))):
+    for hv, batches in ((32, (1, 32, 64, 128, 256)), (8, (1, 32, 64, 256))):
         for B in batches:
             x, states, slots = _case(B, hv)
             ours = lambda: gdn_decode(**x, ssm_states=states, state_indices=slots)  # noqa: E731
