@@ -152,7 +152,8 @@ def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
     _check(q, k, v, a, b, A_log, dt_bias, ssm_states, state_indices, snapshot_slots)
     out = torch.empty_like(v)
     if norm is not None:
-        _check_norm(v, *norm[:2])
+        z, weight, norm_eps = norm
+        _check_norm(v, z, weight)
     if B == 0:
         return out
     snaps = snapshot_slots if snapshot_slots is not None else state_indices
@@ -167,7 +168,6 @@ def gdn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tenso
         _gdn_decode_kernel[(triton.cdiv(DV, block_v), HV, B)](*args, *strides, scale, eps,
                                                               **consts)
     else:
-        z, weight, norm_eps = norm
         _gdn_decode_norm_kernel[(HV, B)](*args, z, weight, *strides, z.stride(0), z.stride(1),
                                          scale, eps, norm_eps, **consts)
     return out

@@ -4,10 +4,10 @@
 which order alike), optional renormalisation; one program per token (`route_token`, which
 moe_route_align.py's one-launch path calls too; moe_route_warp.py routes the router kernel's
 tokens on the same keys, `logit_keys`, `key_logit`, `key_floor`, and the same tail, `chosen`
-and `store_routing`). With `shared`, the logits
-carry one more column, the gate of a shared expert fused as expert E (layers/moe.py): every
-token also picks it, last, with weight sigmoid(logit). `last_to_arrive`: the arrival counter
-moe_route_align.py orders its last program by.
+and `store_routing`). With `shared`, the logits carry one more column, the gate of a shared
+expert fused as expert E (layers/moe.py): every token also picks it, last, with weight
+sigmoid(logit). `last_to_arrive`: the arrival counter moe_route_align.py orders its last
+program by.
 Reference: `moe_route_ref` (kernels/moe_ref.py).
 """
 
@@ -71,8 +71,8 @@ def route_token(logits_ptr, w_ptr, ids_ptr, t, s_t, E, K: tl.constexpr, BLOCK_E:
     softmax of the K chosen (RENORM) or over all E. Keys on logits, not probabilities: no
     softmax over E before the sort, and with bf16 logits half-width keys (docs/perf/moe.md)."""
     lanes = tl.arange(0, BLOCK_E)
-    # ".cg": past L1 (the logits may come from other programs of the same launch)
     gate = 0.0
+    # ".cg": past L1 (the logits may come from other programs of the same launch)
     if SHARED:  # the shared expert's gate logit (column E), loaded with the others
         gate = tl.load(logits_ptr + t * s_t + E, cache_modifier=".cg").to(tl.float32)
     x = tl.load(logits_ptr + t * s_t + lanes, mask=lanes < E, other=-float("inf"),
